@@ -1,0 +1,195 @@
+"""Small torch utilities shared by the trainers: device, autocast, checkpoints, RNG state,
+metrics files and torch.distributed helpers."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+CHECKPOINT_VERSION = 1
+
+
+# ------------------------------------------------------------------------------ device
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> the local CUDA device when present, else CPU; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local % torch.cuda.device_count())
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} asked for CUDA but torch sees no GPU; "
+                           f"use --device cpu or auto")
+    return dev
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; a no-op context on CPU (CPU bf16 is slower than fp32 here)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------ seeds / RNG
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as tensors/lists, safe for weights_only loads."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _tuplify_to_list(random.getstate()),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_listify_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify_to_list(x):
+    if isinstance(x, tuple):
+        return [_tuplify_to_list(v) for v in x]
+    return x
+
+
+def _listify_to_tuple(x):
+    if isinstance(x, list):
+        return tuple(_listify_to_tuple(v) for v in x)
+    return x
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` (plus a version and time) atomically: temporary file, fsync, rename.
+
+    A run killed while saving leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**state, "checkpoint_version": CHECKPOINT_VERSION, "saved_at": time.time()}
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; check the path, or train first")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ------------------------------------------------------------------------------ metrics
+class MetricsWriter:
+    """Append one JSON object per line to ``metrics.jsonl`` (flushed each write)."""
+
+    def __init__(self, path: str | os.PathLike, *, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record.setdefault("time", round(time.time(), 3))
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+# ------------------------------------------------------------------------------ distributed
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Start torch.distributed when launched by torchrun (``WORLD_SIZE`` > 1): nccl on CUDA,
+    gloo on CPU. A plain ``python`` launch returns a single-process :class:`DistInfo`."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local % torch.cuda.device_count())
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def is_main() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@torch.no_grad()
+def all_gather_variable(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (n_r x ...) from every rank in rank order; n_r may differ per rank.
+
+    Single process: returns ``t``. No gradient flows through the gathered copy.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    world = dist.get_world_size()
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    top = max(sizes)
+    padded = t.new_zeros((top,) + tuple(t.shape[1:]))
+    padded[: t.shape[0]] = t
+    out = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)], dim=0)

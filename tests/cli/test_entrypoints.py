@@ -1,0 +1,32 @@
+"""The three console scripts: lazy subcommands, cheap --help."""
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cli import evaluate, prep, train
+
+
+@pytest.mark.parametrize("group", [prep.main, train.main, evaluate.main])
+def test_help_lists_every_subcommand(group):
+    result = CliRunner().invoke(group, ["--help"])
+    assert result.exit_code == 0, result.output
+    table = {prep.main: prep.COMMANDS, train.main: train.COMMANDS,
+             evaluate.main: evaluate.COMMANDS}[group]
+    for name in table:
+        assert name in result.output
+
+
+def test_prep_help_does_not_import_heavy_modules():
+    code = ("import sys; from click.testing import CliRunner; from cli.prep import main; "
+            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0; "
+            "heavy = [m for m in ('torch', 'zarr', 'numba', 'dask') if m in sys.modules]; "
+            "print(heavy); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_subcommand_is_a_usage_error():
+    result = CliRunner().invoke(prep.main, ["superpixel"])
+    assert result.exit_code == 2
+    assert "No such command" in result.output

@@ -192,4 +192,4 @@ def all_gather_variable(t: torch.Tensor) -> torch.Tensor:
     padded[: t.shape[0]] = t
     out = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(out, padded)
-    return torch.cat([o[:s] for o, s in zip(out, sizes)], dim=0)
+    return torch.cat([o[:s] for o, s in zip(out, sizes, strict=True)], dim=0)

@@ -1,0 +1,881 @@
+"""Fold splits, training lists and fixed test episodes: index arrays, built once and stored.
+
+Everything here starts from one table per split, the mask store's ``class_pixels``
+(N x (C+1) int64: pixels of classes 0..C in each image at original resolution), so the
+core functions are pure: arrays in, arrays out. The store-level functions at the bottom
+(:func:`build_episodes`, :func:`load_training_list`, :func:`load_test_episodes`,
+:func:`describe`) only read mask stores and write or read small ``.npz`` / JSON files.
+
+Protocols matched (read in the reference code, see ``docs/episodes.md``):
+
+* **Folds.** PASCAL-5i: fold i tests classes 5i+1..5i+5. COCO-20i interleaved (PFENet
+  ``use_split_coco: True``, HSNet, BAM): class c tests in fold (c-1) mod 4; contiguous
+  (PANet, PFENet ``use_split_coco: False``): fold i tests 20i+1..20i+20. Other datasets:
+  interleaved over their C classes, or a ``folds.txt``.
+* **Usable class** (PFENet ``util/dataset.py`` ``make_dataset``): a class counts in an image
+  with >= 2 x 32 x 32 = 2048 pixels at original resolution.
+* **Training list** (PFENet ``make_dataset`` on the train list with the fold's train
+  classes): each image with at least one usable train class, once, with its usable train
+  classes. Images that also hold test classes are kept (the trainer binarises the label,
+  so those pixels become background). ``drop_novel_images`` is BAM's ``filter_intersection``
+  (``chunbolang/BAM`` ``util/dataset.py``): an image is dropped when *any* pixel of a
+  non-training class is present (its rule tests the set of labels present, no threshold).
+* **PFENet test episodes** (``make_dataset`` on the val list with the test classes, then
+  ``SemData.__getitem__`` driven by ``test.py``): the query list is every val image with at
+  least one usable test class, walked in order and cycled; the episode class is drawn
+  uniformly among the test classes *present* in the query (any pixel: PFENet's
+  ``__getitem__`` takes ``np.unique(label)`` without the threshold); K distinct supports are
+  drawn uniformly from that class's list (images where it is usable), never the query.
+* **HSNet test episodes** (``juhongm999/hsnet`` ``data/pascal.py``, ``data/coco.py``):
+  PASCAL/folder/demo: the (image, class) pairs of the fold in order, episode i uses pair
+  i mod P; COCO: class uniform over the fold's classes, query uniform in its list. Supports
+  uniform from the class list, not the query.
+
+Randomness is a numpy ``Generator`` (PCG64) seeded with the episode seed; PFENet and HSNet
+use Python's ``random`` / numpy's legacy global state, so our episodes follow the same
+protocol but are not the same draws as their files. Our draw order puts the query and
+class first and the supports shot by shot, so for one seed the 1-shot episodes are the
+first support of the 5-shot episodes (same query, class and first support).
+
+Files under ``episodes_dir(dataset)``::
+
+    folds.json                                   fold classes (ids and names), stores, params
+    train-fold{F}[-aug][-dropnovel].npz          training list of fold F
+    test-fold{F}-shot{K}-{protocol}-seed{S}.npz  fixed test episodes
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+DEFAULT_MIN_PIXELS = 2 * 32 * 32  # 2048: PFENet's (Shaban's) small-object rule
+DEFAULT_SEED = 321  # PFENet / QGNet val seed
+HSNET_SEED = 0
+PROTOCOLS = ("pfenet", "hsnet")
+COCO_SPLITS = ("interleaved", "contiguous")
+DEFAULT_SHOTS = (1, 5)
+NUM_FOLDS = 4
+FOLDS_FILE_NAME = "folds.txt"
+
+PASCAL_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+# The 80 COCO categories in the order of their sorted category ids (label 1 = person ... 80 =
+# toothbrush). Fallback constant: pipeline/datasets/coco.py is the reader's source of truth.
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
+
+
+class EpisodeWarning(UserWarning):
+    """A class was left out of the episodes (too few usable images)."""
+
+
+# ========================================================================================
+# fold splits
+# ========================================================================================
+
+def parse_folds_file(path: str | os.PathLike, class_names: Sequence[str] | None = None,
+                     *, num_classes: int | None = None) -> list[np.ndarray]:
+    """Read a ``folds.txt``: one line per fold, the fold's test classes.
+
+    Classes are ids (1..C) or names. A line with a comma is split on commas (so names may
+    hold spaces: ``parking meter, dog``), otherwise on white space. Blank lines and lines
+    starting with ``#`` are skipped.
+
+    Returns
+    -------
+    list of (T_f,) int64 arrays
+        Sorted test class ids of each fold.
+
+    Raises
+    ------
+    ValueError
+        Unknown id or name, a class listed twice, folds that overlap, an empty file, or a
+        fold that leaves no training class; the message names the file and the line.
+    """
+    path = Path(path)
+    names = list(class_names) if class_names is not None else None
+    c = num_classes if num_classes is not None else (len(names) if names is not None else None)
+    if c is None:
+        raise ValueError("parse_folds_file needs class_names or num_classes")
+    lookup = {n: i + 1 for i, n in enumerate(names or [])}
+    folds: list[np.ndarray] = []
+    owner: dict[int, int] = {}
+    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        tokens = [t.strip() for t in (line.split(",") if "," in line else line.split())]
+        ids: list[int] = []
+        for tok in filter(None, tokens):
+            if re.fullmatch(r"\d+", tok):
+                cid = int(tok)
+                if not 1 <= cid <= c:
+                    raise ValueError(f"{path}:{lineno}: class id {cid} is outside 1..{c}")
+            elif tok in lookup:
+                cid = lookup[tok]
+            else:
+                known = f"; known names: {', '.join(names)}" if names else " (no class names known)"
+                raise ValueError(f"{path}:{lineno}: unknown class {tok!r}{known}")
+            if cid in ids:
+                raise ValueError(f"{path}:{lineno}: class {tok!r} is listed twice")
+            if cid in owner:
+                raise ValueError(f"{path}:{lineno}: class {tok!r} is already a test class of fold "
+                                 f"{owner[cid]}; folds must be disjoint")
+            ids.append(cid)
+        fold = len(folds)
+        for cid in ids:
+            owner[cid] = fold
+        if len(ids) >= c:
+            raise ValueError(f"{path}:{lineno}: fold {fold} tests every class; none is left "
+                             f"for training")
+        folds.append(np.array(sorted(ids), dtype=np.int64))
+    if not folds:
+        raise ValueError(f"{path} lists no fold; write one line of test classes per fold")
+    return folds
+
+
+def num_folds(*, folds_file: str | os.PathLike | None = None) -> int:
+    """4, or the number of fold lines of ``folds_file``."""
+    if folds_file is None:
+        return NUM_FOLDS
+    return sum(1 for ln in Path(folds_file).read_text().splitlines()
+               if ln.strip() and not ln.strip().startswith("#"))
+
+
+def fold_classes(dataset_name: str, num_classes: int, fold: int, *,
+                 coco_split: str = "interleaved", folds_file: str | os.PathLike | None = None,
+                 class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Test and training classes (1-based ids, sorted) of one fold.
+
+    Parameters
+    ----------
+    dataset_name : str
+        ``"pascal"`` (PASCAL-5i), ``"coco"`` (COCO-20i) or any other dataset (folder, demo).
+    num_classes : int
+        C (20 for PASCAL, 80 for COCO).
+    fold : int
+        0..3, or 0..(lines of ``folds_file`` - 1).
+    coco_split : {"interleaved", "contiguous"}
+        COCO only. Interleaved: c tests in fold (c - 1) mod 4. Contiguous: fold i tests
+        20i+1..20i+20.
+    folds_file : path, optional
+        Other datasets only: a ``folds.txt`` (see :func:`parse_folds_file`). Without it the
+        C classes are interleaved: c tests in fold (c - 1) mod 4.
+    class_names : sequence of str, optional
+        Needed when ``folds_file`` names classes instead of numbering them.
+
+    Returns
+    -------
+    test_classes, train_classes : int64 arrays
+        Train classes are all the other classes 1..C.
+
+    Examples
+    --------
+    >>> fold_classes("pascal", 20, 1)[0].tolist()
+    [6, 7, 8, 9, 10]
+    >>> fold_classes("coco", 80, 0)[0][:4].tolist()
+    [1, 5, 9, 13]
+    """
+    fold = int(fold)
+    all_classes = np.arange(1, num_classes + 1, dtype=np.int64)
+    if dataset_name == "pascal":
+        if num_classes != 20:
+            raise ValueError(f"PASCAL-5i needs 20 classes, the store has {num_classes}")
+        _check_fold(fold, NUM_FOLDS, "PASCAL-5i")
+        test = np.arange(5 * fold + 1, 5 * fold + 6, dtype=np.int64)
+    elif dataset_name == "coco":
+        if num_classes != 80:
+            raise ValueError(f"COCO-20i needs 80 classes, the store has {num_classes}")
+        _check_fold(fold, NUM_FOLDS, "COCO-20i")
+        if coco_split == "interleaved":
+            test = all_classes[(all_classes - 1) % 4 == fold]
+        elif coco_split == "contiguous":
+            test = np.arange(20 * fold + 1, 20 * fold + 21, dtype=np.int64)
+        else:
+            raise ValueError(f"coco_split must be one of {COCO_SPLITS}, got {coco_split!r}")
+    elif folds_file is not None:
+        folds = parse_folds_file(folds_file, class_names, num_classes=num_classes)
+        _check_fold(fold, len(folds), str(folds_file))
+        test = folds[fold]
+    else:
+        if num_classes < 2:
+            raise ValueError(f"dataset {dataset_name!r} has {num_classes} class(es); few-shot "
+                             f"folds need at least 2")
+        _check_fold(fold, NUM_FOLDS, f"{dataset_name} (interleaved)")
+        test = all_classes[(all_classes - 1) % 4 == fold]
+        if len(test) == 0:
+            raise ValueError(f"fold {fold} of {dataset_name!r} has no test class with only "
+                             f"{num_classes} classes; write a {FOLDS_FILE_NAME} with fewer folds")
+    train = np.setdiff1d(all_classes, test)
+    return test, train
+
+
+def _check_fold(fold: int, n: int, what: str) -> None:
+    if not 0 <= fold < n:
+        raise ValueError(f"fold {fold} does not exist for {what}: folds are 0..{n - 1}")
+
+
+def split_kind(dataset_name: str, *, coco_split: str = "interleaved",
+               folds_file: str | os.PathLike | None = None) -> str:
+    """Name of the fold definition, recorded in ``folds.json``."""
+    if dataset_name == "pascal":
+        return "pascal-5i"
+    if dataset_name == "coco":
+        return f"coco-20i-{coco_split}"
+    return "folds.txt" if folds_file is not None else "interleaved"
+
+
+# ========================================================================================
+# training lists
+# ========================================================================================
+
+def usable_classes(class_pixels: np.ndarray, *, min_pixels: int = DEFAULT_MIN_PIXELS) -> np.ndarray:
+    """(N, C) bool: class ``c`` (column ``c - 1``) has >= ``min_pixels`` pixels in the image."""
+    cp = np.asarray(class_pixels)
+    if cp.ndim != 2 or cp.shape[1] < 2:
+        raise ValueError(f"class_pixels must be N x (C+1), got shape {cp.shape}")
+    return cp[:, 1:] >= min_pixels
+
+
+def _csr(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise CSR of a bool matrix: (indptr (R+1,), column ids + 1, ascending per row)."""
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(rows.sum(1), out=indptr[1:])
+    cols = np.nonzero(rows)[1].astype(np.int32) + 1  # row-major: per row ascending
+    return indptr, cols
+
+
+def training_list(class_pixels: np.ndarray, train_classes: Iterable[int], *,
+                  test_classes: Iterable[int] = (), min_pixels: int = DEFAULT_MIN_PIXELS,
+                  drop_novel_images: bool = False) -> dict[str, np.ndarray]:
+    """The training list of one fold (PFENet's ``make_dataset``, optionally BAM's filter).
+
+    Parameters
+    ----------
+    class_pixels : (N, C+1) int array
+        Pixels per class of every image of the training split.
+    train_classes, test_classes : ints
+        1-based class ids of the fold.
+    min_pixels : int
+        A class counts in an image with at least this many pixels (default 2048).
+    drop_novel_images : bool
+        BAM's ``filter_intersection``: drop every image holding *any* pixel of a class that
+        is not a training class. Default False (PFENet: keep them; the trainer maps those
+        pixels to background when it binarises the label).
+
+    Returns
+    -------
+    dict of arrays
+        ``image_index`` (M,) int32 indices into the store; ``classes_indptr`` (M+1,) and
+        ``classes`` (P,) int32: CSR of the usable training classes of each listed image
+        (``classes[indptr[i]:indptr[i+1]]``); ``present_indptr`` / ``present_classes``: the
+        training classes with any pixel (PFENet's trainer draws the episode class among
+        these); ``class_indptr`` (C+2,) / ``class_images``: for class c, the store indices
+        of the images where it is usable (``class_images[class_indptr[c]:class_indptr[c+1]]``,
+        PFENet's ``sub_class_file_list``; empty for test classes).
+
+    Examples
+    --------
+    >>> cp = np.array([[0, 2048, 0], [0, 2047, 0], [0, 3000, 5]])
+    >>> training_list(cp, [1], test_classes=[2])["image_index"].tolist()
+    [0, 2]
+    >>> training_list(cp, [1], test_classes=[2], drop_novel_images=True)["image_index"].tolist()
+    [0]
+    """
+    cp = np.asarray(class_pixels)
+    usable = usable_classes(cp, min_pixels=min_pixels)  # N x C
+    c = usable.shape[1]
+    train_mask = _class_mask(train_classes, c)
+    u = usable & train_mask  # N x C: usable training classes
+    keep = u.any(axis=1)
+    if drop_novel_images:
+        other = ~train_mask  # every non-training class: the fold's test classes
+        keep &= ~(cp[:, 1:][:, other] > 0).any(axis=1)
+    image_index = np.flatnonzero(keep).astype(np.int32)
+    indptr, classes = _csr(u[keep])
+    present = (cp[keep, 1:] > 0) & train_mask
+    pindptr, pclasses = _csr(present)
+    # per-class lists, over the kept images only (class c -> rows of column c - 1)
+    cu = u[keep].T  # C x M
+    class_indptr = np.zeros(c + 2, dtype=np.int64)
+    np.cumsum(cu.sum(1), out=class_indptr[2:])
+    class_images = image_index[np.nonzero(cu)[1]].astype(np.int32)
+    return {"image_index": image_index, "classes_indptr": indptr, "classes": classes,
+            "present_indptr": pindptr, "present_classes": pclasses,
+            "class_indptr": class_indptr, "class_images": class_images}
+
+
+def _class_mask(classes: Iterable[int], c: int) -> np.ndarray:
+    arr = np.asarray(list(classes), dtype=np.int64)
+    if arr.size and (arr.min() < 1 or arr.max() > c):
+        raise ValueError(f"class ids must be in 1..{c}, got {arr.tolist()}")
+    mask = np.zeros(c, dtype=bool)
+    mask[arr - 1] = True
+    return mask
+
+
+def check_disjoint(train_ids: Iterable[str], val_ids: Iterable[str], *,
+                   names: tuple[str, str] = ("train", "val")) -> None:
+    """Refuse a training split that shares images with the evaluation split.
+
+    Raises
+    ------
+    ValueError
+        Naming how many ids overlap and the first few of them.
+    """
+    overlap = sorted(set(train_ids) & set(val_ids))
+    if overlap:
+        head = ", ".join(overlap[:5]) + (" ..." if len(overlap) > 5 else "")
+        raise ValueError(f"the {names[0]} and {names[1]} splits share {len(overlap)} image(s) "
+                         f"({head}); few-shot evaluation needs disjoint splits. Rebuild the "
+                         f"mask stores from disjoint lists (PASCAL: VOC val must be removed "
+                         f"from the training set)")
+
+
+# ========================================================================================
+# test episodes
+# ========================================================================================
+
+def sample_episodes(class_pixels: np.ndarray, test_classes: Iterable[int], *, shot: int,
+                    n_episodes: int, seed: int, protocol: str = "pfenet",
+                    query_mode: str | None = None, dataset_name: str = "",
+                    min_pixels: int = DEFAULT_MIN_PIXELS, warn: bool = True
+                    ) -> dict[str, np.ndarray]:
+    """Fixed test episodes of one fold.
+
+    Parameters
+    ----------
+    class_pixels : (N, C+1) int array
+        Pixels per class of every image of the evaluation (val) split.
+    test_classes : ints
+        The fold's 1-based test classes; episodes use only these.
+    shot : int
+        K supports per episode (distinct images, never the query).
+    n_episodes : int
+        E.
+    seed : int
+        Seed of the ``np.random.Generator`` (PCG64).
+    protocol : {"pfenet", "hsnet"}
+        ``pfenet``: walk the query list (images with a usable test class) in store order,
+        cycling; class uniform among the test classes present in the query (any pixel).
+        ``hsnet``: see ``query_mode``.
+    query_mode : {"walk", "pairs", "class"}, optional
+        Overrides the protocol's query rule. Defaults: pfenet -> ``"walk"``; hsnet ->
+        ``"class"`` for COCO (class uniform, then query uniform in its list, HSNet
+        ``data/coco.py``), ``"pairs"`` otherwise (episode i uses the i mod P-th usable
+        (image, class) pair, HSNet ``data/pascal.py``).
+    dataset_name : str
+        Only picks the HSNet query rule.
+    min_pixels : int
+        Usable-class threshold (supports always need it; so do query lists).
+    warn : bool
+        Emit an :class:`EpisodeWarning` for classes left out.
+
+    Returns
+    -------
+    dict
+        ``query`` (E,) int32 and ``support`` (E, K) int32 store indices; ``cls`` (E,) int32
+        class ids; ``skipped_classes`` (S,) int32: test classes with fewer than K+1 usable
+        images, left out (no episode uses them); ``n_queries``: length of the query list.
+
+    Raises
+    ------
+    ValueError
+        When no test class has K+1 usable images (no episode can be formed).
+
+    Examples
+    --------
+    >>> cp = np.zeros((6, 3), dtype=np.int64); cp[:, 1] = 5000
+    >>> ep = sample_episodes(cp, [1], shot=1, n_episodes=4, seed=0)
+    >>> ep["query"].tolist(), bool((ep["support"][:, 0] != ep["query"]).all())
+    ([0, 1, 2, 3], True)
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if shot < 1 or n_episodes < 1 or min_pixels < 1:
+        raise ValueError(f"shot, n_episodes and min_pixels must be >= 1, got {shot}, "
+                         f"{n_episodes}, {min_pixels}")
+    if query_mode is None:
+        query_mode = "walk" if protocol == "pfenet" else ("class" if dataset_name == "coco"
+                                                         else "pairs")
+    cp = np.asarray(class_pixels)
+    usable = usable_classes(cp, min_pixels=min_pixels)  # N x C
+    n, c = usable.shape
+    test = np.unique(np.asarray(list(test_classes), dtype=np.int64))
+    _class_mask(test, c)  # validates the ids
+    counts = usable[:, test - 1].sum(axis=0)  # T
+    able = test[counts >= shot + 1]
+    skipped = test[counts < shot + 1].astype(np.int32)
+    if skipped.size and warn:
+        detail = ", ".join(f"{k} ({m} image(s))" for k, m in zip(skipped.tolist(),
+                                                                    counts[counts < shot + 1], strict=True))
+        warnings.warn(f"{len(skipped)} test class(es) have fewer than {shot + 1} usable images "
+                      f"(>= {min_pixels} px) and are left out of the {shot}-shot episodes: "
+                      f"{detail}", EpisodeWarning, stacklevel=2)
+    if able.size == 0:
+        raise ValueError(f"no test class of {test.tolist()} has {shot + 1} images with >= "
+                         f"{min_pixels} pixels: no {shot}-shot episode can be formed")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    # class lists: images where the class is usable, one sorted segment per class (rank r)
+    ua = usable[:, able - 1]  # N x A
+    members = np.nonzero(ua.T)[1].astype(np.int64)  # concatenated, image-sorted per class
+    offset = np.zeros(len(able) + 1, dtype=np.int64)
+    np.cumsum(ua.sum(0), out=offset[1:])
+    length = np.diff(offset)  # A
+
+    e = n_episodes
+    if query_mode == "walk":
+        qlist = np.flatnonzero(ua.any(axis=1))  # PFENet's val data_list, in store order
+        query = qlist[np.arange(e) % len(qlist)]
+        present = cp[query][:, able] > 0  # E x A: candidate classes (any pixel)
+        n_cand = present.sum(1)
+        pick = rng.integers(0, n_cand)  # the r-th present class
+        rank = (np.cumsum(present, axis=1) <= pick[:, None]).sum(1)
+        n_queries = len(qlist)
+    elif query_mode == "pairs":
+        img, rk = np.nonzero(ua)  # (image, class) pairs, image-major, class ascending
+        i = np.arange(e) % len(img)
+        query, rank = img[i], rk[i]
+        n_queries = len(img)
+    elif query_mode == "class":
+        rank = rng.integers(0, len(able), size=e)
+        query = members[offset[rank] + rng.integers(0, length[rank])]
+        n_queries = int(length.sum())
+    else:
+        raise ValueError(f"query_mode must be 'walk', 'pairs' or 'class', got {query_mode!r}")
+
+    # position of the query in its class list (-1 when the class is not usable there)
+    key = rank * n + query
+    all_keys = np.repeat(np.arange(len(able)), length) * n + members
+    pos = np.searchsorted(all_keys, key)
+    inside = (pos < len(all_keys)) & (all_keys[np.minimum(pos, len(all_keys) - 1)] == key)
+    big = np.iinfo(np.int64).max
+    excluded = np.full((e, shot + 1), big, dtype=np.int64)  # E x (K+1), sorted per row
+    excluded[:, 0] = np.where(inside, pos - offset[rank], big)
+    n_excl = inside.astype(np.int64)
+    support = np.empty((e, shot), dtype=np.int64)
+    for k in range(shot):
+        # uniform rank among the not-yet-excluded members, mapped past the excluded ones
+        j = rng.integers(0, length[rank] - n_excl)
+        for col in range(k + 1):  # excluded ascending; padding (big) never shifts
+            j += j >= excluded[:, col]
+        support[:, k] = members[offset[rank] + j]
+        excluded[:, k + 1] = j
+        excluded.sort(axis=1)
+        n_excl += 1
+    return {"query": query.astype(np.int32), "support": support.astype(np.int32),
+            "cls": able[rank].astype(np.int32), "skipped_classes": skipped,
+            "n_queries": np.int64(n_queries)}
+
+
+def episode_stats(query: np.ndarray, support: np.ndarray, cls: np.ndarray) -> dict[str, Any]:
+    """Episodes per class, distinct queries and how often support images are reused."""
+    support = np.asarray(support).reshape(len(query), -1)
+    classes, per_class = np.unique(cls, return_counts=True)
+    s_ids, s_uses = np.unique(support, return_counts=True)
+    return {
+        "episodes": int(len(query)),
+        "episodes_per_class": {int(k): int(v) for k, v in zip(classes, per_class, strict=True)},
+        "distinct_queries": int(len(np.unique(query))),
+        "support_slots": int(support.size),
+        "distinct_supports": int(len(s_ids)),
+        "support_uses_mean": round(float(s_uses.mean()), 2) if len(s_uses) else 0.0,
+        "support_uses_max": int(s_uses.max()) if len(s_uses) else 0,
+    }
+
+
+def default_episode_count(dataset_name: str, protocol: str = "pfenet") -> int:
+    """1000 (PASCAL: QGNet's train.py; folder/demo; every HSNet run), 20,000 for COCO/PFENet."""
+    if protocol == "pfenet" and dataset_name == "coco":
+        return 20000
+    return 1000
+
+
+def default_seed(protocol: str) -> int:
+    """321 for PFENet, 0 for HSNet."""
+    return HSNET_SEED if protocol == "hsnet" else DEFAULT_SEED
+
+
+# ========================================================================================
+# files: names, hashing, atomic writes
+# ========================================================================================
+
+def ids_hash(ids: Sequence[str]) -> str:
+    """Short hash of a store's id list (order matters: the files hold indices)."""
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
+
+
+def train_split_name(dataset_name: str, train_set: str | None = None) -> str:
+    """Mask-store split of the training list: ``train``, or ``aug`` for PASCAL's 10,582 set."""
+    if train_set in (None, "train"):
+        return "train"
+    if train_set == "aug":
+        if dataset_name != "pascal":
+            raise ValueError(f"the 'aug' training set exists for PASCAL only, not {dataset_name!r}")
+        return "aug"
+    raise ValueError(f"train_set must be 'train' or 'aug', got {train_set!r}")
+
+
+def train_list_name(fold: int, *, train_set: str | None = None,
+                    drop_novel_images: bool = False) -> str:
+    aug = "-aug" if train_set == "aug" else ""
+    return f"train-fold{fold}{aug}{'-dropnovel' if drop_novel_images else ''}.npz"
+
+
+def episode_file_name(fold: int, shot: int, *, seed: int, protocol: str = "pfenet") -> str:
+    return f"test-fold{fold}-shot{shot}-{protocol}-seed{seed}.npz"
+
+
+def _save_npz_atomic(path: Path, arrays: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    os.replace(tmp, path)
+
+
+def _load_npz(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    for k, v in out.items():  # 0-d arrays back to Python scalars / strings
+        if v.ndim == 0:
+            out[k] = v.item()
+    return out
+
+
+# ========================================================================================
+# stores -> files (what `qgnet-prep episodes` runs)
+# ========================================================================================
+
+def _masks_command(dataset: str, split: str, cache_dir) -> str:
+    extra = f" --cache-dir {cache_dir}" if cache_dir else ""
+    return f"qgnet-prep masks --dataset {dataset} --split {split}{extra}"
+
+
+def _locate_masks(dataset: str, split: str, cache_dir) -> Path:
+    """Path of a mask store (through pipeline.mask_stage when it exists)."""
+    from pipeline.store import StoreError
+
+    try:
+        from pipeline.mask_stage import locate_mask_store
+    except ImportError:  # the mask stage is optional for this module
+        locate_mask_store = None
+    if locate_mask_store is not None:
+        return Path(locate_mask_store(dataset, split, cache_dir=cache_dir))
+    from pipeline.config import mask_store_path
+
+    path = mask_store_path(dataset, split, cache_dir=cache_dir)
+    if not (path / "ids.json").is_file():
+        raise StoreError(f"no mask store for {dataset}/{split} at {path}; build it with: "
+                         f"{_masks_command(dataset, split, cache_dir)}")
+    return path
+
+
+def _open_masks(dataset: str, split: str, cache_dir):
+    from pipeline.store import ShardedStore, StoreError
+
+    path = _locate_masks(dataset, split, cache_dir)
+    store = ShardedStore.open(path, kind="masks", hint=_masks_command(dataset, split, cache_dir))
+    if not store.complete:
+        raise StoreError(f"mask store {path} is incomplete ({store.summary()['shards_done']} "
+                         f"shards); finish it with: {_masks_command(dataset, split, cache_dir)}")
+    return store
+
+
+def _episodes_command(dataset: str, cache_dir, **opts) -> str:
+    parts = [f"qgnet-prep episodes --dataset {dataset}"]
+    for k, v in opts.items():
+        if v is True:
+            parts.append(f"--{k.replace('_', '-')}")
+        elif v is not None and v is not False:  # seed 0 is a value
+            parts.append(f"--{k.replace('_', '-')} {v}")
+    if cache_dir:
+        parts.append(f"--cache-dir {cache_dir}")
+    return " ".join(parts)
+
+
+def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None = None,
+                   shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] | None = None,
+                   protocol: str = "pfenet", n_episodes: int | None = None,
+                   min_pixels: int = DEFAULT_MIN_PIXELS, drop_novel_images: bool = False,
+                   train_set: str | None = None, coco_split: str = "interleaved",
+                   folds_file: str | os.PathLike | None = None,
+                   config: Mapping[str, Any] | None = None,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Read the train and val mask stores of ``dataset`` and write every episode file.
+
+    Writes ``folds.json``, one training list per fold and one test-episode file per fold,
+    shot and seed into :func:`pipeline.config.episodes_dir`, and prints the counts.
+    Defaults: all folds, shots 1 and 5, seed 321 (pfenet) / 0 (hsnet), E from
+    :func:`default_episode_count`. Returns a summary dict (paths and counts).
+
+    Raises
+    ------
+    StoreError
+        A mask store is missing or incomplete (the message holds the ``qgnet-prep masks``
+        command).
+    ValueError
+        Overlapping train/val ids, bad folds, an impossible episode set.
+    """
+    from pipeline.config import episodes_dir, provenance, write_json_atomic
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    tsplit = train_split_name(dataset, train_set)
+    train_store = _open_masks(dataset, tsplit, cache_dir)
+    val_store = _open_masks(dataset, "val", cache_dir)
+    attrs = val_store.attrs
+    names = list(attrs.get("class_names") or [])
+    c = int(attrs.get("num_classes") or len(names))
+    tcp, vcp = train_store.extra("class_pixels"), val_store.extra("class_pixels")
+    for s, cp in ((train_store, tcp), (val_store, vcp)):
+        if cp.shape != (s.n, c + 1):
+            raise ValueError(f"{s.path}: class_pixels has shape {cp.shape}, expected "
+                             f"({s.n}, {c + 1}); rebuild it with "
+                             f"{_masks_command(dataset, s.attrs.get('split'), cache_dir)}")
+    if int(train_store.attrs.get("num_classes", c)) != c:
+        raise ValueError(f"{train_store.path} and {val_store.path} disagree on the number of classes")
+    check_disjoint(train_store.ids, val_store.ids, names=(tsplit, "val"))
+    if folds_file is None and dataset not in ("pascal", "coco") and attrs.get("root"):
+        cand = Path(attrs["root"]) / FOLDS_FILE_NAME
+        folds_file = cand if cand.is_file() else None
+    n_f = NUM_FOLDS if dataset in ("pascal", "coco") else num_folds(folds_file=folds_file)
+    fold_list = list(range(n_f)) if not folds else [int(f) for f in folds]
+    seeds = list(seeds) if seeds else [default_seed(protocol)]
+    e = int(n_episodes or default_episode_count(dataset, protocol))
+
+    def name(k: int) -> str:
+        return names[k - 1] if 0 < k <= len(names) else str(k)
+
+    out_dir = episodes_dir(dataset, cache_dir=cache_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fold_info = []
+    for f in range(n_f):
+        test, train = fold_classes(dataset, c, f, coco_split=coco_split, folds_file=folds_file,
+                                   class_names=names)
+        fold_info.append({"fold": f, "test_classes": test.tolist(),
+                          "test_names": [name(k) for k in test],
+                          "train_classes": train.tolist(), "train_names": [name(k) for k in train]})
+    for f in fold_list:
+        _check_fold(f, n_f, dataset)
+    kind = split_kind(dataset, coco_split=coco_split, folds_file=folds_file)
+    stores = {tsplit: {"path": str(train_store.path), "n": train_store.n,
+                       "ids_hash": ids_hash(train_store.ids)},
+              "val": {"path": str(val_store.path), "n": val_store.n,
+                      "ids_hash": ids_hash(val_store.ids)}}
+    folds_path = out_dir / "folds.json"
+    if folds_path.is_file():  # keep the other training store when the folds did not change
+        old = json.loads(folds_path.read_text())
+        if old.get("folds") == fold_info and old.get("min_pixels") == min_pixels:
+            stores = {**old.get("stores", {}), **stores}
+        else:
+            echo(f"note: {folds_path} described other folds or min_pixels; episode files "
+                 f"built for those will be refused by the loaders until rebuilt")
+    write_json_atomic(folds_path, {
+        "dataset": dataset, "split_kind": kind, "num_classes": c, "class_names": names,
+        "min_pixels": min_pixels, "folds_file": str(folds_file) if folds_file else None,
+        "folds": fold_info, "stores": stores, "config": dict(config or {}),
+        **provenance({"protocol": protocol, "shots": list(shots), "seeds": seeds,
+                      "episodes": e, "drop_novel_images": drop_novel_images,
+                      "train_set": tsplit, "coco_split": coco_split})})
+    echo(f"{dataset}: {kind}, {c} classes, min_pixels {min_pixels}; train store {tsplit} "
+         f"({train_store.n} images), val store ({val_store.n} images) -> {out_dir}")
+
+    summary: dict[str, Any] = {"dir": str(out_dir), "train": {}, "test": {}}
+    thash, vhash = ids_hash(train_store.ids), ids_hash(val_store.ids)
+    for f in fold_list:
+        test = np.asarray(fold_info[f]["test_classes"], dtype=np.int32)
+        train = np.asarray(fold_info[f]["train_classes"], dtype=np.int32)
+        tl = training_list(tcp, train, test_classes=test, min_pixels=min_pixels,
+                           drop_novel_images=drop_novel_images)
+        path = out_dir / train_list_name(f, train_set=tsplit, drop_novel_images=drop_novel_images)
+        _save_npz_atomic(path, {**tl, "train_classes": train, "test_classes": test,
+                                "fold": f, "min_pixels": min_pixels,
+                                "drop_novel_images": drop_novel_images, "split": tsplit,
+                                "ids_hash": thash, "dataset": dataset})
+        per_class = np.diff(tl["class_indptr"])[1:]
+        summary["train"][f] = {"path": str(path), "images": int(len(tl["image_index"])),
+                               "pairs": int(len(tl["classes"])),
+                               "per_class": {int(k): int(per_class[k - 1]) for k in train}}
+        echo(f"fold {f}: test {', '.join(fold_info[f]['test_names'])}")
+        echo(f"  train list ({'BAM: novel images dropped' if drop_novel_images else 'PFENet: novel pixels = background'}): "
+             f"{len(tl['image_index'])} images, {len(tl['classes'])} (image, class) pairs")
+        echo("  per class: " + ", ".join(f"{name(k)} {per_class[k - 1]}" for k in train))
+        val_counts = usable_classes(vcp, min_pixels=min_pixels)[:, test - 1].sum(0)
+        echo("  val images per test class: "
+             + ", ".join(f"{name(k)} {m}" for k, m in zip(test, val_counts, strict=True)))
+        for k in shots:
+            for s in seeds:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", EpisodeWarning)
+                    ep = sample_episodes(vcp, test, shot=int(k), n_episodes=e, seed=int(s),
+                                         protocol=protocol, dataset_name=dataset,
+                                         min_pixels=min_pixels)
+                for w in caught:  # recorded in the file too (skipped_classes)
+                    echo(f"  warning: {w.message}")
+                path = out_dir / episode_file_name(f, int(k), seed=int(s), protocol=protocol)
+                _save_npz_atomic(path, {**ep, "test_classes": test, "fold": f, "shot": int(k),
+                                        "seed": int(s), "protocol": protocol,
+                                        "min_pixels": min_pixels, "split": "val",
+                                        "ids_hash": vhash, "dataset": dataset})
+                st = episode_stats(ep["query"], ep["support"], ep["cls"])
+                summary["test"][(f, int(k), int(s))] = {"path": str(path), **st,
+                                                        "skipped": ep["skipped_classes"].tolist()}
+                echo(f"  test {k}-shot seed {s} ({protocol}): {e} episodes, "
+                     f"{st['distinct_queries']} distinct queries (list {int(ep['n_queries'])}), "
+                     f"{st['distinct_supports']} distinct supports (max uses "
+                     f"{st['support_uses_max']}); per class: "
+                     + ", ".join(f"{name(q)} {v}" for q, v in st["episodes_per_class"].items())
+                     + (f"; skipped {[name(q) for q in ep['skipped_classes']]}"
+                        if ep["skipped_classes"].size else ""))
+    return summary
+
+
+# ========================================================================================
+# loaders (what the trainer and the evaluator call)
+# ========================================================================================
+
+def _check_current(data: dict, path: Path, dataset: str, split: str, cache_dir, command: str,
+                   fold: int) -> None:
+    from pipeline.store import StoreError
+
+    store = _locate_masks(dataset, split, cache_dir)
+    current = ids_hash(json.loads((store / "ids.json").read_text()))
+    if data.get("ids_hash") != current:
+        raise StoreError(f"{path} was built from another version of the mask store {store} "
+                         f"(its image ids changed); rebuild the episodes with: {command}")
+    folds_path = path.parent / "folds.json"
+    if folds_path.is_file():
+        info = json.loads(folds_path.read_text())
+        folds = info.get("folds", [])
+        if fold < len(folds) and folds[fold]["test_classes"] != np.asarray(
+                data["test_classes"]).tolist():
+            raise StoreError(f"{path} holds other test classes than {folds_path} says for fold "
+                             f"{fold} (the fold split changed); rebuild with: {command}")
+
+
+def load_training_list(dataset: str, fold: int, *, cache_dir=None, drop_novel_images: bool = False,
+                       train_set: str | None = None) -> dict[str, Any]:
+    """Load the training list of one fold (written by ``qgnet-prep episodes``).
+
+    Returns the arrays of :func:`training_list` plus ``fold``, ``train_classes``,
+    ``test_classes`` (the trainer maps their pixels to background), ``min_pixels``,
+    ``drop_novel_images``, ``split`` (the mask store the indices point into), ``ids_hash``
+    and ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file; the message holds the ``qgnet-prep episodes`` command.
+    StoreError
+        The mask store changed since the file was written.
+    """
+    from pipeline.config import episodes_dir
+
+    tsplit = train_split_name(dataset, train_set)
+    path = episodes_dir(dataset, cache_dir=cache_dir) / train_list_name(
+        fold, train_set=tsplit, drop_novel_images=drop_novel_images)
+    command = _episodes_command(dataset, cache_dir, fold=fold,
+                                pascal_train_set="aug" if tsplit == "aug" else None,
+                                drop_novel_images=drop_novel_images)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training list at {path}; build it with: {command}")
+    data = _load_npz(path)
+    _check_current(data, path, dataset, tsplit, cache_dir, command, fold)
+    data["path"] = str(path)
+    return data
+
+
+def load_test_episodes(dataset: str, fold: int, shot: int, *, seed: int = DEFAULT_SEED,
+                       protocol: str = "pfenet", cache_dir=None) -> dict[str, Any]:
+    """Load fixed test episodes (loaded whole; indices into the val mask store).
+
+    Returns ``query`` (E,), ``support`` (E, K), ``cls`` (E,), ``test_classes``,
+    ``skipped_classes``, ``seed``, ``protocol``, ``shot``, ``fold``, ``min_pixels``,
+    ``ids_hash``, ``path``. HSNet's episodes use ``seed=0``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file; the message holds the ``qgnet-prep episodes`` command.
+    StoreError
+        The val mask store changed since the file was written.
+    """
+    from pipeline.config import episodes_dir
+
+    path = episodes_dir(dataset, cache_dir=cache_dir) / episode_file_name(
+        fold, shot, seed=seed, protocol=protocol)
+    command = _episodes_command(dataset, cache_dir, fold=fold, shot=shot, seed=seed,
+                                protocol=protocol)
+    if not path.is_file():
+        raise FileNotFoundError(f"no test episodes at {path}; build them with: {command}")
+    data = _load_npz(path)
+    _check_current(data, path, dataset, "val", cache_dir, command, fold)
+    data["path"] = str(path)
+    return data
+
+
+# ========================================================================================
+# description (`qgnet-prep info`)
+# ========================================================================================
+
+def describe(path: str | os.PathLike) -> str:
+    """Human-readable summary of an episodes folder, ``folds.json`` or one ``.npz`` file."""
+    path = Path(path)
+    if path.is_dir():
+        parts = []
+        if (path / "folds.json").is_file():
+            parts.append(describe(path / "folds.json"))
+        parts += [describe(p) for p in sorted(path.glob("*.npz"))]
+        return "\n".join(parts) if parts else f"{path}: no episode files"
+    if path.suffix == ".json":
+        info = json.loads(path.read_text())
+        lines = [f"{path}: {info.get('dataset')} {info.get('split_kind')}, "
+                 f"{info.get('num_classes')} classes, min_pixels {info.get('min_pixels')}"]
+        for f in info.get("folds", []):
+            lines.append(f"  fold {f['fold']}: test {f['test_classes']} "
+                         f"({', '.join(f['test_names'])})")
+        for split, s in info.get("stores", {}).items():
+            lines.append(f"  store {split}: {s['n']} images, ids {s['ids_hash']} ({s['path']})")
+        return "\n".join(lines)
+    d = _load_npz(path)
+    if "query" in d:
+        st = episode_stats(d["query"], d["support"], d["cls"])
+        lines = [f"{path.name}: fold {d['fold']}, {d['shot']}-shot, {d['protocol']} seed "
+                 f"{d['seed']}: {st['episodes']} episodes, {st['distinct_queries']} distinct "
+                 f"queries (query list {d.get('n_queries')})",
+                 f"  episodes per class: {st['episodes_per_class']}",
+                 f"  supports: {st['support_slots']} slots, {st['distinct_supports']} distinct "
+                 f"images, used {st['support_uses_mean']} times on average, at most "
+                 f"{st['support_uses_max']}"]
+        if np.asarray(d["skipped_classes"]).size:
+            lines.append(f"  skipped classes (too few images): {d['skipped_classes'].tolist()}")
+        return "\n".join(lines)
+    per_class = np.diff(d["class_indptr"])
+    counts = {int(k): int(per_class[k]) for k in d["train_classes"]}
+    return "\n".join([
+        f"{path.name}: fold {d['fold']}, split {d['split']}, "
+        f"{'novel images dropped' if d['drop_novel_images'] else 'novel pixels as background'}: "
+        f"{len(d['image_index'])} images, {len(d['classes'])} (image, class) pairs",
+        f"  test classes {d['test_classes'].tolist()}",
+        f"  images per training class: {counts}"])

@@ -78,6 +78,14 @@ class Dataset(ABC):
     def load_mask(self, image_id: str) -> np.ndarray:
         """``H x W`` uint8 class mask (0 bg, 1..C, 255 ignore). Raises :class:`ImageReadError`."""
 
+    @classmethod
+    def default_root(cls, *, cache_dir=None) -> Path:
+        """Root used by :func:`~pipeline.datasets.open_dataset` when none is given:
+        ``<cache root>/<name>/data`` (the demo reader generates it there)."""
+        from pipeline.config import dataset_cache_dir
+
+        return dataset_cache_dir(cls.name, cache_dir=cache_dir) / "data"
+
     def check_split(self, split: str) -> None:
         if split not in self.splits:
             raise ValueError(f"{self.name} dataset at {self.root} has no split {split!r}; "

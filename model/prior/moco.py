@@ -1,0 +1,384 @@
+r"""MoCo v2 with a global and a local (superpixel-patch) contrast: the prior pretraining.
+
+The query encoder is ``backbone + global head + local head``; the key encoder is a deep
+copy updated by momentum, :math:`\theta_k \leftarrow m\,\theta_k + (1-m)\,\theta_q`, never
+by gradients. For a batch of two views (query ``im_q``, key ``im_k``) of N images and
+their superpixel maps:
+
+1. ``f_q = backbone_q(im_q)[high_stage]`` (N x C x h x w, 7 x 7 for 224 crops, stride 32).
+2. Global: average-pool, MLP, L2-normalise -> ``q`` (N x D). Local: sample up to
+   ``patches_per_image`` superpixels visible in both views, mask-average-pool ``f_q`` per
+   patch, MLP, L2-normalise -> ``q_loc`` (N x P x D).
+3. Momentum update of the key encoder, then (no grad) shuffle the key batch for BN,
+   encode, unshuffle -> ``k`` (N x D), ``k_loc`` (N x P x D).
+4. ``L = L_global(q, k, queue) + L_local(q_loc, k_loc, patch_queue)`` (QGNet eq. 1 + 2,
+   see :mod:`model.losses`), positive at logit 0, temperature 0.2.
+5. Enqueue ``k`` and the valid ``k_loc`` rows (gathered over ranks under DDP).
+
+Shuffle-BN (MoCo sec. 3.3) stops a model from cheating through batch statistics shared
+by a query and its key. ``shuffle="ddp"``: MoCo's cross-rank shuffle (each rank's BN sees
+a random subset of the global key batch). ``shuffle="split-bn"`` (single process, default):
+every BatchNorm2d of both encoders becomes a :class:`SplitBatchNorm` over
+``split_bn_groups`` groups (simulating 8 GPUs, as MoCo's single-GPU CIFAR demo does for
+both encoders) and the key batch is permuted before the key encoder, so a query and its
+key are normalised with different groups. ``shuffle="none"``: plain BN, no shuffle (MoCo's
+demo reports about -4 % kNN accuracy without shuffle-BN).
+
+Defaults (MoCo v2): ``dim=128``, MLP hidden = backbone channels (2048 for ResNet-50),
+``queue_size=65536``, ``momentum=0.999``, ``temperature=0.2``.
+
+References
+----------
+.. [1] He et al., "Momentum Contrast for Unsupervised Visual Representation Learning",
+       CVPR 2020 (facebookresearch/moco ``moco/builder.py``).
+.. [2] Chen et al., "Improved Baselines with Momentum Contrastive Learning", 2020.
+.. [3] Hénaff et al., "Efficient Visual Pretraining with Contrastive Detection", ICCV 2021.
+.. [4] Liu et al., "Few-Shot Segmentation with Global and Local Contrastive Learning".
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from model.losses import global_infonce, local_infonce
+from model.prior.patches import patch_masks, pool_with_masks, sample_patch_ids
+from model.prior.queue import RingQueue
+from model.utils import all_gather_variable
+
+LOSSES = ("both", "global", "local")
+SHUFFLES = ("split-bn", "ddp", "none")
+
+
+# ------------------------------------------------------------------------------ split BN
+def _largest_divisor(n: int, groups: int) -> int:
+    return max(d for d in range(1, min(n, groups) + 1) if n % d == 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_groups(n: int, groups: int, used: int) -> None:
+    warnings.warn(f"SplitBatchNorm: batch of {n} is not divisible by {groups} groups; using {used} "
+                  f"groups of {n // used} for this batch size", stacklevel=3)
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are computed per group of the batch.
+
+    Simulates ``num_splits`` GPUs in one process (MoCo's single-GPU demo): in training,
+    sample ``i`` is normalised with the statistics of samples ``i mod G`` (G groups of N/G),
+    and the running statistics are the mean over groups. In eval mode it is a plain
+    BatchNorm2d. Parameters and buffers are those of BatchNorm2d (same state_dict keys).
+    If N is not divisible by ``num_splits`` the largest divisor of N below it is used
+    (warned once per batch size).
+    """
+
+    def __init__(self, num_features: int, num_splits: int = 8, **kw) -> None:
+        super().__init__(num_features, **kw)
+        self.num_splits = int(num_splits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.num_splits <= 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        g = _largest_divisor(n, self.num_splits)
+        if g != self.num_splits:
+            _warn_groups(n, self.num_splits, g)
+        if g == 1:
+            return super().forward(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as BatchNorm2d
+                factor = 1.0 / float(self.num_batches_tracked)
+        track = self.track_running_stats and self.running_mean is not None
+        rm = self.running_mean.repeat(g) if track else None  # rm: G*C
+        rv = self.running_var.repeat(g) if track else None
+        weight = self.weight.repeat(g) if self.weight is not None else None
+        bias = self.bias.repeat(g) if self.bias is not None else None
+        # Sample a*G + b lands in channel block b: group b = samples b, b+G, b+2G, ...
+        out = F.batch_norm(x.reshape(n // g, c * g, h, w), rm, rv, weight, bias,
+                           True, factor, self.eps)  # out: N/G x G*C x h x w
+        if track:
+            with torch.no_grad():
+                self.running_mean.copy_(rm.view(g, c).mean(0))
+                self.running_var.copy_(rv.view(g, c).mean(0))
+        return out.view(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", num_splits={self.num_splits}"
+
+
+def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` (in place) by a :class:`SplitBatchNorm`
+    with the same state; returns the module (a new one if ``module`` itself is a BN)."""
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SplitBatchNorm):
+        new = SplitBatchNorm(module.num_features, num_splits, eps=module.eps,
+                             momentum=module.momentum, affine=module.affine,
+                             track_running_stats=module.track_running_stats)
+        state = module.state_dict()
+        if state:
+            new = new.to(next(iter(state.values())).device)
+        new.load_state_dict(state)
+        if module.affine:
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        new = convert_split_bn(child, num_splits)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+# ------------------------------------------------------------------------------ encoder
+def _mlp(cin: int, hidden: int, dim: int) -> nn.Sequential:
+    """MoCo v2 projection head: Linear - ReLU - Linear (no BN)."""
+    return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+
+class _Encoder(nn.Module):
+    """Backbone plus the global head (on the average-pooled high stage) and the local head
+    (on mask-pooled patch features); a head is ``None`` when its loss is off."""
+
+    def __init__(self, backbone: nn.Module, head_global: nn.Module | None,
+                 head_local: nn.Module | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head_global = head_global
+        self.head_local = head_local
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)[self.backbone.high_stage]  # N x C x h x w
+
+    def embed_global(self, fmap: torch.Tensor) -> torch.Tensor:
+        z = self.head_global(fmap.mean(dim=(2, 3)))  # z: N x D
+        return F.normalize(z.float(), dim=1)
+
+    def embed_local(self, fmap: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        pooled = pool_with_masks(fmap, masks)  # pooled: N x P x C (fp32)
+        z = self.head_local(pooled)  # z: N x P x D
+        return F.normalize(z.float(), dim=-1)
+
+
+# ------------------------------------------------------------------------------ the model
+class PriorMoCo(nn.Module):
+    """MoCo v2 with global (image) and local (superpixel patch) InfoNCE.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        From ``build_backbone(name, weights=..., dilated=False)``: ``forward(x)`` returns a
+        dict of stages; ``.high_stage`` names the one used, ``.channels`` its width.
+    dim : int, default 128
+        Embedding dimension D of both heads.
+    mlp_hidden : int, optional
+        Hidden width of both MLP heads; default the high stage's channels (2048 for
+        ResNet-50, 512 for ResNet-18, 320 for EfficientNet-Lite0).
+    queue_size, local_queue_size : int, default 65536
+        Global and patch negative queues.
+    momentum : float, default 0.999
+    temperature : float, default 0.2
+    loss : {"both", "global", "local"}, default "both"
+        Which InfoNCE terms are summed into ``"loss"``; the unused head and queue are not
+        built (no unused parameters under DDP).
+    patches_per_image : int, default 16
+    shuffle : {"split-bn", "ddp", "none"}, default "split-bn"
+        Shuffle-BN variant (see the module docstring and ``docs/prior.md``).
+    split_bn_groups : int, default 8
+        Groups of :class:`SplitBatchNorm` for ``shuffle="split-bn"``.
+    min_patch_pixels : int, optional
+        Visibility threshold of :func:`~model.prior.patches.sample_patch_ids`; default
+        half a feature cell, ``S * S / (h * w) / 2`` pixels (512 for 224 crops at stride 32).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        dim: int = 128,
+        mlp_hidden: int | None = None,
+        queue_size: int = 65536,
+        local_queue_size: int = 65536,
+        momentum: float = 0.999,
+        temperature: float = 0.2,
+        loss: str = "both",
+        patches_per_image: int = 16,
+        shuffle: str = "split-bn",
+        split_bn_groups: int = 8,
+        min_patch_pixels: int | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if shuffle not in SHUFFLES:
+            raise ValueError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
+        self.loss_mode = loss
+        self.use_global = loss in ("both", "global")
+        self.use_local = loss in ("both", "local")
+        self.momentum = float(momentum)
+        self.temperature = float(temperature)
+        self.patches_per_image = int(patches_per_image)
+        self.shuffle = shuffle
+        self.min_patch_pixels = min_patch_pixels
+
+        c = int(backbone.channels[backbone.high_stage])
+        hidden = int(mlp_hidden or c)
+        if shuffle == "split-bn":
+            backbone = convert_split_bn(backbone, split_bn_groups)
+        self.encoder_q = _Encoder(
+            backbone,
+            _mlp(c, hidden, dim) if self.use_global else None,
+            _mlp(c, hidden, dim) if self.use_local else None,  # separate local head
+        )
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        self.encoder_k.requires_grad_(False)  # updated by momentum only
+        self.queue = RingQueue(dim, queue_size) if self.use_global else None
+        self.local_queue = RingQueue(dim, local_queue_size) if self.use_local else None
+
+    # -------------------------------------------------------------------------- helpers
+    @torch.no_grad()
+    def _momentum_update(self) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q (parameters only, as MoCo; not BN buffers)."""
+        pk = list(self.encoder_k.parameters())
+        pq = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_mul_(pk, self.momentum)
+        torch._foreach_add_(pk, pq, alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def _encode_keys(self, im_k: torch.Tensor, masks_k: torch.Tensor | None):
+        """Key embeddings with Shuffle-BN: ``k`` N x D (or None), ``k_loc`` N x P x D (or None)."""
+        n = im_k.shape[0]
+        ddp = self.shuffle == "ddp" and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1
+        if ddp:
+            im_k, masks_k, idx_unshuffle = _ddp_shuffle(im_k, masks_k)
+        elif self.shuffle != "none":  # split-bn (and "ddp" in one process): in-batch shuffle
+            perm = torch.randperm(n, device=im_k.device)  # perm: N
+            im_k = im_k[perm]
+            masks_k = masks_k[perm] if masks_k is not None else None
+            idx_unshuffle = torch.argsort(perm)
+        f_k = self.encoder_k.features(im_k)  # f_k: N x C x h x w (shuffled order)
+        k = self.encoder_k.embed_global(f_k) if self.use_global else None  # k: N x D
+        k_loc = self.encoder_k.embed_local(f_k, masks_k) if self.use_local else None  # N x P x D
+        if ddp:
+            k = _ddp_unshuffle(k, idx_unshuffle) if k is not None else None
+            k_loc = _ddp_unshuffle(k_loc, idx_unshuffle) if k_loc is not None else None
+        elif self.shuffle != "none":
+            k = k[idx_unshuffle] if k is not None else None
+            k_loc = k_loc[idx_unshuffle] if k_loc is not None else None
+        return k, k_loc
+
+    # -------------------------------------------------------------------------- forward
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, map_q: torch.Tensor,
+                map_k: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One contrastive step's losses (the caller runs backward and the optimiser).
+
+        Parameters
+        ----------
+        im_q, im_k : Tensor, N x 3 x S x S
+            The two augmented views (ImageNet-normalised).
+        map_q, map_k : Tensor, N x S x S int64
+            Their superpixel maps (0 = none); unused when ``loss="global"``.
+
+        Returns
+        -------
+        dict of Tensor
+            ``loss`` (with grad: ``loss_global + loss_local`` for ``"both"``),
+            ``loss_global``, ``loss_local`` (detached; 0 when off), ``acc_global`` and
+            ``acc_local`` (fraction in [0, 1] of rows whose positive has the largest logit;
+            0 when off), ``n_patches`` (int64: valid patches in this rank's batch).
+        """
+        n = im_q.shape[0]
+        zero = im_q.new_zeros((), dtype=torch.float32)
+        f_q = self.encoder_q.features(im_q)  # f_q: N x C x h x w
+        q = self.encoder_q.embed_global(f_q) if self.use_global else None  # q: N x D
+        masks_k = ids = valid = None
+        if self.use_local:
+            h, w = f_q.shape[-2:]
+            cell = (map_q.shape[-2] * map_q.shape[-1]) / (h * w)  # pixels per feature cell
+            min_pixels = self.min_patch_pixels
+            if min_pixels is None:  # half a cell (see model.prior.patches)
+                min_pixels = max(1, int(cell // 2))
+            ids, valid = sample_patch_ids(map_q, map_k, self.patches_per_image,
+                                          min_pixels=min_pixels)  # ids, valid: N x P
+            masks_q = patch_masks(map_q, ids, valid, (h, w))  # masks_q: N x P x h x w
+            masks_k = patch_masks(map_k, ids, valid, (h, w))  # masks_k: N x P x h x w
+            q_loc = self.encoder_q.embed_local(f_q, masks_q)  # q_loc: N x P x D
+
+        with torch.no_grad():
+            self._momentum_update()  # before the keys, as MoCo
+            k, k_loc = self._encode_keys(im_k, masks_k)
+
+        out = {key: zero.clone() for key in ("loss_global", "loss_local", "acc_global", "acc_local")}
+        out["n_patches"] = torch.zeros((), dtype=torch.long, device=im_q.device)
+        total = zero
+        if self.use_global:
+            loss_g, logits = global_infonce(q, k, self.queue.keys.clone(),
+                                            temperature=self.temperature)  # logits: N x (1+K)
+            total = total + loss_g
+            out["loss_global"] = loss_g.detach()
+            out["acc_global"] = (logits.detach().argmax(dim=1) == 0).float().mean()
+        if self.use_local:
+            p = ids.shape[1]
+            flat_valid = valid.reshape(n * p)  # flat_valid: NP
+            loss_l, logits_l = local_infonce(
+                q_loc.reshape(n * p, -1), k_loc.reshape(n * p, -1), self.local_queue.keys.clone(),
+                temperature=self.temperature, weights=flat_valid.float())  # logits_l: NP x (1+K)
+            total = total + loss_l
+            out["loss_local"] = loss_l.detach()
+            hit = (logits_l.detach().argmax(dim=1) == 0).float()  # hit: NP
+            out["acc_local"] = (hit * flat_valid).sum() / flat_valid.sum().clamp_min(1)
+            out["n_patches"] = flat_valid.sum()
+        out["loss"] = total
+
+        # Enqueue after the logits; keys of all ranks (variable counts for patches).
+        if self.use_global:
+            self.queue.enqueue(all_gather_variable(k.contiguous()))
+        if self.use_local:
+            self.local_queue.enqueue(all_gather_variable(k_loc[valid].contiguous()))  # n_valid x D
+        return out
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The key (momentum) encoder's backbone weights: what becomes the prior extractor.
+
+        Same keys as the plain backbone's ``state_dict()`` (SplitBatchNorm keeps
+        BatchNorm2d's names), so ``build_backbone(name, weights=file)`` loads it.
+        """
+        return {k: v.detach().clone() for k, v in self.encoder_k.backbone.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------ DDP shuffle
+@torch.no_grad()
+def _ddp_shuffle(im_k: torch.Tensor, masks_k: torch.Tensor | None):
+    """MoCo's batch shuffle across ranks: gather, permute (rank 0's permutation), keep this
+    rank's slice. Needs the same batch size on every rank (``drop_last=True``)."""
+    n = im_k.shape[0]
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = [torch.zeros(1, dtype=torch.long, device=im_k.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([n], device=im_k.device))
+    if any(int(s) != n for s in sizes):
+        raise RuntimeError(f"shuffle='ddp' needs the same batch size on every rank, got "
+                           f"{[int(s) for s in sizes]}; use a sampler with drop_last=True")
+    im_all = all_gather_variable(im_k)  # im_all: world*N x 3 x S x S
+    masks_all = all_gather_variable(masks_k) if masks_k is not None else None  # world*N x P x h x w
+    perm = torch.randperm(world * n, device=im_k.device)  # perm: world*N
+    dist.broadcast(perm, src=0)
+    idx_unshuffle = torch.argsort(perm)
+    mine = perm.view(world, n)[rank]  # mine: N (this rank's shuffled samples)
+    masks = masks_all[mine] if masks_all is not None else None
+    return im_all[mine], masks, idx_unshuffle
+
+
+@torch.no_grad()
+def _ddp_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """Gather the shuffled embeddings (N x ...) of all ranks and take back this rank's rows."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = x.shape[0]
+    x_all = all_gather_variable(x.contiguous())  # x_all: world*N x ...
+    return x_all[idx_unshuffle.view(world, n)[rank]]

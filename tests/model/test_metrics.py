@@ -1,0 +1,139 @@
+"""Tests for model/metrics.py and model/regions.py against hand-computed counts."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model.metrics import FewShotMeter, episode_confusion, summarise_seeds, upsample_logits
+from model.regions import RegionMeter, region_counts, region_recall
+
+# Four episodes over classes 1 and 2 (class 3 has none). C[t, p] counts by hand:
+EPISODES = [
+    # class 1: one hit, one false positive, one miss, one ignored pixel -> C = [[2, 1], [1, 1]], I 1, U 3
+    (1, [[1, 1, 0], [0, 0, 0]], [[1, 0, 0], [1, 255, 0]]),
+    # class 1: empty prediction -> C = [[4, 0], [2, 0]], I 0, U 2
+    (1, [[0, 0, 0], [0, 0, 0]], [[1, 1, 0], [0, 0, 0]]),
+    # class 2: empty target, one false positive -> C = [[5, 1], [0, 0]], I 0, U 1
+    (2, [[1, 0, 0], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]]),
+    # class 2: perfect, the predicted-fg pixel under 255 is ignored -> C = [[2, 0], [0, 3]], I 3, U 3
+    (2, [[1, 1, 1], [0, 0, 1]], [[1, 1, 1], [0, 0, 255]]),
+]
+CONFUSIONS = [[[2, 1], [1, 1]], [[4, 0], [2, 0]], [[5, 1], [0, 0]], [[2, 0], [0, 3]]]
+CLASS_IOU = {1: (1 + 0) / (3 + 2), 2: (0 + 3) / (1 + 3)}  # sums over each class's episodes
+# all episodes together: C = [[13, 2], [3, 4]] -> fg 4 / 9, bg 13 / 18
+FB_IOU = (4 / 9 + 13 / 18) / 2
+
+
+def _filled(episodes=EPISODES, classes=(1, 2, 3)):
+    meter = FewShotMeter(classes)
+    for cls, pred, target in episodes:
+        meter.update(cls, np.array(pred), np.array(target))
+    return meter
+
+
+def test_episode_confusion_numpy_and_torch():
+    for (_, pred, target), expect in zip(EPISODES, CONFUSIONS, strict=True):
+        np.testing.assert_array_equal(episode_confusion(np.array(pred), np.array(target)), expect)
+        np.testing.assert_array_equal(episode_confusion(torch.tensor(pred), torch.tensor(target)), expect)
+    with pytest.raises(ValueError, match="binarise"):
+        episode_confusion(np.array([[0, 1]]), np.array([[0, 3]]))
+    with pytest.raises(ValueError, match="shape"):
+        episode_confusion(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_miou_fbiou_per_class_against_hand_counts():
+    meter = _filled()
+    assert meter.per_class() == pytest.approx(CLASS_IOU)
+    assert meter.miou() == pytest.approx((0.2 + 0.75) / 2)
+    assert meter.fb_iou() == pytest.approx(FB_IOU)
+    assert meter.missing_classes == [3] and meter.n_episodes == 4
+    np.testing.assert_array_equal(meter.confusion.sum(0), [[13, 2], [3, 4]])
+    s = meter.summary()
+    assert s["per_class"] == pytest.approx({"1": 0.2, "2": 0.75}) and s["missing_classes"] == [3]
+    with pytest.raises(ValueError, match="not one of"):
+        meter.update(7, np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_mean_of_episode_ious_is_not_the_protocol():
+    # the per-class sum-then-divide differs from averaging per-episode IoUs (0.5 * (1/3 + 0))
+    assert _filled(EPISODES[:2]).per_class()[1] == pytest.approx(0.2)
+
+
+def test_empty_meter_and_zero_union_class():
+    meter = FewShotMeter([4, 5])
+    assert math.isnan(meter.miou()) and math.isnan(meter.fb_iou())
+    meter.update(4, np.zeros((2, 2), int), np.zeros((2, 2), int))  # nothing to find, nothing predicted
+    assert meter.per_class() == {4: 0.0}  # PFENet: I / (U + 1e-10)
+    assert meter.fb_iou() == pytest.approx(0.5)  # background perfect, foreground 0
+
+
+def test_merge_and_state_dict_roundtrip():
+    a, b = _filled(EPISODES[:1]), _filled(EPISODES[1:])
+    a.merge(b)
+    full = _filled()
+    np.testing.assert_array_equal(a.confusion, full.confusion)
+    assert a.miou() == pytest.approx(full.miou())
+    state = json.loads(json.dumps(full.state_dict()))
+    again = FewShotMeter.from_state_dict(state)
+    assert again.fb_iou() == pytest.approx(FB_IOU) and again.missing_classes == [3]
+    with pytest.raises(ValueError):
+        FewShotMeter([1, 2]).merge(full)
+
+
+def test_summarise_seeds():
+    out = summarise_seeds([0.5, 0.6, 0.7])
+    assert out["mean"] == pytest.approx(0.6) and out["std"] == pytest.approx(0.1) and out["n"] == 3
+    out = summarise_seeds([{"miou": 0.5, "fb_iou": 0.7, "per_class": {}}, {"miou": 0.7, "fb_iou": 0.7, "per_class": {}}])
+    assert set(out) == {"miou", "fb_iou"}
+    assert out["miou"]["mean"] == pytest.approx(0.6) and out["fb_iou"]["std"] == 0.0
+    assert summarise_seeds([0.4])["std"] == 0.0
+
+
+def test_upsample_logits_to_original_size():
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1] = torch.tensor([[1.0, 1.0], [-2.0, -2.0]])  # fg - bg: +1 top row, -2 bottom row
+    pred = upsample_logits(logits, size=(3, 5))  # rows at 0, 0.5, 1: +1, -0.5, -2
+    assert pred.shape == (3, 5) and pred.dtype == torch.long
+    assert pred[:, 0].tolist() == [1, 0, 0] and (pred == pred[:, :1]).all()
+    # the input was a padded square: resize to 5 x 5 and keep the top 3 rows (+1, +0.25, -0.5)
+    padded = upsample_logits(logits, size=(3, 5), padded_square=True)
+    assert padded.shape == (3, 5) and padded[:, 0].tolist() == [1, 1, 0]
+    assert upsample_logits(logits.expand(2, -1, -1, -1), size=(3, 5)).shape == (2, 3, 5)
+
+
+# ---------------------------------------------------------------------------------------
+# Region-map recall (paper Table 7)
+# ---------------------------------------------------------------------------------------
+def test_region_recall_hand_map():
+    m = torch.tensor([[[[0.0, 0.5], [0.8, 1.0]]]])
+    assert region_recall(m, torch.tensor([[[1, 1], [0, 1]]]), thresholds=[0.4, 0.9]) == pytest.approx(
+        {0.4: 2 / 3, 0.9: 1 / 3})
+    # 255 is left out: foreground values are 0 and 1
+    assert region_recall(m, torch.tensor([[[1, 255], [0, 1]]]), thresholds=[0.4]) == pytest.approx({0.4: 0.5})
+    keys = list(region_recall(m, torch.tensor([[[1, 1], [0, 1]]])))
+    assert keys == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def test_region_map_is_resized_to_the_label():
+    m = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])  # -> columns 0, 0.5, 1 at 3 x 3 (align_corners)
+    target = torch.zeros(1, 3, 3, dtype=torch.long)
+    target[0, :, 1] = 1  # the middle column
+    assert region_recall(m, target, thresholds=[0.4, 0.6]) == pytest.approx({0.4: 1.0, 0.6: 0.0})
+
+
+def test_region_meter_recall_precision_iou():
+    meter = RegionMeter(thresholds=[0.4])
+    meter.update(torch.tensor([[[[0.0, 0.5], [0.8, 1.0]]]]), torch.tensor([[1, 255], [0, 1]]))  # H x W
+    # valid above 0.4: 0.8 (bg), 1.0 (fg) -> tp 1, pos 2; fg 2
+    meter.update(torch.zeros(1, 1, 2, 2), torch.tensor([[[0, 0], [1, 0]]]))  # one more missed fg pixel
+    assert meter.fg == 3 and meter.tp.tolist() == [1] and meter.pos.tolist() == [2]
+    assert meter.recall() == pytest.approx({0.4: 1 / 3})
+    assert meter.precision() == pytest.approx({0.4: 1 / 2})
+    assert meter.iou() == pytest.approx({0.4: 1 / (3 + 2 - 1)})
+    again = RegionMeter().load_state_dict(json.loads(json.dumps(meter.state_dict())))
+    assert again.recall() == meter.recall() and again.summary()["episodes"] == 2
+    c = region_counts(torch.ones(2, 1, 3, 3), torch.ones(2, 4, 4, dtype=torch.long), thresholds=[0.5])
+    assert c["fg"] == 32 and c["tp"].tolist() == [32]

@@ -16,7 +16,10 @@ A store is a Zarr v3 group on disk::
 shard, so :meth:`ShardedStore.write_shard` writes a whole shard at once, and every
 per-image side array is chunked by shard too. ``done[k]`` is set last: a killed run never
 leaves a shard marked done with half its data, and a resumed run recomputes exactly the
-shards not marked done.
+shards not marked done. A shard file torn by a kill would make zarr's sharding codec fail
+its checksum on the next write (it merges into the existing shard), so ``write_shard``
+first deletes whatever files shard ``k`` left behind; a resumed store is then byte-identical
+to an uninterrupted one (only the group's ``command`` / ``created`` attributes differ).
 
 Readers load ``hw``, ids and side arrays whole (cheap) and read maps one chunk at a time.
 """
@@ -99,6 +102,8 @@ class ShardedStore:
         hw = np.asarray(hw, dtype=np.int32).reshape(len(ids), 2)
         if len(set(ids)) != len(ids):
             raise ValueError("image ids must be unique")
+        if int(shard_size) < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         n = len(ids)
         hmax = max(int(hw[:, 0].max()) if n else 1, 1)
         wmax = max(int(hw[:, 1].max()) if n else 1, 1)
@@ -206,9 +211,12 @@ class ShardedStore:
             hw[j] = m.shape
         n_rows = stop - start
         failures = [dict(f) for f in failures]
+        self._clear_shard(k)
         fpath = self.path / "failures" / f"shard-{k:06d}.json"
         if failures:
-            fpath.write_text(json.dumps(failures, indent=1))
+            tmp = fpath.with_name(fpath.name + ".tmp")
+            tmp.write_text(json.dumps(failures, indent=1))
+            os.replace(tmp, fpath)
         elif fpath.exists():
             fpath.unlink()
         # one shard-aligned write per array; the last shard may be partial
@@ -218,6 +226,43 @@ class ShardedStore:
             self._group[name][start:stop] = np.asarray(rows)
         self._group["done"][k] = True
         self.hw[start:stop] = hw[:n_rows]
+
+    def _clear_shard(self, k: int) -> None:
+        """Delete the files shard ``k`` of every per-image array left behind (a killed run
+        may have torn them) and clear ``done[k]``.
+
+        Every per-image array is chunked (maps: sharded) by ``shard_size`` along axis 0, so
+        with zarr's default chunk keys everything of shard ``k`` lives under ``<array>/c/<k>``.
+        """
+        if self._group["done"][k]:
+            self._group["done"][k] = False
+        names = [self.maps_name, "hw", *self.attrs.get("extras", [])]
+        for name in names:
+            enc = self._group[name].metadata.chunk_key_encoding
+            if getattr(enc, "name", "default") != "default" or getattr(enc, "separator", "/") != "/":
+                continue  # not our layout; zarr merges into the old shard
+            target = self.path / name / "c" / str(k)
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    def extra_spec(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """``(row shape, dtype)`` of the side array ``name``."""
+        arr = self._group[name]
+        return tuple(arr.shape[1:]), np.dtype(arr.dtype)
+
+    def check_attrs(self, expected: Mapping[str, Any], *, hint: str = "") -> None:
+        """Raise :class:`StoreError` naming every attribute that differs from ``expected``
+        (e.g. a store made with other parameters at the same path)."""
+        from pipeline.config import _plain
+
+        diffs = [f"{key}: store has {self.attrs.get(key)!r}, this run wants {_plain(value)!r}"
+                 for key, value in expected.items() if self.attrs.get(key) != _plain(value)]
+        if diffs:
+            more = f"; {hint}" if hint else ""
+            raise StoreError(f"{self.path} was made with other settings ("
+                             + "; ".join(diffs) + f"){more}")
 
     # ---------------------------------------------------------------- reading
     def get(self, i: int) -> np.ndarray:
@@ -236,9 +281,13 @@ class ShardedStore:
 
     @property
     def failures(self) -> list[dict[str, str]]:
+        """Failure records ``{"id", "reason"}`` of the shards marked done, in store order."""
+        done = self.done
         out: list[dict[str, str]] = []
         for f in sorted((self.path / "failures").glob("shard-*.json")):
-            out.extend(json.loads(f.read_text()))
+            k = int(f.stem.split("-")[1])
+            if k < len(done) and done[k]:
+                out.extend(json.loads(f.read_text()))
         return out
 
     def nbytes_on_disk(self) -> int:

@@ -1,0 +1,117 @@
+"""``qgnet-prep superpixels``: precompute SLIC / Felzenszwalb maps into a sharded Zarr store.
+
+Thin: parse, resolve the config (defaults < --config TOML < QGNET_* < flags), call
+:func:`pipeline.superpixel_stage.build_superpixel_store`, print the summary. The options
+shared with ``qgnet-prep masks`` (scheduler, workers, limit, ...) live here too.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+SCHEDULER_HELP = ("threads (default), processes, sync, or a dask.distributed scheduler address "
+                  "(tcp://HOST:PORT; progress is then per shard and the store must be on a "
+                  "filesystem every worker sees).")
+
+
+def stage_options(fn):
+    """Options every store-building command takes."""
+    options = [
+        click.option("--dataset", help="Dataset: coco, pascal, folder or demo. [default: demo]"),
+        click.option("--root", type=click.Path(file_okay=False),
+                     help="Dataset root (default: the reader's own default)."),
+        click.option("--split", help="Split to process. [default: train]"),
+        click.option("--workers", type=int, help="Parallel workers (threads or processes). "
+                                                 "[default: 2]"),
+        click.option("--scheduler", help=SCHEDULER_HELP),
+        click.option("--limit", type=int, help="Only the first N images of the split."),
+        click.option("--cache-dir", type=click.Path(file_okay=False),
+                     help="Cache root (default: $QGNET_CACHE_DIR, else ./cache)."),
+        click.option("--out", type=click.Path(), help="Explicit store path (a .zarr folder)."),
+        click.option("--overwrite", is_flag=True, default=None,
+                     help="Delete an existing store and start over (default: resume it)."),
+        click.option("--max-failures", type=int,
+                     help="Exit non-zero when more images than this failed. [default: 0]"),
+        click.option("--shard-size", type=int, help="Images per shard (unit of writing and "
+                                                    "resuming). [default: 128]"),
+        click.option("--progress/--no-progress", default=None, help="Show a progress bar."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="TOML file with any of these options (flags win)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def resolve(cls, kwargs: dict, section: str):
+    from pipeline.config import resolve_config
+
+    config_file = kwargs.pop("config_file", None)
+    try:
+        return resolve_config(cls, cli=kwargs, config_file=config_file, section=section)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def run_and_report(build, *, max_failures: int):
+    """Call ``build()`` -> (store, report); print the summary; non-zero exit on errors or on
+    more failures than allowed."""
+    from pipeline.datasets.base import DatasetError
+    from pipeline.store import StoreError
+
+    if max_failures < 0:
+        raise click.ClickException(f"--max-failures must be >= 0, got {max_failures}")
+    try:
+        store, report = build()
+    except KeyboardInterrupt as e:
+        click.echo(f"\n{e or 'interrupted'}; re-run the same command to resume", err=True)
+        sys.exit(130)
+    except (ValueError, StoreError, DatasetError, RuntimeError, KeyError) as e:
+        raise click.ClickException(str(e).strip("'\"")) from None
+    for line in report.lines():
+        click.echo(line)
+    failures = store.failures if report.failures else []
+    for f in failures[:5]:
+        click.echo(f"  failed: {f['id']}: {f['reason']}")
+    if len(failures) > 5:
+        click.echo(f"  ... {len(failures) - 5} more (qgnet-prep info {store.path})")
+    if report.failures > max_failures:
+        raise click.ClickException(f"{report.failures} image(s) failed, more than --max-failures "
+                                   f"{max_failures}; the store is complete but lacks them "
+                                   f"(see the reasons above)")
+    return store, report
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--method", type=click.Choice(["slic", "felzenszwalb"]),
+              help="Superpixel method. [default: slic]")
+@click.option("--n-segments", type=int, help="SLIC: approximate number of superpixels.")
+@click.option("--compactness", type=float, help="SLIC: colour vs. space weight.")
+@click.option("--max-iter", type=int, help="SLIC: k-means iterations.")
+@click.option("--scale", type=float, help="Felzenszwalb: larger = larger segments.")
+@click.option("--sigma", type=float, help="Felzenszwalb: Gaussian pre-smoothing.")
+@click.option("--min-size", type=int, help="Felzenszwalb: minimum segment size (px).")
+@click.option("--backend", type=click.Choice(["auto", "fast-slic", "numba", "skimage"]),
+              help="Kernel backend; auto = fast-slic > numba > skimage for slic, numba > "
+                   "skimage for felzenszwalb. Part of the store key. [default: auto]")
+@stage_options
+def superpixels(**kwargs):
+    """Precompute superpixel maps of one split into a sharded Zarr store.
+
+    Defaults of the method parameters come from pipeline.superpixels.DEFAULTS. Re-running
+    the same command resumes an interrupted run; a complete store is left as it is.
+    """
+    from pipeline.superpixel_stage import (
+        METHOD_PARAMS,
+        SuperpixelConfig,
+        build_superpixel_store,
+    )
+
+    cfg = resolve(SuperpixelConfig, kwargs, "superpixels")
+    params = {k: getattr(cfg, k) for names in METHOD_PARAMS.values() for k in names}
+    run_and_report(lambda: build_superpixel_store(
+        cfg.dataset, root=cfg.root, split=cfg.split, method=cfg.method, params=params,
+        backend=cfg.backend, out=cfg.out, cache_dir=cfg.cache_dir, workers=cfg.workers,
+        scheduler=cfg.scheduler, limit=cfg.limit, overwrite=cfg.overwrite,
+        shard_size=cfg.shard_size, progress=cfg.progress), max_failures=cfg.max_failures)

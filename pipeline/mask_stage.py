@@ -1,0 +1,123 @@
+"""Offline stage: decode every class mask of a split once into a sharded Zarr store.
+
+    dataset.load_mask(id)  ->  masks        (H x W uint8: 0 bg, 1..C, 255 ignore)
+                           ->  class_pixels (C+1,) int64: pixels of classes 0..C, 255 not counted
+
+Store kind ``"masks"`` at ``mask_store_path(dataset, split)`` (docs/CONTRACTS.md), attrs
+``dataset``, ``split``, ``class_names``, ``num_classes``, ``root``, ``params`` (``{"limit":
+...}``) plus provenance. ``limit`` is not part of the path (the contract fixes the path): a
+store made with another ``--limit`` is refused; pass ``--out`` or ``--overwrite``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import mask_store_path, provenance
+from pipeline.datasets.base import IGNORE
+from pipeline.runner import RunReport, build_store
+from pipeline.store import ShardedStore, StoreError
+
+#: an image "has" a class when at least this many pixels show it (``qgnet-prep info``).
+MIN_CLASS_PIXELS = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+    """Options of ``qgnet-prep masks``."""
+
+    dataset: str = "demo"
+    root: str | None = None
+    split: str = "train"
+    workers: int = 2
+    scheduler: str = "threads"
+    limit: int | None = None
+    cache_dir: str | None = None
+    out: str | None = None
+    overwrite: bool = False
+    max_failures: int = 0
+    shard_size: int = 128
+    progress: bool = True
+
+
+def mask_map(dataset, image_id: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The mask (H x W uint8) and ``{"class_pixels": (C+1,) int64}`` of one image."""
+    c = dataset.num_classes
+    mask = np.asarray(dataset.load_mask(image_id))
+    if mask.ndim != 2:
+        raise ValueError(f"mask has shape {mask.shape}, expected H x W")
+    if mask.dtype != np.uint8:
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise ValueError(f"mask values {mask.min()}..{mask.max()} do not fit uint8")
+        mask = mask.astype(np.uint8)
+    counts = np.bincount(mask[mask != IGNORE].ravel(), minlength=c + 1)  # (>= C+1,)
+    if counts.size > c + 1:
+        raise ValueError(f"mask holds class id {counts.size - 1} but the dataset has {c} classes "
+                         f"(ids 1..{c}, 255 = ignore)")
+    return mask, {"class_pixels": counts.astype(np.int64)}
+
+
+def build_command(dataset: str, split: str, limit: int | None = None) -> str:
+    cmd = f"qgnet-prep masks --dataset {dataset} --split {split}"
+    return cmd + (f" --limit {limit}" if limit is not None else "")
+
+
+def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = None,
+                     cache_dir: str | Path | None = None, workers: int = 2,
+                     scheduler: str = "threads", limit: int | None = None,
+                     overwrite: bool = False, shard_size: int = 128, progress: bool = True,
+                     root: str | Path | None = None) -> tuple[ShardedStore, RunReport]:
+    """Build (or resume) the mask store of one split; arguments as
+    :func:`pipeline.superpixel_stage.build_superpixel_store`.
+
+    Returns ``(store, report)``. Raises ``ValueError`` (bad option) or ``StoreError`` (a
+    store made with other settings at the path).
+    """
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    limit = None if limit is None else int(limit)
+    if isinstance(dataset, str):
+        name = dataset
+
+        def ds():
+            from pipeline.datasets import open_dataset
+
+            return open_dataset(name, root, cache_dir=cache_dir)
+    else:
+        name, ds = dataset.name, dataset
+    path = Path(out) if out else mask_store_path(name, split, cache_dir=cache_dir)
+    check = {"kind": "masks", "dataset": name, "split": split, "params": {"limit": limit}}
+
+    def attrs(d):
+        return {**provenance({"limit": limit}), "root": str(d.root),
+                "class_names": list(d.class_names), "num_classes": d.num_classes}
+
+    return build_store(
+        ds, split=split, limit=limit, path=path, kind="masks", maps="masks", dtype="uint8",
+        extras=lambda d: {"class_pixels": ((d.num_classes + 1,), "int64")}, attrs=attrs,
+        check=check, fn=mask_map, hint=build_command(name, split, limit), workers=workers,
+        scheduler=scheduler, overwrite=overwrite, shard_size=shard_size, progress=progress,
+        desc=f"masks {name}/{split}")
+
+
+def locate_mask_store(dataset: str, split: str, *, cache_dir: str | Path | None = None) -> Path:
+    """Path of the complete mask store of ``dataset``/``split``; :class:`StoreError` naming
+    the ``qgnet-prep masks`` command when it is missing or incomplete."""
+    path = mask_store_path(dataset, split, cache_dir=cache_dir)
+    command = build_command(dataset, split)
+    if cache_dir:
+        command += f" --cache-dir {cache_dir}"
+    store = ShardedStore.open(path, kind="masks", hint=command)
+    if not store.complete:
+        done = store.done
+        raise StoreError(f"mask store {path} is incomplete ({int(done.sum())}/{len(done)} shards "
+                         f"done); re-run the same command to resume: "
+                         f"{store.attrs.get('command') or command}")
+    return path
+
+
+def class_image_counts(store: ShardedStore, *, min_pixels: int = MIN_CLASS_PIXELS) -> np.ndarray:
+    """(C+1,) number of images with at least ``min_pixels`` pixels of each class 0..C."""
+    return (store.extra("class_pixels") >= min_pixels).sum(axis=0)

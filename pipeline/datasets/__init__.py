@@ -11,6 +11,7 @@ label conventions: docs/data.md.
 from __future__ import annotations
 
 import os
+import re
 
 from pipeline.datasets.base import IGNORE, Dataset, DatasetError, ImageReadError
 from pipeline.datasets.coco import CocoDataset
@@ -34,7 +35,9 @@ def open_dataset(name: str, root: str | os.PathLike | None = None, *,
     Parameters
     ----------
     name : str
-        A key of :data:`DATASETS`.
+        A key of :data:`DATASETS`, or any other name for the user's own data in ``folder``
+        layout at ``root``: the name then keys its cache folder ``<cache root>/<name>/``
+        (e.g. ``open_dataset("camvid", "/data/camvid_folder")``).
     root : path, optional
         Dataset folder; defaults to ``<cache root>/<name>/data`` (for ``demo``: generated
         there when its ``DONE`` marker is absent).
@@ -48,14 +51,34 @@ def open_dataset(name: str, root: str | os.PathLike | None = None, *,
     DatasetError
         ``root`` does not hold the expected layout (the message says what and where to get it).
     """
-    try:
-        cls = DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: "
-                         f"{', '.join(sorted(DATASETS))}") from None
+    cls = DATASETS.get(name)
+    if cls is None:
+        return _open_named_folder(name, root, cache_dir=cache_dir)
     if root is None:
         root = cls.default_root(cache_dir=cache_dir)
     return cls(root)
+
+
+def _open_named_folder(name: str, root, *, cache_dir=None) -> Dataset:
+    """Any other name is a dataset of the user's in ``folder`` layout with its own cache
+    folder ``<cache root>/<name>/`` (so two folder datasets never share cached stores)."""
+    if not _NAME_RE.fullmatch(name or ""):
+        raise ValueError(f"unknown dataset {name!r}; known datasets: "
+                         f"{', '.join(sorted(DATASETS))}, or any name made of letters, digits, "
+                         f"'-', '_' and '.' together with --root DIR for your own data in "
+                         f"folder layout (docs/data.md)")
+    if root is None:
+        root = FolderDataset.default_root(cache_dir=cache_dir).parent.parent / name / "data"
+        if not root.is_dir():
+            raise ValueError(f"unknown dataset {name!r}; known datasets: "
+                             f"{', '.join(sorted(DATASETS))}. For your own data in folder "
+                             f"layout pass --root DIR (then {name!r} names its cache folder)")
+    ds = FolderDataset(root)
+    ds.name = name  # the cache key: <cache root>/<name>/
+    return ds
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 __all__ = ["DATASETS", "IGNORE", "CocoDataset", "Dataset", "DatasetError", "DemoDataset",

@@ -40,9 +40,19 @@ def test_registry_is_a_plain_dict():
     assert sorted(DATASETS) == ["coco", "demo", "folder", "pascal"]
 
 
-def test_unknown_name_lists_the_known_ones():
+def test_unknown_name_lists_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'voc'.*coco, demo, folder, pascal"):
-        open_dataset("voc", "/nowhere")
+        open_dataset("voc", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'a b'.*--root"):
+        open_dataset("a b", "/nowhere")
+
+
+def test_any_other_name_is_a_folder_dataset_with_its_own_cache_key(folder_root, tmp_path):
+    ds = open_dataset("mydata", folder_root)
+    assert isinstance(ds, FolderDataset) and ds.name == "mydata"
+    assert ds.ids("all") == open_dataset("folder", folder_root).ids("all")
+    with pytest.raises(DatasetError, match="expected images/"):
+        open_dataset("mydata", tmp_path / "empty")
 
 
 @pytest.mark.parametrize("name, expect", [

@@ -1,0 +1,525 @@
+"""Pretraining loop of the prior extractor: MoCo v2 with global and superpixel-local InfoNCE.
+
+The data flow of one run::
+
+    dataset reader + superpixel store --PriorPairs/EpochSampler/DataLoader--> batch
+        batch {"im_q","im_k","map_q","map_k",...} --train_step--> losses, SGD update
+        every --ckpt-every steps and at each epoch end --> checkpoints/step-XXXXXXX.pt
+        at the end --> prior_extractor.pt (key encoder backbone, see model.prior.export)
+
+Outputs in the run dir: ``config.json`` (the resolved config), ``metrics.jsonl`` (one
+object per logged step), ``train.log`` (human log), ``checkpoints/`` and
+``prior_extractor.pt``. Only rank 0 writes.
+
+Recipe (MoCo v2, facebookresearch/moco ``main_moco.py``): SGD momentum 0.9, weight decay
+1e-4 on every trained parameter, lr 0.03 x batch / 256 (global batch), cosine decay to 0,
+no warmup. **Deviation:** MoCo steps the cosine once per epoch; we step it every
+optimisation step (``schedule="cosine"``), which is smoother for short runs and identical
+in the limit; ``schedule="cosine-epoch"`` gives MoCo's staircase. The schedule always spans
+``epochs x steps_per_epoch``; ``max_steps`` only stops the run early (a "kill" that resumes
+exactly).
+
+Exact resume: a checkpoint holds the model (both encoders, heads, both queues), the
+optimizer, the scheduler, the step, the epoch and the number of batches already consumed in
+it, every rank's RNG states and the resolved config. The data of a step depends only on
+``(seed, epoch, index)`` (see :mod:`model.prior.data`), and the DataLoader has its own
+generator, so nothing else touches the global RNG between steps: a resumed run computes the
+same losses as the uninterrupted one (on CPU; CUDA kernels may differ in the last bits).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from model.utils import (
+    DistInfo,
+    MetricsWriter,
+    autocast,
+    init_distributed,
+    load_checkpoint,
+    pick_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from pipeline.config import config_dict, provenance, write_json_atomic
+
+log = logging.getLogger("qgnet.prior")
+
+CKPT_DIR = "checkpoints"
+CKPT_RE = re.compile(r"^step-(\d+)\.pt$")  # leftovers "step-N.pt.tmpPID" never match
+EXPORT_NAME = "prior_extractor.pt"
+
+# options that may differ between a run and its resumption (they do not change the math)
+RESUMABLE = {"resume", "out", "max_steps", "workers", "device", "ckpt_every", "log_every",
+             "keep_checkpoints", "export_only", "progress", "cache_dir", "root", "patch_store"}
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Every option of ``qgnet-train prior`` with its default (MoCo v2 where it applies)."""
+
+    # data
+    dataset: str = ""                 # registry name (pipeline.datasets.DATASETS)
+    root: str = ""                    # dataset root ("" = the reader's default)
+    split: str = "train"
+    patches: str = "slic"             # superpixel method: slic | felzenszwalb
+    patch_store: str = ""             # explicit store path ("" = locate in the cache)
+    cache_dir: str = ""
+    limit: int = 0                    # first N images of the split (0 = all)
+    crop: int = 224                   # RandomResizedCrop size
+    scale_min: float = 0.2            # RandomResizedCrop scale (scale_min, 1)
+    workers: int = -1                 # DataLoader workers (-1 = min(8, cpus))
+    # model
+    backbone: str = "resnet50"
+    init: str = "imagenet"            # imagenet | none | PATH to a state dict
+    dim: int = 128
+    mlp_hidden: int = 0               # 0 = the backbone's output channels (MoCo v2: 2048)
+    queue_size: int = 65536
+    local_queue_size: int = 65536
+    momentum: float = 0.999           # key encoder EMA
+    temperature: float = 0.2
+    loss: str = "both"                # global | local | both
+    patches_per_image: int = 16
+    shuffle: str = "auto"             # auto (split-bn, ddp under torchrun) | split-bn | ddp | none
+    split_bn_groups: int = 8
+    # optimisation
+    epochs: int = 200
+    batch_size: int = 256             # global batch (divided among DDP ranks)
+    lr: float = 0.0                   # 0 = 0.03 x batch_size / 256
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"          # cosine (per step) | cosine-epoch (MoCo) | constant
+    seed: int = 0
+    max_steps: int = 0                # stop after this global step (0 = run all epochs)
+    # machine
+    device: str = "auto"
+    amp: bool = True                  # bf16 autocast on CUDA (no-op on CPU)
+    channels_last: bool = True        # on CUDA
+    # outputs
+    out: str = ""                     # run dir ("" = runs/prior/<dataset>-<split>-<backbone>-<loss>)
+    ckpt_every: int = 1000            # steps between checkpoints (and one at each epoch end)
+    keep_checkpoints: int = 2         # newest step checkpoints kept (0 = keep all)
+    log_every: int = 10               # steps per metrics.jsonl line
+    progress: bool = True             # tqdm bar on rank 0
+    resume: str = ""                  # "" | "auto" (latest in out) | checkpoint or run dir
+    export_only: bool = False         # with resume: write prior_extractor.pt and stop
+
+
+# ------------------------------------------------------------------------------ resolution
+def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
+    """Fill the automatic values (lr, workers, out, shuffle) and validate the options."""
+    if not cfg.dataset:
+        raise ValueError("--dataset is required (e.g. --dataset coco, pascal, folder or demo)")
+    choices = {"loss": ("global", "local", "both"), "patches": ("slic", "felzenszwalb"),
+               "schedule": ("cosine", "cosine-epoch", "constant"),
+               "shuffle": ("auto", "split-bn", "ddp", "none")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; "
+                             f"got {getattr(cfg, name)!r}")
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch and must divide by "
+                         f"the {world} processes")
+    if cfg.export_only and not cfg.resume:
+        raise ValueError("--export-only needs --resume CHECKPOINT (the checkpoint to export)")
+    from model.backbones import BACKBONES
+
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"unknown --backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")
+    init = cfg.init
+    if init.lower() == "imagenet" and cfg.backbone != "efficientnet_lite0":
+        raise ValueError(
+            f"--init imagenet is available offline only for efficientnet_lite0; for {cfg.backbone} "
+            f"pass --init PATH to a torchvision ResNet state dict (e.g. resnet50-0676ba61.pth from "
+            f"torchvision's model zoo, or PFENet's initmodel/{cfg.backbone}_v2.pth), or --init none "
+            f"to start from random weights")
+    if init.lower() not in ("imagenet", "none") and not Path(init).is_file():
+        raise FileNotFoundError(f"--init {init}: no such file; pass a backbone state dict, "
+                                f"--init imagenet (efficientnet_lite0) or --init none")
+    lr = cfg.lr or 0.03 * cfg.batch_size / 256
+    workers = cfg.workers if cfg.workers >= 0 else min(8, os.cpu_count() or 1)
+    out = cfg.out or str(Path("runs") / "prior" /
+                         f"{cfg.dataset}-{cfg.split}-{cfg.backbone}-{cfg.loss}")
+    shuffle = cfg.shuffle
+    if shuffle == "auto":
+        shuffle = "ddp" if world > 1 else "split-bn"
+    if shuffle == "ddp" and world == 1:
+        shuffle = "split-bn"
+        warnings.warn("--shuffle ddp needs torchrun with several processes; using split-bn",
+                      stacklevel=2)
+    return dataclasses.replace(cfg, lr=lr, workers=workers, out=out, shuffle=shuffle)
+
+
+def find_checkpoint(where: str | os.PathLike) -> Path:
+    """A checkpoint file as given, or the newest complete ``step-*.pt`` of a run dir.
+
+    Half-written files (``*.tmp<pid>`` leftovers of a killed save) are never picked.
+    """
+    p = Path(where)
+    if p.is_file():
+        return p
+    folder = p / CKPT_DIR if (p / CKPT_DIR).is_dir() else p
+    found = sorted((int(m.group(1)), f) for f in folder.glob("step-*.pt")
+                   if (m := CKPT_RE.match(f.name)) and f.is_file())
+    if not found:
+        raise FileNotFoundError(f"no checkpoint (checkpoints/step-*.pt) in {p}; pass the run dir "
+                                f"of an earlier run or a checkpoint file to --resume, or leave "
+                                f"--resume out to start a new run")
+    return found[-1][1]
+
+
+def check_resume_config(cfg: PriorConfig, saved: dict[str, Any]) -> None:
+    """Raise if ``cfg`` differs from the checkpoint's config in an option that changes the run."""
+    now = config_dict(cfg)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
+             if k not in RESUMABLE and k in saved and saved[k] != now[k]]
+    if diffs:
+        raise ValueError("cannot resume: the checkpoint was trained with other options ("
+                         + "; ".join(diffs) + "); leave them out to use the checkpoint's values, "
+                         "or start a new run with another --out")
+
+
+# ------------------------------------------------------------------------------ building
+def build_model(cfg: PriorConfig, *, weights: str | None = None):
+    """The PriorMoCo model of ``cfg`` (backbone weights from ``--init`` unless ``weights``)."""
+    from model.backbones import build_backbone
+    from model.prior.moco import PriorMoCo
+
+    backbone = build_backbone(cfg.backbone, weights=weights or cfg.init, dilated=False)
+    return PriorMoCo(backbone, dim=cfg.dim, mlp_hidden=cfg.mlp_hidden or None,
+                     queue_size=cfg.queue_size, local_queue_size=cfg.local_queue_size,
+                     momentum=cfg.momentum, temperature=cfg.temperature, loss=cfg.loss,
+                     patches_per_image=cfg.patches_per_image, shuffle=cfg.shuffle,
+                     split_bn_groups=cfg.split_bn_groups)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: PriorConfig, *, steps_per_epoch: int):
+    """SGD (momentum, weight decay on every trained parameter, as MoCo) and its schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]  # key encoder excluded
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.sgd_momentum,
+                          weight_decay=cfg.weight_decay)
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, total=total, steps_per_epoch=steps_per_epoch,
+                                    schedule=cfg.schedule))
+
+
+def lr_factor(step: int, *, total: int, steps_per_epoch: int, schedule: str) -> float:
+    """Multiplier of the base lr before optimisation step ``step`` (0-based).
+
+    ``cosine``: ``0.5 (1 + cos(pi step / total))``; ``cosine-epoch``: the same with
+    ``step`` replaced by ``epoch / epochs`` (MoCo); ``constant``: 1.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine-epoch":
+        epoch, epochs = step // steps_per_epoch, max(total // steps_per_epoch, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
+    """Dataset reader, patch store check, PriorPairs, EpochSampler and DataLoader."""
+    from model.prior.augment import PairedAugment
+    from model.prior.data import EpochSampler, PriorPairs, check_patch_store, collate
+    from pipeline.datasets import open_dataset
+    from pipeline.store import ShardedStore
+
+    ds = open_dataset(cfg.dataset, cfg.root or None, cache_dir=cfg.cache_dir or None)
+    ids = ds.ids(cfg.split)
+    if cfg.limit:
+        ids = ids[: cfg.limit]
+    hint = _store_command(cfg)
+    if cfg.patch_store:
+        store_path = Path(cfg.patch_store)
+    else:
+        from pipeline.superpixel_stage import locate_superpixel_store
+
+        store_path = locate_superpixel_store(ds.name, cfg.split, cfg.patches,
+                                             cache_dir=cfg.cache_dir or None)
+    store = ShardedStore.open(store_path, kind="superpixels", hint=hint)
+    check_patch_store(store, dataset=ds.name, split=cfg.split, split_ids=ids, hint=hint)
+    if store.attrs.get("method") not in (None, cfg.patches):
+        raise ValueError(f"patch store {store_path} holds {store.attrs.get('method')} maps but "
+                         f"--patches {cfg.patches} was asked for")
+    del store
+    pairs = PriorPairs(ds, store_path, ids,
+                       augment=PairedAugment(size=cfg.crop, scale=(cfg.scale_min, 1.0)),
+                       seed=cfg.seed)
+    per_rank = cfg.batch_size // dinfo.world_size
+    if len(pairs) // dinfo.world_size < per_rank:
+        raise ValueError(f"{len(pairs)} usable images cannot fill one batch of {cfg.batch_size} "
+                         f"over {dinfo.world_size} process(es); lower --batch-size")
+    sampler = EpochSampler(len(pairs), seed=cfg.seed, rank=dinfo.rank, world=dinfo.world_size)
+    loader = torch.utils.data.DataLoader(
+        pairs, batch_size=per_rank, sampler=sampler, drop_last=True, collate_fn=collate,
+        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers > 0 else None,
+        generator=torch.Generator().manual_seed(cfg.seed))  # never touches the global RNG
+    return pairs, sampler, loader
+
+
+def _store_command(cfg: PriorConfig) -> str:
+    from pipeline.superpixel_stage import build_command
+
+    cmd = build_command(cfg.dataset, cfg.split, cfg.patches)
+    if cfg.root:
+        cmd += f" --root {cfg.root}"
+    if cfg.cache_dir:
+        cmd += f" --cache-dir {cfg.cache_dir}"
+    return cmd
+
+
+# ------------------------------------------------------------------------------ the step
+def train_step(model, batch: dict[str, torch.Tensor], optimizer, scheduler, *,
+               device: torch.device, amp: bool = True, channels_last: bool = False
+               ) -> dict[str, float]:
+    """One optimisation step (shared by the trainer and ``bench/prior_step.py``).
+
+    1. move the views and patch maps to ``device`` (non-blocking from pinned memory);
+    2. forward: momentum update of the key encoder, keys (shuffled), global and local
+       InfoNCE, enqueue (all inside ``PriorMoCo.forward``), under bf16 autocast on CUDA;
+    3. backward through the query encoder and heads;
+    4. SGD step and lr schedule step;
+    5. return the scalars (python floats; this syncs with the device).
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    im_q = batch["im_q"].to(device, non_blocking=True).contiguous(memory_format=fmt)  # N x 3 x S x S
+    im_k = batch["im_k"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+    map_q = batch["map_q"].to(device, non_blocking=True)  # N x S x S int64
+    map_k = batch["map_k"].to(device, non_blocking=True)
+    with autocast(device, enabled=amp):
+        out = model(im_q, im_k, map_q, map_k)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+    scheduler.step()
+    return {k: float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+            for k, v in out.items() if k in SCALARS}
+
+
+SCALARS = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "n_patches")
+
+
+# ------------------------------------------------------------------------------ the run
+def train_prior(cfg: PriorConfig) -> Path:
+    """Pretrain (or resume, or export) as ``cfg`` says; return the run dir.
+
+    Launch under ``torchrun --nproc-per-node N`` for DDP (gloo on CPU, nccl on GPU); every
+    rank must get the same ``cfg``.
+    """
+    dinfo = init_distributed(cfg.device)
+    device = pick_device(cfg.device)
+    cfg = finalize_config(cfg, world=dinfo.world_size)
+    run_dir = Path(cfg.out)
+    ckpt = None
+    if cfg.resume:
+        where = run_dir if cfg.resume == "auto" else Path(cfg.resume)
+        path = find_checkpoint(where)
+        ckpt = load_checkpoint(path)
+        check_resume_config(cfg, ckpt["config"])
+        if cfg.export_only:
+            if dinfo.main:
+                from model.prior.export import export_prior
+
+                target = run_dir / EXPORT_NAME if cfg.out else path.parent.parent / EXPORT_NAME
+                print(f"exported {export_prior(path, target)}")
+            return run_dir
+    elif run_dir.is_dir() and any((run_dir / CKPT_DIR).glob("step-*.pt")):
+        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue "
+                              f"that run, or --out DIR for a new one")
+
+    seed_everything(cfg.seed)
+    if dinfo.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    logger = _setup_log(run_dir / "train.log", enabled=dinfo.main)
+    pairs, sampler, loader = build_data(cfg, dinfo, device=device)
+    steps_per_epoch = sampler.num_samples // loader.batch_size  # drop_last
+    total_steps = cfg.epochs * steps_per_epoch
+    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+
+    model = build_model(cfg).to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch=steps_per_epoch)
+    step, epoch, pos = 0, 0, 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, epoch, pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
+        rngs = ckpt["rng"]
+        set_rng_state(rngs[dinfo.rank] if dinfo.rank < len(rngs) else rngs[0])
+    net = model
+    if dinfo.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # queues are filled with gathered keys, equal on all ranks
+            find_unused_parameters=False)  # PriorMoCo builds only the heads its loss uses
+
+    meta = {"images": len(pairs), "dropped_failed": len(pairs.dropped),
+            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            "world_size": dinfo.world_size, "device": str(device)}
+    if dinfo.main:
+        write_json_atomic(run_dir / "config.json", {**config_dict(cfg), "_run": meta})
+        logger.info("prior pretraining in %s: %s", run_dir, meta)
+        logger.info("config: %s", config_dict(cfg))
+        if pairs.dropped:
+            logger.warning("%d images failed in the patch store and are left out (e.g. %s)",
+                           len(pairs.dropped), pairs.dropped[:3])
+        if ckpt is not None:
+            logger.info("resumed from step %d (epoch %d, batch %d)", step, epoch, pos)
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=dinfo.main)
+    bar = _progress(cfg, dinfo, initial=step, total=last_step)
+    skipped_total = int(ckpt.get("skipped_images", 0)) if ckpt else 0
+    window: list[dict[str, float]] = []
+    t_wait = t_total = 0.0
+
+    def checkpoint(reason: str) -> None:
+        rngs = _gather_rng(dinfo)
+        if not dinfo.main:
+            return
+        done_in_epoch = pos == steps_per_epoch
+        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step,
+                 "epoch": epoch + 1 if done_in_epoch else epoch,
+                 "batch_in_epoch": 0 if done_in_epoch else pos, "rng": rngs,
+                 "config": config_dict(cfg), "skipped_images": skipped_total,
+                 "provenance": provenance(config_dict(cfg))}
+        path = save_checkpoint(run_dir / CKPT_DIR / f"step-{step:07d}.pt", state)
+        _prune(run_dir / CKPT_DIR, keep=cfg.keep_checkpoints)
+        logger.info("checkpoint (%s): %s", reason, path)
+
+    model.train()
+    while step < last_step:
+        sampler.set_epoch(epoch, start=pos * loader.batch_size)
+        it = iter(loader)
+        t0 = time.perf_counter()
+        while pos < steps_per_epoch and step < last_step:
+            batch = next(it)
+            t1 = time.perf_counter()
+            out = train_step(model, batch, optimizer, scheduler, device=device, amp=cfg.amp,
+                             channels_last=device.type == "cuda" and cfg.channels_last)
+            step, pos = step + 1, pos + 1
+            t2 = time.perf_counter()
+            t_wait, t_total, t0 = t_wait + (t1 - t0), t_total + (t2 - t0), t2
+            out["skipped"] = float(batch["skipped"].sum())
+            window.append(out)
+            if not math.isfinite(out["loss"]):
+                raise FloatingPointError(f"loss is {out['loss']} at step {step}; lower --lr "
+                                         f"(now {cfg.lr}) or check the data")
+            if step % cfg.log_every == 0 or step == last_step or pos == steps_per_epoch:
+                rec = _reduce_window(window, dinfo)
+                skipped_total += int(rec.pop("skipped"))
+                rec = {"step": step, "epoch": epoch + pos / steps_per_epoch,
+                       "lr": optimizer.param_groups[0]["lr"], **rec,
+                       "images_per_s": len(window) * cfg.batch_size / max(t_total, 1e-9),
+                       "data_wait": t_wait / max(t_total, 1e-9),
+                       "skipped_images": skipped_total}
+                metrics.write(**{k: round(v, 6) if isinstance(v, float) else v
+                                 for k, v in rec.items()})
+                if dinfo.main:
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", g=f"{rec['loss_global']:.3f}",
+                                        l=f"{rec['loss_local']:.3f}",
+                                        ips=f"{rec['images_per_s']:.0f}")
+                    logger.info("step %d/%d epoch %.2f loss %.4f (global %.4f, local %.4f) "
+                                    "acc %.3f lr %.4g %.1f img/s wait %.0f%%", step, last_step,
+                                rec["epoch"], rec["loss"], rec["loss_global"],
+                                rec["loss_local"], rec["acc_global"], rec["lr"],
+                                rec["images_per_s"], 100 * rec["data_wait"])
+                window, t_wait, t_total = [], 0.0, 0.0
+            if bar is not None:
+                bar.update(1)
+            if pos == steps_per_epoch:
+                checkpoint(f"end of epoch {epoch}")
+            elif (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == last_step:
+                checkpoint(f"step {step}")
+            t0 = time.perf_counter()  # checkpoint time is not counted as data wait
+        if pos == steps_per_epoch:
+            epoch, pos = epoch + 1, 0
+        del it
+    if bar is not None:
+        bar.close()
+    if dinfo.main:
+        logger.info("finished at step %d (epoch %d); %d unreadable images skipped", step, epoch,
+                    skipped_total)
+        if step > 0:
+            from model.prior.export import export_prior
+
+            latest = find_checkpoint(run_dir)
+            logger.info("exported %s", export_prior(latest, run_dir / EXPORT_NAME))
+    if dinfo.enabled:
+        dist.barrier()
+    return run_dir
+
+
+# ------------------------------------------------------------------------------ helpers
+def _gather_rng(dinfo: DistInfo) -> list[dict[str, Any]]:
+    state = rng_state()
+    if not dinfo.enabled:
+        return [state]
+    out: list[Any] = [None] * dinfo.world_size
+    dist.all_gather_object(out, state)
+    return out
+
+
+def _reduce_window(window: list[dict[str, float]], dinfo: DistInfo) -> dict[str, float]:
+    """Means of the window's scalars (``skipped``: sum), averaged over ranks under DDP."""
+    keys = [k for k in (*SCALARS, "skipped") if k in window[0]]
+    vals = torch.tensor([sum(w[k] for w in window) / len(window) for k in keys],
+                        dtype=torch.float64)
+    if dinfo.enabled:
+        vals = vals.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(vals)
+        vals = vals.cpu() / dinfo.world_size
+        vals[keys.index("skipped")] *= dinfo.world_size
+    out = dict(zip(keys, vals.tolist(), strict=True))
+    out["skipped"] = out["skipped"] * len(window)
+    for k in SCALARS:
+        out.setdefault(k, float("nan"))
+    return out
+
+
+def _prune(folder: Path, *, keep: int) -> None:
+    if keep <= 0:
+        return
+    found = sorted((int(m.group(1)), f) for f in folder.glob("step-*.pt")
+                   if (m := CKPT_RE.match(f.name)))
+    for _, f in found[:-keep]:
+        f.unlink(missing_ok=True)
+
+
+def _progress(cfg: PriorConfig, dinfo: DistInfo, *, initial: int, total: int):
+    if not (cfg.progress and dinfo.main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="prior", unit="step", dynamic_ncols=True)
+
+
+def _setup_log(path: Path, *, enabled: bool) -> logging.Logger:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        if getattr(h, "_qgnet_prior", False):
+            log.removeHandler(h)
+            h.close()
+    if enabled:
+        h = logging.FileHandler(path)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        h._qgnet_prior = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+    return log

@@ -37,6 +37,9 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--queue-size", type=int, help="Global negative queue K (default 65536).")
 @click.option("--local-queue-size", type=int, help="Patch negative queue (default 65536).")
 @click.option("--patches-per-image", type=int, help="Patches sampled per image (default 16).")
+@click.option("--min-patch-pixels", type=int,
+              help="Pixels a superpixel needs in each view to be sampled (default 0 = half a "
+                   "feature cell, 512 at stride 32; lower it for small crops).")
 @click.option("--loss", type=click.Choice(["global", "local", "both"]), help="Loss (default both).")
 @click.option("--temperature", type=float, help="InfoNCE temperature (default 0.2).")
 @click.option("--momentum", type=float, help="Key encoder momentum (default 0.999).")

@@ -93,6 +93,7 @@ class PriorConfig:
     temperature: float = 0.2
     loss: str = "both"                # global | local | both
     patches_per_image: int = 16
+    min_patch_pixels: int = 0         # visibility threshold per view (0 = half a feature cell)
     shuffle: str = "auto"             # auto (split-bn, ddp under torchrun) | split-bn | ddp | none
     split_bn_groups: int = 8
     # optimisation
@@ -203,7 +204,8 @@ def build_model(cfg: PriorConfig, *, weights: str | None = None):
                      queue_size=cfg.queue_size, local_queue_size=cfg.local_queue_size,
                      momentum=cfg.momentum, temperature=cfg.temperature, loss=cfg.loss,
                      patches_per_image=cfg.patches_per_image, shuffle=cfg.shuffle,
-                     split_bn_groups=cfg.split_bn_groups)
+                     split_bn_groups=cfg.split_bn_groups,
+                     min_patch_pixels=cfg.min_patch_pixels or None)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: PriorConfig, *, steps_per_epoch: int):

@@ -3,8 +3,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.config import (cache_root, config_dict, mask_store_path, params_hash, provenance,
-                             resolve_config, superpixel_store_path, write_json_atomic)
+from pipeline.config import (
+    cache_root,
+    config_dict,
+    mask_store_path,
+    params_hash,
+    provenance,
+    resolve_config,
+    superpixel_store_path,
+    write_json_atomic,
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,50 @@
+"""Render every command's ``--help`` into docs/cli.md (``python -m cli._docs``).
+
+tests/cli/test_docs.py fails when docs/cli.md is out of date, so the reference never drifts
+from the code.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cli import evaluate, prep, train
+
+GROUPS = [("qgnet-prep", prep.main), ("qgnet-train", train.main), ("qgnet-eval", evaluate.main)]
+HEADER = """# Command reference
+
+Generated from the commands' own `--help` by `python -m cli._docs`; do not edit by hand.
+Every option can also come from a TOML file (`--config FILE`) or a `QGNET_<OPTION>`
+environment variable; the command line wins (see docs/design.md).
+"""
+
+
+def render() -> str:
+    out = [HEADER]
+    for prog, group in GROUPS:
+        ctx = click.Context(group, info_name=prog, terminal_width=100, max_content_width=100)
+        out.append(f"\n## `{prog}`\n\n```\n{group.get_help(ctx)}\n```\n")
+        for name in group.list_commands(ctx):
+            cmd = group.get_command(ctx, name)
+            sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100,
+                                max_content_width=100)
+            out.append(f"\n### `{prog} {name}`\n\n```\n{cmd.get_help(sub)}\n```\n")
+    return "".join(out)
+
+
+def main() -> int:
+    target = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+    text = render()
+    if "--check" in sys.argv:
+        ok = target.is_file() and target.read_text() == text
+        print("docs/cli.md is up to date" if ok else "docs/cli.md is stale: run python -m cli._docs")
+        return 0 if ok else 1
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""Episodic datasets: training episodes drawn on the fly, test episodes from fixed files.
+
+Images come from the dataset reader (``open_dataset(...).load_image``), masks only from
+the mask store (``qgnet-prep masks``), episode indices only from the episode files
+(``qgnet-prep episodes``). Stores and readers are opened lazily, once per DataLoader
+worker (they are dropped when the dataset is pickled).
+
+Training item (PFENet ``SemData.__getitem__``, mode train): item ``i`` of the fold's
+training list is the query image; its class is drawn uniformly among the training classes
+*present* in it (any pixel, as PFENet's ``np.unique``); K distinct supports are drawn
+uniformly from the images where that class is usable (>= 2048 pixels, the training list's
+``class_images``), never the query. Every image is augmented independently
+(:func:`model.fss.transforms.train_transform`).
+
+Every item is a flat dict of tensors; the loader's sampler hands over ``(index, seed)``
+pairs so that an item depends on its seed only (exact resume, any number of workers)::
+
+    query          3 x S x S float32          label          S x S int64 (0 / 1 / 255)
+    supports       K x 3 x S x S              support_masks  K x S x S int64
+    cls            ()  int64 (1-based class)  query_index, support_index: store indices
+
+Test items add ``label`` (the query's binarised label after the test resize, S x S, for
+the validation loss), ``orig_label`` (at original resolution; the collate pads it with
+255 to the batch's largest size) and ``orig_hw`` (2,).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from model.fss import transforms as T
+
+
+class _StoreMixin:
+    """Lazy, per-process handles on the mask store and the image reader."""
+
+    def _init_sources(self, *, dataset: str, split: str, root: str | None, cache_dir: str | None):
+        self.dataset_name, self.split, self.root, self.cache_dir = dataset, split, root, cache_dir
+        self._store = None
+        self._reader = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            from pipeline.mask_stage import locate_mask_store
+            from pipeline.store import ShardedStore
+
+            path = locate_mask_store(self.dataset_name, self.split, cache_dir=self.cache_dir)
+            self._store = ShardedStore.open(path, kind="masks")
+        return self._store
+
+    @property
+    def reader(self):
+        if self._reader is None:
+            from pipeline.datasets import open_dataset
+
+            root = self.root or self.store.attrs.get("root")
+            self._reader = open_dataset(self.dataset_name, root, cache_dir=self.cache_dir)
+        return self._reader
+
+    def load(self, index: int, cls: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image (H x W x 3 uint8) and binarised mask of store image ``index``."""
+        image = self.reader.load_image(self.store.ids[index])
+        mask = self.store.get(int(index))
+        if image.shape[:2] != mask.shape:
+            raise ValueError(f"image {self.store.ids[index]!r} is {image.shape[:2]} but its mask in "
+                             f"{self.store.path} is {mask.shape}; rebuild the mask store")
+        return image, T.binarize(mask, cls)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_store"] = state["_reader"] = None
+        return state
+
+
+def draw_supports(pool: np.ndarray, query: int, shot: int, rng: np.random.Generator) -> np.ndarray:
+    """``shot`` distinct images of ``pool`` other than ``query``.
+
+    PFENet re-draws until distinct; with fewer candidates than ``shot`` (tiny datasets)
+    repeats are allowed rather than looping forever.
+    """
+    cand = pool[pool != query]
+    if len(cand) == 0:
+        raise ValueError(f"no support image other than the query {query} for this class")
+    return rng.choice(cand, size=shot, replace=len(cand) < shot)
+
+
+class TrainEpisodes(_StoreMixin, Dataset):
+    """Training episodes of one fold (see the module docstring).
+
+    Parameters
+    ----------
+    train_list : dict
+        :func:`pipeline.episodes.load_training_list`'s result.
+    shot : int
+    crop : int
+    scale : (float, float)
+    dataset, root, cache_dir : where images and the train mask store are.
+    """
+
+    def __init__(self, train_list: dict[str, Any], *, shot: int, crop: int,
+                 scale: Sequence[float], dataset: str, root: str | None = None,
+                 cache_dir: str | None = None):
+        self._init_sources(dataset=dataset, split=str(train_list.get("split", "train")),
+                           root=root, cache_dir=cache_dir)
+        tl = train_list
+        self.image_index = np.asarray(tl["image_index"], np.int64)
+        if "present_indptr" in tl:  # PFENet: any training class present in the query
+            self.cls_indptr, self.cls = np.asarray(tl["present_indptr"]), np.asarray(tl["present_classes"])
+        else:
+            self.cls_indptr, self.cls = np.asarray(tl["classes_indptr"]), np.asarray(tl["classes"])
+        self.class_indptr = np.asarray(tl["class_indptr"])
+        self.class_images = np.asarray(tl["class_images"])
+        self.shot, self.crop, self.scale = int(shot), int(crop), tuple(float(s) for s in scale)
+        if len(self.image_index) == 0:
+            raise ValueError(f"the training list {tl.get('path', '')} is empty")
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def pick(self, i: int, rng: np.random.Generator) -> tuple[int, int, np.ndarray]:
+        """(query store index, class, K support store indices) of item ``i``."""
+        q = int(self.image_index[i])
+        classes = self.cls[self.cls_indptr[i]:self.cls_indptr[i + 1]]
+        c = int(classes[rng.integers(len(classes))])
+        pool = self.class_images[self.class_indptr[c]:self.class_indptr[c + 1]]
+        return q, c, draw_supports(np.asarray(pool, np.int64), q, self.shot, rng)
+
+    def __getitem__(self, item) -> dict[str, torch.Tensor]:
+        i, seed = item if isinstance(item, tuple) else (item, item)
+        rng = np.random.default_rng(int(seed))
+        q, c, sup = self.pick(int(i), rng)
+        image, label = T.train_transform(*self.load(q, c), rng, crop=self.crop, scale=self.scale)
+        s_imgs, s_masks = [], []
+        for s in sup:
+            si, sm = T.train_transform(*self.load(int(s), c), rng, crop=self.crop, scale=self.scale)
+            s_imgs.append(si)
+            s_masks.append(sm)
+        return {
+            "query": torch.from_numpy(image),  # 3 x S x S
+            "label": torch.from_numpy(label.astype(np.int64)),  # S x S
+            "supports": torch.from_numpy(np.stack(s_imgs)),  # K x 3 x S x S
+            "support_masks": torch.from_numpy(np.stack(s_masks).astype(np.int64)),  # K x S x S
+            "cls": torch.tensor(c),
+            "query_index": torch.tensor(q),
+            "support_index": torch.from_numpy(np.asarray(sup, np.int64)),
+        }
+
+
+class TestEpisodes(_StoreMixin, Dataset):
+    """Fixed test episodes (``load_test_episodes``), PFENet's test-time resize.
+
+    ``limit`` keeps the first N episodes. Supports use the same resize and pad.
+    """
+
+    def __init__(self, episodes: dict[str, Any], *, crop: int, dataset: str,
+                 root: str | None = None, cache_dir: str | None = None,
+                 limit: int | None = None):
+        self._init_sources(dataset=dataset, split="val", root=root, cache_dir=cache_dir)
+        n = len(episodes["query"]) if not limit else min(int(limit), len(episodes["query"]))
+        self.query = np.asarray(episodes["query"][:n], np.int64)
+        self.support = np.asarray(episodes["support"][:n], np.int64).reshape(n, -1)
+        self.cls = np.asarray(episodes["cls"][:n], np.int64)
+        self.crop = int(crop)
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def __getitem__(self, e: int) -> dict[str, torch.Tensor]:
+        c = int(self.cls[e])
+        image, orig = self.load(int(self.query[e]), c)
+        img, lab = T.test_transform(image, orig, size=self.crop)
+        s_imgs, s_masks = [], []
+        for s in self.support[e]:
+            si, sm = T.test_transform(*self.load(int(s), c), size=self.crop)
+            s_imgs.append(si)
+            s_masks.append(sm)
+        return {
+            "query": torch.from_numpy(img),
+            "label": torch.from_numpy(lab.astype(np.int64)),
+            "supports": torch.from_numpy(np.stack(s_imgs)),
+            "support_masks": torch.from_numpy(np.stack(s_masks).astype(np.int64)),
+            "cls": torch.tensor(c),
+            "orig_label": torch.from_numpy(orig.astype(np.int64)),  # H x W
+            "orig_hw": torch.tensor(orig.shape),
+            "episode": torch.tensor(e),
+            "query_index": torch.tensor(int(self.query[e])),
+            "support_index": torch.from_numpy(self.support[e].copy()),
+        }
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack a list of item dicts; ``orig_label`` is padded with 255 to the largest size."""
+    out = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        if key == "orig_label":
+            h = max(v.shape[0] for v in vals)
+            w = max(v.shape[1] for v in vals)
+            pad = torch.full((len(vals), h, w), T.IGNORE, dtype=vals[0].dtype)
+            for j, v in enumerate(vals):
+                pad[j, : v.shape[0], : v.shape[1]] = v
+            out[key] = pad
+        else:
+            out[key] = torch.stack(vals)
+    return out
+
+
+class EpisodeSampler(Sampler):
+    """Yields ``(index, seed)`` for one epoch: a permutation seeded by ``(seed, epoch)``,
+    this rank's share (``rank::world``), from position ``start`` on (resume mid-epoch).
+
+    The seed of each item is derived from ``(seed, epoch, position)``, so an item's
+    augmentation and support draw do not depend on workers or on interruption.
+    """
+
+    def __init__(self, n: int, *, seed: int, epoch: int, start: int = 0, rank: int = 0,
+                 world: int = 1, shuffle: bool = True):
+        self.n, self.seed, self.epoch, self.start = int(n), int(seed), int(epoch), int(start)
+        self.rank, self.world, self.shuffle = int(rank), int(world), shuffle
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._order()
+        # every rank gets the same number of items (DDP steps must match): drop the tail
+        positions = np.arange(self.rank, (self.n // self.world) * self.world, self.world)
+        for p in positions[self.start:]:
+            # one 63-bit seed per (seed, epoch, position)
+            s = int(np.random.default_rng([self.seed, self.epoch, int(p)]).integers(2**63 - 1))
+            yield int(order[p]), s
+
+    def __len__(self) -> int:
+        return max(self.n // self.world - self.start, 0)

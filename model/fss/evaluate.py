@@ -1,0 +1,393 @@
+"""Few-shot evaluation on fixed episodes, scored at the original label resolution.
+
+PFENet's protocol (``test.py`` with ``ori_resize``), see docs/fss.md::
+
+    query, supports  -> test resize + pad to S x S (model.fss.transforms.test_transform)
+    logits           N x 2 x S x S -> bilinear to L x L, L = max(H, W); keep the top-left
+                     H x W (= PFENet's scoring against the label padded with 255)
+    meter            per class: sum I / sum U over its episodes; mIoU = mean over the fold's
+                     classes; FB-IoU = mean of fg and bg IoU summed over all episodes
+    seeds            one episode file per seed -> mean and sample std over seeds
+
+``evaluate`` also reports episodes/s (model + data, after the first batch) and the peak
+memory (``torch.cuda.max_memory_allocated`` on GPU, the process's max RSS on CPU) and
+writes ``results.json`` / ``results.md`` next to the checkpoint (entries keyed by fold,
+shot, protocol and episode count, so 1- and 5-shot results sit side by side).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.metrics import FewShotMeter, summarise_seeds, upsample_logits
+from model.regions import RegionMeter
+
+log = logging.getLogger("qgnet.fss")
+
+TRAINABLE_PREFIXES = ("backbone.", "prior_backbone.")
+
+
+# ---------------------------------------------------------------------------- model I/O
+def resolve_bins(bins: str, crop: int):
+    """``"auto"``: PFENet's absolute bins (60, 30, 15, 8) at crop 473, else the fractions
+    (1, .5, .25, .125) of the feature size at the training crop; or a comma list."""
+    if bins == "auto":
+        return (60, 30, 15, 8) if int(crop) == 473 else None
+    vals = tuple(float(b) for b in str(bins).split(","))
+    return tuple(int(v) if v > 1 else v for v in vals)
+
+
+def prior_backbone_name(prior: str) -> str:
+    """Backbone name recorded in a prior export (``imagenet`` -> efficientnet_lite0)."""
+    if prior == "imagenet":
+        return "efficientnet_lite0"
+    path = Path(prior)
+    if not path.is_file():
+        raise FileNotFoundError(f"no prior extractor at {path}; train one with `qgnet-train prior` "
+                                f"(it writes prior_extractor.pt into its run dir), or pass "
+                                f"--no-prior-map for the PFENet baseline")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    name = obj.get("backbone_name") if isinstance(obj, dict) else None
+    if not name:
+        raise ValueError(f"{path} is not a prior extractor export (no 'backbone_name'); pass the "
+                         f"prior_extractor.pt written by `qgnet-train prior`")
+    return str(name)
+
+
+def model_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild the network without other options."""
+    use_prior = bool(cfg["use_prior_map"])
+    return {"backbone": cfg["backbone"], "weights": str(cfg["weights"]),
+            "use_prior_map": use_prior, "prior": str(cfg["prior"]) if use_prior else "",
+            "prior_backbone": prior_backbone_name(str(cfg["prior"])) if use_prior else "",
+            "bins": cfg.get("bins", "auto"), "crop": int(cfg["crop"]),
+            "reduce_dim": int(cfg.get("reduce_dim", 256))}
+
+
+def build_model(meta: Mapping[str, Any]):
+    """A :class:`model.qgnet.QGNet` from :func:`model_meta` (frozen backbones loaded)."""
+    from model.backbones import build_backbone
+    from model.qgnet import QGNet
+
+    backbone = build_backbone(meta["backbone"], weights=meta["weights"], dilated=True)
+    prior_bb = None
+    if meta["use_prior_map"]:
+        prior_bb = build_backbone(meta["prior_backbone"], weights=meta["prior"], dilated=True)
+    bins = resolve_bins(meta.get("bins", "auto"), meta["crop"])
+    return QGNet(backbone=backbone, prior_backbone=prior_bb, use_prior_map=meta["use_prior_map"],
+                 reduce_dim=int(meta.get("reduce_dim", 256)), pyramid_bins=bins,
+                 train_size=int(meta["crop"]) if bins is None else None)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the frozen backbones (they are rebuilt from their weights)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(TRAINABLE_PREFIXES)}
+
+
+def load_model(checkpoint: str | Path, *, device: str | torch.device = "cpu"):
+    """(model in eval mode, checkpoint dict) from a ``qgnet-train fss`` checkpoint."""
+    from model.utils import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if "model_meta" not in ckpt:
+        raise ValueError(f"{checkpoint} is not a few-shot checkpoint (no 'model_meta'); pass a "
+                         f"best.pt / last.pt written by `qgnet-train fss`")
+    model = build_model(ckpt["model_meta"])
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    missing = [k for k in missing if not k.startswith(TRAINABLE_PREFIXES)]
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint} does not fit the network it describes: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return model.to(device).eval(), ckpt
+
+
+# ---------------------------------------------------------------------------- the step
+def step(model, batch: dict[str, torch.Tensor], *, device: torch.device, amp: bool = True,
+         optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """One numbered step, shared by training and validation.
+
+    1. move the batch to the device;
+    2. forward (logits N x 2 x S x S, auxiliary logits, both region maps);
+    3. loss = CE(main) + 1.0 x mean CE(aux), 255 ignored (``label``, S x S);
+    4. training only (``optimizer`` given): backward and SGD step.
+    """
+    from model.qgnet import QGNet
+    from model.utils import autocast
+
+    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # 1
+    with autocast(device, enabled=amp):
+        out = model(b["query"], b["supports"], b["support_masks"], return_maps=True)  # 2
+    total, main, aux = QGNet.loss(out["logits"], out["aux"], b["label"], return_parts=True)  # 3
+    if optimizer is not None:  # 4
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+    return {"loss": total.detach(), "main": main.detach(), "aux": aux.detach(), "out": out,
+            "batch": b}
+
+
+def _orig(batch: Mapping[str, torch.Tensor], j: int) -> torch.Tensor:
+    h, w = (int(v) for v in batch["orig_hw"][j])
+    return batch["orig_label"][j, :h, :w]
+
+
+def _map_to_orig(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A 1 x 1 x h' x w' map of the padded S x S input -> 1 x 1 x H x W of the original."""
+    side = max(h, w)
+    up = F.interpolate(m.float(), size=(side, side), mode="bilinear", align_corners=True)
+    return up[..., :h, :w]
+
+
+@torch.no_grad()
+def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device, amp: bool = True,
+                 regions: bool = False, progress: bool = False, desc: str = "eval",
+                 reduce: bool = False) -> dict[str, Any]:
+    """Score every episode of ``loader`` (a :class:`model.fss.data.TestEpisodes` loader).
+
+    Returns ``meter`` (FewShotMeter), ``loss`` (mean validation loss on the resized label),
+    ``episodes``, ``seconds`` (after the first batch), ``episodes_per_s``, and with
+    ``regions`` the RegionMeters ``guided`` and ``prior`` (prior: None without a prior map).
+    ``reduce``: sum the counts over torch.distributed ranks (each rank ran its share).
+    """
+    was_training = model.training
+    model.eval()
+    meter = FewShotMeter(classes)
+    guided, prior = (RegionMeter(), RegionMeter()) if regions else (None, None)
+    losses, n, n_timed, t0 = [], 0, 0, None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(loader.dataset), desc=desc, unit="ep", dynamic_ncols=True, leave=False)
+    for batch in loader:
+        r = step(model, batch, device=device, amp=amp)
+        out = r["out"]
+        losses.append(float(r["loss"]))
+        for j in range(batch["query"].shape[0]):
+            target = _orig(batch, j)
+            h, w = target.shape
+            pred = upsample_logits(out["logits"][j:j + 1].float(), (h, w), padded_square=True)
+            meter.update(int(batch["cls"][j]), pred.cpu(), target)
+            if regions:
+                guided.update(_map_to_orig(out["guided_map"][j:j + 1], h, w).cpu(), target)
+                if out.get("prior_map") is not None:
+                    prior.update(_map_to_orig(out["prior_map"][j:j + 1], h, w).cpu(), target)
+        k = batch["query"].shape[0]
+        n += k
+        if t0 is None:  # time from the end of the first batch (warm-up excluded)
+            t0 = time.perf_counter()
+        else:
+            n_timed += k
+        if bar is not None:
+            bar.update(k)
+    if bar is not None:
+        bar.close()
+    secs = time.perf_counter() - t0 if t0 is not None else 0.0
+    if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.from_numpy(np.concatenate([meter.confusion.ravel(), meter.episodes])).to(device)
+        torch.distributed.all_reduce(t)
+        t = t.cpu().numpy()
+        c = len(meter.class_ids)
+        meter.confusion = t[: c * 4].reshape(c, 2, 2).astype(np.int64)
+        meter.episodes = t[c * 4:].astype(np.int64)
+    model.train(was_training)
+    return {"meter": meter, "loss": float(np.mean(losses)) if losses else float("nan"),
+            "episodes": n, "seconds": secs,
+            "episodes_per_s": (n_timed / secs) if secs > 0 else float("nan"),
+            "guided": guided, "prior": prior if (regions and prior.episodes) else None}
+
+
+def test_loader(episodes: Mapping[str, Any], *, dataset: str, crop: int, root=None, cache_dir=None,
+                limit: int | None = None, batch_size: int = 1, workers: int = 0,
+                rank: int = 0, world: int = 1):
+    """DataLoader over fixed episodes (this rank's share under DDP)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from model.fss.data import TestEpisodes, collate
+
+    ds = TestEpisodes(episodes, crop=crop, dataset=dataset, root=root, cache_dir=cache_dir,
+                      limit=limit)
+    if world > 1:
+        ds = Subset(ds, list(range(rank, len(ds), world)))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate, generator=torch.Generator().manual_seed(0),
+                      persistent_workers=False)
+
+
+# ---------------------------------------------------------------------------- evaluate
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS"
+
+
+def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None = None, *,
+             dataset: str | None = None, fold: int | None = None, shot: int | None = None,
+             seeds: Iterable[int] = (321,), protocol: str = "pfenet",
+             n_episodes: int | None = None, root: str | None = None, cache_dir: str | None = None,
+             crop: int | None = None, device: str = "auto", amp: bool = True,
+             batch_size: int = 1, workers: int = 0, progress: bool = True,
+             out_dir: str | Path | None = None, write: bool = True,
+             regions: bool = False) -> dict[str, Any]:
+    """Evaluate a model or a checkpoint on fixed test episodes, one run per seed.
+
+    Parameters
+    ----------
+    model_or_checkpoint : QGNet or path
+        A path rebuilds the model from the checkpoint (backbone, weights, prior, crop);
+        dataset, fold, root, cache_dir default to the checkpoint's training config.
+    episodes : dict or list of dicts, optional
+        :func:`pipeline.episodes.load_test_episodes` results; default: loaded for every
+        seed of ``seeds`` with ``shot`` (default: the training shot) and ``protocol``.
+    n_episodes : int, optional
+        Only the first N episodes of each file.
+    out_dir : path, optional
+        Where results.json / results.md go (default: next to the checkpoint; nothing is
+        written for a bare model without ``out_dir``).
+
+    Returns
+    -------
+    dict
+        ``miou`` / ``fb_iou`` ({mean, std, n, values} over seeds), ``per_class`` (class ->
+        {name, mean, std}), ``runs`` (one summary per seed), ``episodes_per_s``,
+        ``peak_memory_mb``, and the settings.
+    """
+    from model.utils import pick_device
+    from pipeline.episodes import load_test_episodes
+
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    ckpt_path = None
+    cfg: dict[str, Any] = {}
+    if isinstance(model_or_checkpoint, (str, Path)):
+        ckpt_path = Path(model_or_checkpoint)
+        model, ckpt = load_model(ckpt_path, device=dev)
+        cfg = dict(ckpt.get("config", {}))
+    else:
+        model = model_or_checkpoint.to(dev)
+    dataset = dataset or cfg.get("dataset")
+    fold = int(fold if fold is not None else cfg.get("fold", 0))
+    shot = int(shot if shot is not None else cfg.get("shot", 1))
+    root = root or cfg.get("root")
+    cache_dir = cache_dir or cfg.get("cache_dir")
+    crop = int(crop or cfg.get("crop") or 0)
+    if not dataset or not crop:
+        raise ValueError("evaluate needs dataset and crop (given, or from the checkpoint)")
+    if episodes is None:
+        episodes = [load_test_episodes(dataset, fold, shot, seed=int(s), protocol=protocol,
+                                       cache_dir=cache_dir) for s in seeds]
+    elif isinstance(episodes, Mapping):
+        episodes = [episodes]
+    names = _class_names(dataset, cache_dir)
+    runs, eps_rates = [], []
+    for ep in episodes:
+        loader = test_loader(ep, dataset=dataset, crop=crop, root=root, cache_dir=cache_dir,
+                             limit=n_episodes, batch_size=batch_size, workers=workers)
+        seed = int(np.asarray(ep.get("seed", -1)))
+        r = run_episodes(model, loader, classes=np.asarray(ep["test_classes"]).tolist(), device=dev,
+                         amp=amp, progress=progress, desc=f"seed {seed}", regions=regions)
+        s = r["meter"].summary()
+        s.update(seed=seed, seconds=round(r["seconds"], 3), episodes_per_s=r["episodes_per_s"],
+                 loss=r["loss"], confusion=r["meter"].state_dict())
+        if regions:
+            s["guided"] = r["guided"].summary()
+            s["prior"] = r["prior"].summary() if r["prior"] is not None else None
+        runs.append(s)
+        eps_rates.append(r["episodes_per_s"])
+        log.info("seed %s: mIoU %.4f FB-IoU %.4f (%d episodes, %.2f episodes/s)", seed, s["miou"],
+                 s["fb_iou"], s["episodes"], r["episodes_per_s"])
+    agg = summarise_seeds([{"miou": r["miou"], "fb_iou": r["fb_iou"]} for r in runs])
+    classes = sorted({int(c) for r in runs for c in r["per_class"]})
+    per_class = {}
+    for c in classes:
+        vals = [r["per_class"][str(c)] for r in runs if str(c) in r["per_class"]]
+        one = summarise_seeds(vals)
+        per_class[str(c)] = {"name": names.get(c, str(c)), "mean": one["mean"], "std": one["std"]}
+    mem, mem_kind = peak_memory_mb(dev)
+    result = {
+        "checkpoint": str(ckpt_path) if ckpt_path else None, "dataset": dataset, "fold": fold,
+        "shot": shot, "protocol": protocol, "seeds": [r["seed"] for r in runs],
+        "episodes": [r["episodes"] for r in runs], "crop": crop,
+        "use_prior_map": bool(getattr(model, "use_prior_map", True)),
+        "miou": agg["miou"], "fb_iou": agg["fb_iou"], "per_class": per_class, "runs": runs,
+        "episodes_per_s": float(np.nanmean(eps_rates)) if eps_rates else float("nan"),
+        "peak_memory_mb": round(mem, 1), "peak_memory_kind": mem_kind, "device": str(dev),
+        "batch_size": batch_size, "amp": bool(amp and dev.type == "cuda"),
+    }
+    target = Path(out_dir) if out_dir else (ckpt_path.parent if ckpt_path else None)
+    if write and target is not None:
+        write_results(target, result, key="regions" if regions else None)
+    return result
+
+
+def _class_names(dataset: str, cache_dir) -> dict[int, str]:
+    try:
+        from pipeline.mask_stage import locate_mask_store
+        from pipeline.store import ShardedStore
+
+        store = ShardedStore.open(locate_mask_store(dataset, "val", cache_dir=cache_dir), kind="masks")
+        return {i + 1: n for i, n in enumerate(store.attrs.get("class_names", []))}
+    except Exception:  # names are cosmetic
+        return {}
+
+
+def result_key(result: Mapping[str, Any]) -> str:
+    n = max(result["episodes"]) if result["episodes"] else 0
+    return f"fold{result['fold']}-{result['shot']}shot-{result['protocol']}-{n}ep"
+
+
+def write_results(folder: str | Path, result: Mapping[str, Any], *, key: str | None = None) -> Path:
+    """Merge ``result`` into ``folder/results.json`` (keyed) and rewrite ``results.md``."""
+    from pipeline.config import write_json_atomic
+
+    folder = Path(folder)
+    path = folder / "results.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    k = result_key(result) + (f"-{key}" if key else "")
+    data[k] = result
+    write_json_atomic(path, data)
+    md = folder / "results.md"
+    tmp = md.with_name(md.name + ".tmp")
+    tmp.write_text("\n\n".join(format_markdown(v, title=kk) for kk, v in sorted(data.items())) + "\n")
+    tmp.replace(md)
+    return path
+
+
+def _pm(d: Mapping[str, float], scale: float = 100) -> str:
+    if d["n"] > 1:
+        return f"{d['mean'] * scale:.2f} ± {d['std'] * scale:.2f}"
+    return f"{d['mean'] * scale:.2f}"
+
+
+def format_markdown(result: Mapping[str, Any], *, title: str | None = None) -> str:
+    """A Markdown table: mIoU / FB-IoU (mean ± std over seeds, in %) and per class."""
+    lines = [f"### {title or result_key(result)}", "",
+             f"{result['dataset']} fold {result['fold']}, {result['shot']}-shot, "
+             f"{result['protocol']} episodes x {len(result['seeds'])} seed(s) {result['seeds']}, "
+             f"{max(result['episodes']) if result['episodes'] else 0} episodes each, "
+             f"{'QGNet' if result.get('use_prior_map', True) else 'baseline (no prior map)'}, "
+             f"scored at the original label resolution.", "",
+             "| metric | value (%) |", "|---|---|",
+             f"| mIoU | {_pm(result['miou'])} |", f"| FB-IoU | {_pm(result['fb_iou'])} |"]
+    for c, v in result["per_class"].items():
+        d = {"mean": v["mean"], "std": v["std"], "n": len(result["seeds"])}
+        lines.append(f"| {c} {v['name']} | {_pm(d)} |")
+    lines += ["", f"{result['episodes_per_s']:.2f} episodes/s on {result['device']} (batch "
+                  f"{result['batch_size']}), peak memory {result['peak_memory_mb']} MiB "
+                  f"({result['peak_memory_kind']})."]
+    runs = result.get("runs", [])
+    if runs and runs[0].get("guided"):
+        lines += ["", "| threshold | guided recall | prior recall |", "|---|---|---|"]
+        for t, g in runs[0]["guided"]["recall"].items():
+            p = runs[0]["prior"]["recall"][t] if runs[0].get("prior") else float("nan")
+            lines.append(f"| {t} | {g * 100:.2f} | {p * 100:.2f} |")
+    return "\n".join(lines)

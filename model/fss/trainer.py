@@ -1,0 +1,333 @@
+"""``qgnet-train fss``: train QGNet (or the PFENet-equivalent baseline) on one fold.
+
+PFENet's recipe (``train.py``; docs/fss.md lists every choice)::
+
+    data        training list of the fold (qgnet-prep episodes), one episode per listed image
+                per epoch, PFENet augmentation, drop_last
+    optimiser   SGD on the new layers only (backbones frozen), momentum 0.9, wd 1e-4
+    lr          poly: lr_i = base_lr * lr_scale * (1 - i / max_iter) ** 0.9, i = 1, 2, ...
+                set before every iteration. lr_scale defaults to 10: PFENet's
+                ``poly_learning_rate(..., index_split=-1, scale_lr=10)`` scales every group
+                by 10, so its PASCAL base lr 0.0025 trains at 0.025 (its issue #17 reply
+                says otherwise; the code is what produced the published numbers)
+    loss        CE(main) + 1.0 x mean CE(aux), 255 ignored
+    validation  fixed test episodes (seed 321) at the end of each epoch or every
+                ``val_every`` steps; best.pt by mIoU, last.pt always
+
+Run dir: ``config.json``, ``metrics.jsonl`` (one object per logged step / validation),
+``train.log``, ``last.pt``, ``best.pt``. Checkpoints hold the trainable weights, the
+optimiser, step, epoch, RNG states, the config, the best mIoU and ``model_meta``
+(backbone, weights, prior) so ``qgnet-eval fss --checkpoint`` needs nothing else.
+
+Exact resume: items depend only on ``(seed, epoch, position)`` (see
+:class:`model.fss.data.EpisodeSampler`), the global RNG (dropout) is restored from the
+checkpoint and DataLoader worker seeds come from a per-epoch generator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.fss import evaluate as ev
+from model.fss.data import EpisodeSampler, TrainEpisodes, collate
+
+log = logging.getLogger("qgnet.fss")
+
+# Per-dataset defaults (PFENet's PASCAL and COCO configs; folder/demo: a small CPU setup).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pascal": dict(backbone="resnet50", weights="", crop=473, scale_min=0.9, scale_max=1.1,
+                   batch_size=4, lr=0.0025, epochs=200),
+    "coco": dict(backbone="resnet101", weights="", crop=641, scale_min=0.8, scale_max=1.25,
+                 batch_size=8, lr=0.005, epochs=50),
+    "folder": dict(backbone="efficientnet_lite0", weights="imagenet", crop=161, scale_min=0.9,
+                   scale_max=1.1, batch_size=4, lr=0.0025, epochs=50),
+    "demo": dict(backbone="efficientnet_lite0", weights="imagenet", crop=161, scale_min=0.9,
+                 scale_max=1.1, batch_size=4, lr=0.0025, epochs=20),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FssConfig:
+    """Options of ``qgnet-train fss`` (empty / 0 = the dataset's default above)."""
+
+    dataset: str = "demo"
+    root: str | None = None
+    fold: int = 0
+    shot: int = 1
+    backbone: str = ""                # resnet50 | resnet101 | vgg16 | efficientnet_lite0
+    weights: str = ""                 # PATH | imagenet (efficientnet_lite0) | none
+    prior: str = ""                   # prior_extractor.pt | imagenet (stand-in, lite0)
+    use_prior_map: bool = True        # False: PFENet-equivalent baseline
+    bins: str = "auto"                # auto: (60,30,15,8) at 473, else fractions of the grid
+    epochs: int = 0
+    batch_size: int = 0               # global batch (split among DDP ranks)
+    lr: float = 0.0                   # base lr (PFENet's base_lr)
+    lr_scale: float = 10.0            # PFENet's scale_lr (effective lr = lr * lr_scale)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    power: float = 0.9
+    crop: int = 0
+    scale_min: float = 0.0
+    scale_max: float = 0.0
+    workers: int = 2
+    threads: int = 0                  # torch CPU threads (0: torch's default)
+    device: str = "auto"
+    amp: bool = True                  # bf16 autocast on CUDA
+    val_episodes: int = 1000          # 0: no validation
+    val_every: int = 0                # steps; 0: at the end of every epoch
+    val_seed: int = 321
+    max_steps: int = 0                # stop early (the schedule still spans the epochs)
+    ckpt_every: int = 0               # extra last.pt every N steps (0: epoch ends only)
+    log_every: int = 10
+    progress: bool = True
+    resume: str = ""
+    seed: int = 321
+    out: str = ""
+    cache_dir: str | None = None
+    train_set: str = "train"          # pascal: train (5,953) | aug (10,582)
+    drop_novel_images: bool = False   # BAM's filter_intersection
+
+
+def finalize_config(cfg: FssConfig) -> FssConfig:
+    """Fill the dataset defaults and check the options (ValueError says what to pass)."""
+    d = DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["folder"])
+    upd = {k: v for k, v in d.items() if not getattr(cfg, k)}
+    cfg = dataclasses.replace(cfg, **upd)
+    if not cfg.weights:
+        raise ValueError(f"--backbone {cfg.backbone} needs --weights PATH (a state dict, e.g. "
+                         f"PFENet's initmodel/{cfg.backbone}_v2.pth), or --weights none; only "
+                         f"efficientnet_lite0 has offline weights (--weights imagenet)")
+    if cfg.use_prior_map and not cfg.prior:
+        raise ValueError("QGNet needs the prior extractor: pass --prior PATH to the "
+                         "prior_extractor.pt written by `qgnet-train prior`, or --no-prior-map "
+                         "for the PFENet baseline (or --prior imagenet: ImageNet EfficientNet-"
+                         "Lite0 as a stand-in Fp)")
+    if cfg.use_prior_map and cfg.prior != "imagenet" and not Path(cfg.prior).is_file():
+        raise FileNotFoundError(f"no prior extractor at {cfg.prior}; run `qgnet-train prior` "
+                                f"(it writes prior_extractor.pt) or pass --no-prior-map")
+    if cfg.shot < 1 or cfg.crop < 9 or cfg.batch_size < 1 or cfg.epochs < 1:
+        raise ValueError(f"bad options: shot {cfg.shot}, crop {cfg.crop}, batch {cfg.batch_size}, "
+                         f"epochs {cfg.epochs}")
+    if not 0 < cfg.scale_min <= cfg.scale_max:
+        raise ValueError(f"--scale-min {cfg.scale_min} / --scale-max {cfg.scale_max}: need "
+                         f"0 < min <= max")
+    if not cfg.out:
+        tag = "qgnet" if cfg.use_prior_map else "baseline"
+        cfg = dataclasses.replace(cfg, out=str(Path("runs") / "fss" / (
+            f"{cfg.dataset}-fold{cfg.fold}-{cfg.shot}shot-{cfg.backbone}-{tag}")))
+    return cfg
+
+
+def poly_lr(cfg: FssConfig, it: int, max_iter: int) -> float:
+    """PFENet's poly schedule at iteration ``it`` (1-based), times ``lr_scale``."""
+    return cfg.lr * cfg.lr_scale * (1 - min(it, max_iter) / max_iter) ** cfg.power
+
+
+def find_checkpoint(where: str | os.PathLike) -> Path:
+    """A checkpoint file, or ``last.pt`` of a run dir."""
+    p = Path(where)
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"nothing to resume at {where}: expected a checkpoint file or a "
+                                f"run dir holding last.pt")
+    return p
+
+
+def _setup_log(path: Path, *, enabled: bool) -> None:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        if getattr(h, "_qgnet_fss", False):
+            log.removeHandler(h)
+            h.close()
+    if enabled:
+        h = logging.FileHandler(path)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        h._qgnet_fss = True
+        log.addHandler(h)
+
+
+def train_fss(cfg: FssConfig) -> Path:
+    """Train one fold; returns the run dir (see the module docstring)."""
+    from model.utils import (
+        MetricsWriter,
+        init_distributed,
+        load_checkpoint,
+        pick_device,
+        rng_state,
+        save_checkpoint,
+        seed_everything,
+        set_rng_state,
+    )
+    from pipeline.config import config_dict, provenance, write_json_atomic
+    from pipeline.episodes import load_test_episodes, load_training_list
+
+    cfg = finalize_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dinfo = init_distributed(cfg.device)
+    device = pick_device(cfg.device)
+    run_dir = Path(cfg.out)
+    ckpt = None
+    if cfg.resume:
+        ckpt = load_checkpoint(find_checkpoint(cfg.resume))
+    elif dinfo.main and (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue "
+                              f"it or --out NEW_DIR")
+    if dinfo.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    _setup_log(run_dir / "train.log", enabled=dinfo.main)
+    seed_everything(cfg.seed + dinfo.rank)
+
+    # data (errors name the qgnet-prep command that builds what is missing)
+    train_list = load_training_list(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir,
+                                    drop_novel_images=cfg.drop_novel_images,
+                                    train_set=None if cfg.train_set == "train" else cfg.train_set)
+    train_ds = TrainEpisodes(train_list, shot=cfg.shot, crop=cfg.crop,
+                             scale=(cfg.scale_min, cfg.scale_max), dataset=cfg.dataset,
+                             root=cfg.root, cache_dir=cfg.cache_dir)
+    val_eps = None
+    if cfg.val_episodes > 0:
+        val_eps = load_test_episodes(cfg.dataset, cfg.fold, cfg.shot, seed=cfg.val_seed,
+                                     cache_dir=cfg.cache_dir)
+    world = dinfo.world_size
+    per_rank = max(cfg.batch_size // world, 1)
+    spe = (len(train_ds) // world) // per_rank  # steps per epoch (drop_last)
+    if spe < 1:
+        raise ValueError(f"{len(train_ds)} training episodes are fewer than one batch of "
+                         f"{per_rank} per rank; lower --batch-size")
+    max_iter = cfg.epochs * spe
+    stop = min(cfg.max_steps, max_iter) if cfg.max_steps else max_iter
+
+    # model and optimiser
+    meta = ev.model_meta(config_dict(cfg))
+    model = ev.build_model(meta).to(device)
+    params = model.trainable_parameters()
+    optimizer = torch.optim.SGD(params, lr=cfg.lr * cfg.lr_scale, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    step_i, best, best_step = 0, -1.0, -1
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"], strict=False)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step_i, best, best_step = int(ckpt["step"]), float(ckpt["best_miou"]), int(ckpt["best_step"])
+        rngs = ckpt["rng"]
+        set_rng_state(rngs[min(dinfo.rank, len(rngs) - 1)])
+    net = model
+    if dinfo.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=dinfo.main)
+    if dinfo.main:
+        write_json_atomic(run_dir / "config.json", {**config_dict(cfg), "model_meta": meta,
+                                                    "steps_per_epoch": spe, "max_iter": max_iter,
+                                                    **provenance(config_dict(cfg))})
+    log.info("fss %s fold %d %d-shot: %d training images, %d steps/epoch, %d steps (stop at %d), "
+             "lr %.4g x %.3g, %s, %d rank(s); resume from step %d", cfg.dataset, cfg.fold, cfg.shot,
+             len(train_ds), spe, max_iter, stop, cfg.lr, cfg.lr_scale, meta, world, step_i)
+
+    def validate() -> float:
+        nonlocal best, best_step
+        if val_eps is None:
+            return float("nan")
+        loader = ev.test_loader(val_eps, dataset=cfg.dataset, crop=cfg.crop, root=cfg.root,
+                                cache_dir=cfg.cache_dir, limit=cfg.val_episodes,
+                                workers=min(cfg.workers, 2), rank=dinfo.rank, world=world)
+        r = ev.run_episodes(model, loader, classes=np.asarray(val_eps["test_classes"]).tolist(),
+                            device=device, amp=cfg.amp, progress=cfg.progress and dinfo.main,
+                            desc="val", reduce=True)
+        miou, fb = r["meter"].miou(), r["meter"].fb_iou()
+        improved = miou > best
+        if improved:
+            best, best_step = miou, step_i
+        writer.write(kind="val", step=step_i, epoch=step_i / spe, miou=miou, fb_iou=fb,
+                     val_loss=r["loss"], episodes=r["meter"].n_episodes,
+                     per_class=r["meter"].summary()["per_class"], best_miou=best)
+        log.info("val step %d: mIoU %.4f FB-IoU %.4f loss %.4f (best %.4f at %d)", step_i, miou, fb,
+                 r["loss"], best, best_step)
+        if improved:
+            save("best.pt")
+        return miou
+
+    def save(name: str) -> None:
+        rng = [rng_state()]
+        if dinfo.enabled:
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if not dinfo.main:
+            return
+        save_checkpoint(run_dir / name, {
+            "model": ev.trainable_state(model), "optimizer": optimizer.state_dict(),
+            "step": step_i, "epoch": step_i // spe, "rng": rng, "config": config_dict(cfg),
+            "model_meta": meta, "best_miou": best, "best_step": best_step,
+            "provenance": provenance(config_dict(cfg))})
+
+    bar = None
+    if cfg.progress and dinfo.main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=stop, initial=step_i, desc="fss", unit="step", dynamic_ncols=True)
+    window: list[dict[str, float]] = []
+    t_last = time.perf_counter()
+    net.train()
+    while step_i < stop:
+        epoch = step_i // spe
+        start = (step_i % spe) * per_rank
+        sampler = EpisodeSampler(len(train_ds), seed=cfg.seed, epoch=epoch, start=start,
+                                 rank=dinfo.rank, world=world)
+        loader = torch.utils.data.DataLoader(
+            train_ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
+            collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
+            persistent_workers=False)
+        for batch in loader:
+            lr = poly_lr(cfg, step_i + 1, max_iter)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            r = ev.step(net, batch, device=device, amp=cfg.amp, optimizer=optimizer)
+            step_i += 1
+            if not math.isfinite(float(r["loss"])):
+                raise FloatingPointError(f"loss is {float(r['loss'])} at step {step_i}; lower --lr")
+            window.append({"loss": float(r["loss"]), "main": float(r["main"]), "aux": float(r["aux"])})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{window[-1]['loss']:.3f}", lr=f"{lr:.2e}")
+            if step_i % cfg.log_every == 0 or step_i == stop:
+                now = time.perf_counter()
+                rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                if dinfo.enabled:  # mean over ranks
+                    t = torch.tensor(list(rec.values()), dtype=torch.float64, device=device)
+                    torch.distributed.all_reduce(t)
+                    rec = dict(zip(rec, (t / world).tolist(), strict=True))
+                writer.write(kind="train", step=step_i, epoch=step_i / spe, lr=lr, **rec,
+                             steps_per_s=len(window) / max(now - t_last, 1e-9))
+                log.info("step %d/%d loss %.4f (main %.4f aux %.4f) lr %.3g", step_i, stop,
+                         rec["loss"], rec["main"], rec["aux"], lr)
+                window, t_last = [], now
+            if cfg.val_every and step_i % cfg.val_every == 0:
+                validate()
+                net.train()
+            if step_i % spe == 0 and not cfg.val_every:
+                validate()
+                net.train()
+            if (cfg.ckpt_every and step_i % cfg.ckpt_every == 0) or step_i % spe == 0:
+                save("last.pt")
+            if step_i >= stop:
+                break
+    if bar is not None:
+        bar.close()
+    if val_eps is not None and best_step < 0:
+        validate()  # a run shorter than one validation period still gets a best.pt
+    save("last.pt")
+    if val_eps is None:  # no validation: the last weights are the best we know
+        save("best.pt")
+    log.info("done: %d steps, best mIoU %.4f at step %d -> %s", step_i, best, best_step, run_dir)
+    return run_dir

@@ -1,0 +1,259 @@
+"""PFENet's episode augmentation on numpy arrays (no OpenCV needed).
+
+Training, applied to every image of an episode independently (PFENet ``train.py``, built
+from ``util/transform.py``), in this order::
+
+    binarise     label: chosen class -> 1, 255 kept, everything else -> 0
+    RandScale    one factor s ~ U(scale_min, scale_max) for both axes; image bilinear,
+                 label nearest                                   (PASCAL 0.9-1.1, COCO 0.8-1.25)
+    RandRotate   p 0.5, angle ~ U(-10, 10) degrees about the image centre; image border =
+                 ImageNet mean (in 0..255), label border 255
+    GaussianBlur p 0.5, 5 x 5 kernel, sigma from the size (OpenCV's fixed 1-4-6-4-1 / 16)
+    HFlip        p 0.5
+    Crop         pad to at least crop x crop (image: mean, label: 255, split evenly), random
+                 crop; re-drawn up to 31 times (PFENet: ``while pos < 0.85 * raw_pos and
+                 cnt <= 30``) while it keeps < 85% of the foreground pixels; the last draw
+                 is used even if it still fails
+    Normalise    (x - 255 * mean) / (255 * std), HWC -> CHW float32
+
+Test time (PFENet ``test.py``: ``test_Resize``): an image whose longer side exceeds ``size``
+is resized so that the longer side is ``size`` and both sides are floored to a multiple of
+8; it is then placed at the top-left of a ``size x size`` canvas (image pad 0 *before*
+normalisation, label pad 255). Images that already fit are not resized. The original
+label is kept for scoring (see :func:`model.metrics.upsample_logits` with
+``padded_square=True``).
+
+OpenCV conventions reproduced: bilinear resizing with half-pixel centres, nearest
+neighbour as ``floor(dst * in / out)``, rotation matrix of ``getRotationMatrix2D`` (a
+positive angle turns the picture counter-clockwise), ``BORDER_REFLECT_101`` for the blur.
+Random numbers come from a ``numpy.random.Generator`` passed in (PFENet uses Python's
+global ``random``), so an episode is reproducible from its seed alone.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+IGNORE = 255
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255  # ImageNet, 0..255 scale
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+MIN_KEEP = 0.85  # PFENet's crop keeps >= 85% of the foreground pixels
+CROP_RETRIES = 30  # PFENet: ``crop_cnt <= 30`` -> up to 31 re-draws after the first
+BLUR_KERNEL = np.array([1, 4, 6, 4, 1], dtype=np.float32) / 16  # cv2 ksize 5, sigma 0
+
+
+# ---------------------------------------------------------------------------- labels
+def binarize(mask: np.ndarray, cls: int) -> np.ndarray:
+    """Episode label: pixels of ``cls`` -> 1, 255 kept, every other class -> 0 (uint8).
+
+    >>> binarize(np.array([[3, 5], [255, 0]], np.uint8), 5).tolist()
+    [[0, 1], [255, 0]]
+    """
+    mask = np.asarray(mask)
+    out = (mask == cls).astype(np.uint8)
+    out[mask == IGNORE] = IGNORE
+    return out
+
+
+# ---------------------------------------------------------------------------- resizing
+def _src_coords(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV INTER_LINEAR source indices and weights along one axis (half-pixel centres)."""
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    i0 = np.floor(x).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (x - i0).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an H x W (x C) array to ``size`` = (h, w); float32 out."""
+    h, w = int(size[0]), int(size[1])
+    img = np.asarray(image, dtype=np.float32)
+    if img.shape[:2] == (h, w):
+        return img.copy()
+    y0, y1, wy = _src_coords(h, img.shape[0])
+    x0, x1, wx = _src_coords(w, img.shape[1])
+    extra = (None,) * (img.ndim - 2)
+    wy = wy[(slice(None), None) + extra]  # h x 1 (x 1)
+    wx = wx[(slice(None),) + extra]  # w (x 1)
+    top = img[y0][:, x0] * (1 - wx) + img[y0][:, x1] * wx  # h x w (x C)
+    bot = img[y1][:, x0] * (1 - wx) + img[y1][:, x1] * wx
+    return top * (1 - wy) + bot * wy
+
+
+def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize (OpenCV INTER_NEAREST: ``src = floor(dst * in / out)``)."""
+    h, w = int(size[0]), int(size[1])
+    label = np.asarray(label)
+    ys = np.minimum((np.arange(h) * (label.shape[0] / h)).astype(np.int64), label.shape[0] - 1)
+    xs = np.minimum((np.arange(w) * (label.shape[1] / w)).astype(np.int64), label.shape[1] - 1)
+    return label[ys][:, xs]
+
+
+# ---------------------------------------------------------------------------- random ops
+def rand_scale(image, label, rng: np.random.Generator, *, scale=(0.9, 1.1)):
+    """RandScale: one factor for both axes, output size ``round(side * s)``."""
+    s = scale[0] + (scale[1] - scale[0]) * rng.random()
+    h, w = label.shape
+    size = (max(int(round(h * s)), 1), max(int(round(w * s)), 1))
+    return resize_bilinear(image, size), resize_nearest(label, size)
+
+
+def rotation_matrix(angle: float, h: int, w: int) -> np.ndarray:
+    """2 x 3 forward matrix of ``cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1)``."""
+    a, b = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    cx, cy = w / 2, h / 2
+    return np.array([[a, b, (1 - a) * cx - b * cy], [-b, a, b * cx + (1 - a) * cy]])
+
+
+def rotate(image: np.ndarray, label: np.ndarray, angle: float, *, pad=MEAN,
+           ignore: int = IGNORE) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate image (bilinear, border ``pad``) and label (nearest, border ``ignore``) by
+    ``angle`` degrees about the centre, keeping the size (``cv2.warpAffine`` semantics)."""
+    h, w = label.shape
+    m = rotation_matrix(angle, h, w)
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]  # dst -> src
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    sx = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]  # H x W source x
+    sy = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
+    img = np.asarray(image, dtype=np.float32)
+    out = np.empty_like(img)
+    for c in range(img.shape[2]):  # bilinear; outside samples blend with the border value
+        out[..., c] = ndimage.map_coordinates(img[..., c], [sy, sx], order=1, mode="constant",
+                                              cval=float(pad[c]))
+    ny, nx = np.floor(sy + 0.5).astype(np.int64), np.floor(sx + 0.5).astype(np.int64)
+    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+    lab = np.full((h, w), ignore, dtype=label.dtype)
+    lab[inside] = label[ny[inside], nx[inside]]
+    return out, lab
+
+
+def rand_rotate(image, label, rng: np.random.Generator, *, degrees=(-10.0, 10.0), p=0.5):
+    if rng.random() < p:
+        angle = degrees[0] + (degrees[1] - degrees[0]) * rng.random()
+        return rotate(image, label, angle)
+    return image, label
+
+
+def gaussian_blur(image: np.ndarray) -> np.ndarray:
+    """5 x 5 Gaussian blur (OpenCV ``GaussianBlur(img, (5, 5), 0)``, reflect-101 border)."""
+    out = ndimage.correlate1d(np.asarray(image, np.float32), BLUR_KERNEL, axis=0, mode="mirror")
+    return ndimage.correlate1d(out, BLUR_KERNEL, axis=1, mode="mirror")
+
+
+def rand_blur(image, rng: np.random.Generator, *, p=0.5):
+    return gaussian_blur(image) if rng.random() < p else image
+
+
+def rand_hflip(image, label, rng: np.random.Generator, *, p=0.5):
+    if rng.random() < p:
+        return image[:, ::-1], label[:, ::-1]
+    return image, label
+
+
+def pad_to(image, label, size: int, *, pad=MEAN, ignore: int = IGNORE):
+    """Pad (split evenly, the extra pixel after) to at least ``size x size``."""
+    h, w = label.shape
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph == 0 and pw == 0:
+        return image, label
+    t, left = ph // 2, pw // 2
+    img = np.empty((h + ph, w + pw, image.shape[2]), dtype=np.float32)
+    img[:] = np.asarray(pad, np.float32)
+    img[t:t + h, left:left + w] = image
+    lab = np.full((h + ph, w + pw), ignore, dtype=label.dtype)
+    lab[t:t + h, left:left + w] = label
+    return img, lab
+
+
+def rand_crop(image, label, rng: np.random.Generator, *, size: int, min_keep: float = MIN_KEEP,
+              retries: int = CROP_RETRIES):
+    """Pad, then a random ``size x size`` crop, re-drawn (at most ``retries + 1`` times)
+    while it holds fewer than ``min_keep`` of the padded label's foreground (label == 1)."""
+    image, label = pad_to(image, label, size)
+    h, w = label.shape
+    total = int((label == 1).sum())
+
+    def draw():
+        y = int(rng.integers(0, h - size + 1))
+        x = int(rng.integers(0, w - size + 1))
+        return y, x
+
+    y, x = draw()
+    count = 0
+    while (label[y:y + size, x:x + size] == 1).sum() < min_keep * total and count <= retries:
+        y, x = draw()
+        count += 1
+    return image[y:y + size, x:x + size], label[y:y + size, x:x + size]
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """(x - mean) / std with ImageNet statistics on 0..255 values; H x W x 3 -> 3 x H x W."""
+    x = (np.asarray(image, np.float32) - MEAN) / STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+# ---------------------------------------------------------------------------- pipelines
+def train_transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *,
+                    crop: int, scale=(0.9, 1.1)) -> tuple[np.ndarray, np.ndarray]:
+    """PFENet's training augmentation.
+
+    Parameters
+    ----------
+    image : H x W x 3 uint8 (RGB)
+    label : H x W uint8, already binarised (0 / 1 / 255)
+    rng : numpy Generator
+    crop : int
+        Output side (473 PASCAL, 641 COCO).
+    scale : (float, float)
+        RandScale range.
+
+    Returns
+    -------
+    image : 3 x crop x crop float32 (normalised), label : crop x crop uint8 (0 / 1 / 255)
+    """
+    img = np.asarray(image, np.float32)
+    lab = np.asarray(label, np.uint8)
+    img, lab = rand_scale(img, lab, rng, scale=scale)
+    img, lab = rand_rotate(img, lab, rng)
+    img = rand_blur(img, rng)
+    img, lab = rand_hflip(img, lab, rng)
+    img, lab = rand_crop(img, lab, rng, size=crop)
+    return normalize(img), np.ascontiguousarray(lab)
+
+
+def test_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """PFENet ``test_Resize``'s ``find_new_hw``: longer side -> ``size`` when larger, both
+    sides floored to a multiple of 8; unchanged when the image already fits."""
+    if max(h, w) <= size:
+        return h, w
+    if h >= w:
+        nh, nw = size, int(w * size / h)
+    else:
+        nh, nw = int(h * size / w), size
+    return (nh // 8) * 8 if nh % 8 else nh, (nw // 8) * 8 if nw % 8 else nw
+
+
+def test_transform(image: np.ndarray, label: np.ndarray, *, size: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """PFENet's test-time resize and pad (``test_Resize``), then normalisation.
+
+    Returns
+    -------
+    image : 3 x size x size float32; label : size x size uint8 (255 outside the image)
+    """
+    h, w = label.shape
+    nh, nw = test_size(h, w, size)
+    canvas = np.zeros((size, size, 3), np.float32)  # pad 0 before normalising (PFENet)
+    canvas[:nh, :nw] = resize_bilinear(image, (nh, nw))
+    lab = np.full((size, size), IGNORE, np.uint8)
+    lab[:nh, :nw] = resize_nearest(label, (nh, nw))
+    return normalize(canvas), lab
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """3 x H x W normalised -> H x W x 3 uint8 (for figures)."""
+    x = np.asarray(image, np.float32).transpose(1, 2, 0) * STD + MEAN
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)

@@ -1,0 +1,192 @@
+"""Episodic data, evaluation and training on a tiny folder dataset built in the test.
+
+The dataset: 80 x 80 images, 8 classes with their own colours; each image holds one
+48 x 48 object (usable: >= 2048 px) and one 20 x 20 object, the two left columns are 255.
+Mask stores and episode files are built with the real stage functions.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+COLOURS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]])
+
+
+def write_toy_folder(root, *, n_train=32, n_val=16, size=80, seed=0):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(f"c{k}" for k in range(1, 9)) + "\n")
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        names = []
+        for i in range(n):
+            a, b = i % 8 + 1, (i + 3) % 8 + 1
+            img = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
+            mask = np.zeros((size, size), np.uint8)
+            y, x = rng.integers(22, size - 48, 2)
+            mask[y:y + 48, x:x + 48] = a
+            mask[2:22, 2:22] = b
+            mask[:, :2] = 255
+            for c in (a, b):
+                img[mask == c] = COLOURS[c - 1]
+            names.append(f"{split}{i:03d}")
+            Image.fromarray(img).save(root / "images" / f"{names[-1]}.png")
+            Image.fromarray(mask).save(root / "masks" / f"{names[-1]}.png")
+        (root / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from pipeline.episodes import build_episodes
+    from pipeline.mask_stage import build_mask_store
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("fss")
+    root, cache = write_toy_folder(base / "data"), str(base / "cache")
+    for split in ("train", "val"):
+        build_mask_store("folder", split=split, cache_dir=cache, root=root, workers=1,
+                         scheduler="sync", progress=False)
+    build_episodes("folder", cache_dir=cache, folds=[0], shots=[1], n_episodes=6,
+                   echo=lambda s: None)
+    return {"root": str(root), "cache": cache, "base": base}
+
+
+def _train_ds(toy, shot):
+    from model.fss.data import TrainEpisodes
+    from pipeline.episodes import load_training_list
+
+    tl = load_training_list("folder", 0, cache_dir=toy["cache"])
+    return TrainEpisodes(tl, shot=shot, crop=65, scale=(0.9, 1.1), dataset="folder",
+                         cache_dir=toy["cache"]), tl
+
+
+def test_training_items_supports_distinct_not_query_class_present(toy):
+    ds, tl = _train_ds(toy, shot=2)
+    cp = ds.store.extra("class_pixels")
+    train_classes = set(np.asarray(tl["train_classes"]).tolist())
+    for i in range(len(ds)):
+        for seed in range(3):
+            q, c, sup = ds.pick(i, np.random.default_rng(seed))
+            assert c in train_classes and cp[q, c] > 0  # class present in the query
+            assert q not in sup.tolist() and len(set(sup.tolist())) == 2  # K distinct, not the query
+            assert (cp[sup, c] >= 2048).all()  # usable in every support
+    item = ds[(0, 5)]
+    assert item["query"].shape == (3, 65, 65) and item["supports"].shape == (2, 3, 65, 65)
+    assert item["support_masks"].shape == (2, 65, 65)
+    assert set(item["label"].unique().tolist()) <= {0, 1, 255}
+    again = ds[(0, 5)]  # an item depends on its seed only
+    assert all(torch.equal(item[k], again[k]) for k in item)
+
+
+def test_sampler_resumes_mid_epoch():
+    from model.fss.data import EpisodeSampler
+
+    full = list(EpisodeSampler(10, seed=1, epoch=2))
+    assert sorted(i for i, _ in full) == list(range(10))
+    assert list(EpisodeSampler(10, seed=1, epoch=2, start=4)) == full[4:]
+    assert [i for i, _ in full] != [i for i, _ in EpisodeSampler(10, seed=1, epoch=3)]
+    r0 = list(EpisodeSampler(11, seed=1, epoch=0, rank=0, world=2))
+    r1 = list(EpisodeSampler(11, seed=1, epoch=0, rank=1, world=2))
+    assert len(r0) == len(r1) == 5 and not set(r0) & set(r1)
+
+
+class AllForeground(torch.nn.Module):
+    """Stand-in network: every pixel foreground, logits at the padded input size."""
+    use_prior_map = False
+
+    def forward(self, query, supports, masks, return_maps=False):
+        n, _, h, w = query.shape
+        logits = torch.stack([torch.zeros(n, h, w), torch.ones(n, h, w)], 1).requires_grad_()
+        return {"logits": logits, "aux": [], "guided_map": torch.ones(n, 1, 9, 9),
+                "prior_map": None}
+
+
+def test_scoring_at_original_resolution_ignores_255(toy):
+    from model.fss.evaluate import evaluate
+    from pipeline.episodes import load_test_episodes
+    from pipeline.mask_stage import locate_mask_store
+    from pipeline.store import ShardedStore
+
+    eps = load_test_episodes("folder", 0, 1, cache_dir=toy["cache"])
+    # crop 33 < 80: the query is shrunk to 32 x 32 and padded, scored back at 80 x 80
+    res = evaluate(AllForeground(), eps, dataset="folder", crop=33, cache_dir=toy["cache"],
+                   device="cpu", workers=0, progress=False, write=False, regions=True)
+    store = ShardedStore.open(locate_mask_store("folder", "val", cache_dir=toy["cache"]))
+    inter, union = {}, {}
+    for q, c in zip(eps["query"], eps["cls"], strict=True):
+        m = store.get(int(q))
+        valid = m != 255
+        inter[c] = inter.get(c, 0) + ((m == c) & valid).sum()
+        union[c] = union.get(c, 0) + valid.sum()  # all-foreground prediction
+    expect = np.mean([inter[c] / union[c] for c in inter])
+    assert res["miou"]["mean"] == pytest.approx(expect, rel=1e-9)
+    assert set(res["per_class"]) == {str(c) for c in inter}
+    assert res["runs"][0]["guided"]["recall"]["0.5"] == pytest.approx(1.0)  # map of ones
+
+
+def test_a_few_steps_lower_the_loss(toy):
+    from model.fss import evaluate as ev
+    from model.fss.data import collate
+
+    torch.manual_seed(0)
+    ds, _ = _train_ds(toy, shot=1)
+    batch = collate([ds[(i, i)] for i in range(4)])
+    model = ev.build_model({"backbone": "efficientnet_lite0", "weights": "imagenet",
+                            "use_prior_map": True, "prior": "imagenet",
+                            "prior_backbone": "efficientnet_lite0", "crop": 65})
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.025, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    losses = [float(ev.step(model, batch, device=torch.device("cpu"), optimizer=opt)["loss"])
+              for _ in range(6)]
+    assert losses[-1] < losses[0]
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+
+
+@pytest.mark.slow
+def test_resume_reproduces_the_uninterrupted_run(toy):
+    from model.fss.trainer import FssConfig, train_fss
+
+    common = dict(dataset="folder", fold=0, shot=1, use_prior_map=False, crop=33, batch_size=2,
+                  epochs=2, workers=0, threads=1, val_episodes=0, log_every=1, progress=False,
+                  cache_dir=toy["cache"], device="cpu")
+    a = train_fss(FssConfig(**common, max_steps=4, out=str(toy["base"] / "a")))
+    b = toy["base"] / "b"
+    train_fss(FssConfig(**common, max_steps=2, out=str(b)))
+    with pytest.raises(FileExistsError):
+        train_fss(FssConfig(**common, max_steps=4, out=str(b)))
+    train_fss(FssConfig(**common, max_steps=4, out=str(b), resume=str(b)))
+
+    def losses(run):
+        rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+    la, lb = losses(a), losses(b)
+    assert sorted(la) == [1, 2, 3, 4] and sorted(lb) == [1, 2, 3, 4]
+    assert all(la[s] == lb[s] for s in la), (la, lb)
+    ck = torch.load(b / "last.pt", weights_only=True)
+    assert ck["step"] == 4 and ck["model_meta"]["use_prior_map"] is False
+    assert not any(k.startswith("backbone.") for k in ck["model"])  # frozen weights not stored
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_two_ranks_gloo(toy):
+    import subprocess
+    import sys
+
+    out = toy["base"] / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cli.train",
+           "fss", "--dataset", "folder", "--cache-dir", toy["cache"], "--no-prior-map", "--crop", "33",
+           "--batch-size", "4", "--epochs", "1", "--max-steps", "2", "--workers", "0", "--threads", "1",
+           "--device", "cpu", "--val-episodes", "4", "--log-every", "1", "--no-progress",
+           "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]  # rank 0 writes once
+    val = [r for r in rows if r["kind"] == "val"]
+    assert len(val) == 1 and val[0]["episodes"] == 4  # both ranks' shares merged
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 2

@@ -1,0 +1,89 @@
+"""PFENet augmentation and test-time resize (model/fss/transforms.py): known answers."""
+import numpy as np
+import pytest
+import torch
+
+from model.fss import transforms as T
+from model.metrics import upsample_logits
+
+
+def test_binarize_keeps_ignore_and_zeroes_other_classes():
+    m = np.array([[0, 3, 5], [255, 5, 7]], np.uint8)
+    assert T.binarize(m, 5).tolist() == [[0, 0, 1], [255, 1, 0]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_crop_keeps_85_percent_of_the_foreground(seed):
+    label = np.zeros((120, 120), np.uint8)
+    label[70:100, 10:40] = 1  # 900 px, fits in a 60 x 60 crop
+    image = np.zeros((120, 120, 3), np.float32)
+    rng = np.random.default_rng(seed)
+    img, lab = T.rand_crop(image, label, rng, size=60)
+    assert img.shape == (60, 60, 3) and lab.shape == (60, 60)
+    assert (lab == 1).sum() >= 0.85 * 900
+
+
+def test_crop_pads_with_mean_and_ignore():
+    image = np.zeros((10, 10, 3), np.float32)
+    label = np.ones((10, 10), np.uint8)
+    img, lab = T.rand_crop(image, label, np.random.default_rng(0), size=17)
+    assert lab.shape == (17, 17) and (lab == 1).sum() == 100  # all foreground kept
+    assert (lab == 255).sum() == 17 * 17 - 100
+    np.testing.assert_allclose(img[lab == 255][0], T.MEAN)
+    # pad split evenly: 7 -> 3 before, 4 after
+    assert lab[3, 3] == 1 and lab[2, 3] == 255 and lab[12, 12] == 1 and lab[13, 12] == 255
+
+
+def test_rotation_borders_and_direction():
+    image = np.zeros((9, 9, 3), np.float32)
+    label = np.zeros((9, 9), np.uint8)
+    label[0, 4] = 1  # top middle
+    img, lab = T.rotate(image, label, 90.0)
+    # cv2.getRotationMatrix2D about (w/2, h/2): +90 degrees turns counter-clockwise,
+    # the top-middle pixel (x 4, y 0) lands at (x 0, y 5)
+    assert lab[5, 0] == 1 and lab.sum() - lab[lab == 255].sum() == 1
+    img, lab = T.rotate(np.zeros((20, 30, 3), np.float32), np.zeros((20, 30), np.uint8), 10.0)
+    assert lab[0, 0] == 255 and lab[10, 15] == 0  # corner from outside, centre kept
+    np.testing.assert_allclose(img[0, 0], T.MEAN, atol=1e-3)
+    same_img, same_lab = T.rotate(image, label, 0.0)
+    assert np.array_equal(same_lab, label)
+
+
+def test_blur_is_opencv_5x5_kernel():
+    img = np.zeros((9, 9, 1), np.float32)
+    img[4, 4, 0] = 256
+    out = T.gaussian_blur(img)[..., 0]
+    k = np.array([1, 4, 6, 4, 1]) / 16 * 16  # 256 * outer(k, k) / 256
+    np.testing.assert_allclose(out[2:7, 2:7], np.outer(k, k))
+    assert out.sum() == pytest.approx(256)
+
+
+def test_train_transform_shapes_and_values():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (70, 90, 3)).astype(np.uint8)
+    label = np.zeros((70, 90), np.uint8)
+    label[20:50, 30:60] = 1
+    label[:, :3] = 255
+    x, y = T.train_transform(image, label, rng, crop=65, scale=(0.9, 1.1))
+    assert x.shape == (3, 65, 65) and x.dtype == np.float32 and y.shape == (65, 65)
+    assert set(np.unique(y)) <= {0, 1, 255}
+
+
+def test_test_resize_pad_and_back_to_the_original_label():
+    label = np.zeros((360, 480), np.uint8)
+    label[100:300, 50:200] = 1
+    label[:, -5:] = 255
+    image = np.zeros((360, 480, 3), np.uint8)
+    x, y = T.test_transform(image, label, size=129)
+    assert T.test_size(360, 480, 129) == (96, 128)  # long side 129, floored to x8
+    assert x.shape == (3, 129, 129) and (y[96:] == 255).all() and (y[:, 128:] == 255).all()
+    np.testing.assert_allclose(x[:, -1, -1], -T.MEAN / T.STD, rtol=1e-6)  # pad 0 before normalising
+    # a perfect prediction at the input size scores ~1 after mapping back to 360 x 480
+    fg = torch.from_numpy((y == 1).astype(np.float32))
+    logits = torch.stack([1 - fg, fg])[None]  # 1 x 2 x 129 x 129
+    pred = upsample_logits(logits, (360, 480), padded_square=True).numpy()
+    valid = label != 255
+    inter = ((pred == 1) & (label == 1) & valid).sum()
+    union = (((pred == 1) | (label == 1)) & valid).sum()
+    assert inter / union > 0.95
+    assert T.test_size(50, 40, 129) == (50, 40)  # small images are not resized (PFENet)

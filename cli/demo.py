@@ -48,8 +48,8 @@ def _skip(what: str, path: Path, log) -> None:
 @click.option("--runs", "runs_dir", default="runs/demo", show_default=True,
               type=click.Path(path_type=Path), help="Where the demo's runs go.")
 @click.option("--fold", default=0, show_default=True)
-@click.option("--prior-steps", default=150, show_default=True, help="Prior pretraining steps.")
-@click.option("--fss-steps", default=500, show_default=True, help="Few-shot training steps per model.")
+@click.option("--prior-steps", default=60, show_default=True, help="Prior pretraining steps.")
+@click.option("--fss-steps", default=400, show_default=True, help="Few-shot training steps per model.")
 @click.option("--episodes", default=500, show_default=True, help="Test episodes.")
 @click.option("--fresh", is_flag=True, help="Delete the demo's cache and runs first.")
 def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps: int,
@@ -63,7 +63,11 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
             if p.exists():
                 click.echo(f"removing {p}")
                 shutil.rmtree(p)
-    threads = os.environ.get("QGNET_DEMO_THREADS", str(min(os.cpu_count() or 1, 8)))
+    # One torch thread per process: measured here, two threads on two busy cores ran the
+    # prior step 5x slower (oversubscription with the DataLoader workers). On a GPU the
+    # threads hardly matter. Override with QGNET_DEMO_THREADS.
+    threads = os.environ.get("QGNET_DEMO_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
 
     # 1-4: offline stages (each resumes or returns at once when complete)
     _run(["qgnet-prep", "demo", *cache], log=log)
@@ -86,9 +90,10 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
     else:
         _run(["qgnet-train", "prior", "--dataset", "demo", "--patches", "slic",
               "--backbone", "efficientnet_lite0", "--init", "imagenet", "--crop", "128",
-              "--batch-size", "32", "--queue-size", "4096", "--local-queue-size", "4096",
-              "--epochs", "100", "--max-steps", str(prior_steps), "--workers", "2",
-              "--ckpt-every", "50", "--log-every", "10", "--out", str(prior_dir), *cache], log=log)
+              "--min-patch-pixels", "96", "--batch-size", "16", "--queue-size", "128",
+              "--local-queue-size", "1024", "--momentum", "0.99", "--epochs", "20",
+              "--max-steps", str(prior_steps), "--workers", "1", "--ckpt-every", "50",
+              "--log-every", "10", "--out", str(prior_dir), *cache], log=log)
 
     # 6-7: few-shot training + evaluation, QGNet and the PFENet-equivalent baseline
     results = {}
@@ -101,7 +106,7 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
             _run(["qgnet-train", "fss", "--dataset", "demo", "--fold", str(fold), "--shot", "1",
                   "--backbone", "efficientnet_lite0", "--weights", "imagenet", *flags,
                   "--max-steps", str(fss_steps), "--val-episodes", "200",
-                  "--val-every", str(max(fss_steps // 2, 1)), "--workers", "2",
+                  "--val-every", str(max(fss_steps // 2, 1)), "--workers", "1",
                   "--threads", threads, "--out", str(run), *cache], log=log)
         _run(["qgnet-eval", "fss", "--checkpoint", str(ckpt), "--episodes", str(episodes),
               "--threads", threads, *cache], log=log)

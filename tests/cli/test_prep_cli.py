@@ -130,7 +130,7 @@ def test_limit_overwrite_and_config_file(folder, tmp_path):
     (("--method", "slic", "--scale", 3), "--scale do(es) not apply to slic"),
     (("--workers", 0), "--workers must be >= 1"),
     (("--scheduler", "mpi"), "unknown scheduler"),
-    (("--dataset", "nope"), "unknown dataset 'nope'"),
+    (("--dataset", "no/pe"), "unknown dataset 'no/pe'"),
 ])
 def test_bad_options_are_clear_errors(folder, tmp_path, args, match):
     code, out = run("superpixels", *base(folder, tmp_path), *args)

@@ -110,6 +110,26 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict[str,
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+# ------------------------------------------------------------------------------ logs
+def attach_file_log(log, path: str | os.PathLike, *, enabled: bool = True):
+    """Send ``log`` (INFO and up) to the human-readable ``path`` (e.g. train.log), replacing
+    a file handler this function attached before (a second run in one process does not
+    write into the first run's file)."""
+    import logging
+
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        if getattr(h, "_qgnet_file_log", False):
+            log.removeHandler(h)
+            h.close()
+    if enabled:
+        h = logging.FileHandler(path)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        h._qgnet_file_log = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+    return log
+
+
 # ------------------------------------------------------------------------------ metrics
 class MetricsWriter:
     """Append one JSON object per line to ``metrics.jsonl`` (flushed each write)."""

@@ -143,16 +143,9 @@ def find_checkpoint(where: str | os.PathLike) -> Path:
 
 
 def _setup_log(path: Path, *, enabled: bool) -> None:
-    log.setLevel(logging.INFO)
-    for h in list(log.handlers):
-        if getattr(h, "_qgnet_fss", False):
-            log.removeHandler(h)
-            h.close()
-    if enabled:
-        h = logging.FileHandler(path)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        h._qgnet_fss = True
-        log.addHandler(h)
+    from model.utils import attach_file_log
+
+    attach_file_log(log, path, enabled=enabled)
 
 
 def train_fss(cfg: FssConfig) -> Path:

@@ -45,6 +45,7 @@ import torch.distributed as dist
 from model.utils import (
     DistInfo,
     MetricsWriter,
+    attach_file_log,
     autocast,
     init_distributed,
     load_checkpoint,
@@ -514,14 +515,4 @@ def _progress(cfg: PriorConfig, dinfo: DistInfo, *, initial: int, total: int):
 
 
 def _setup_log(path: Path, *, enabled: bool) -> logging.Logger:
-    log.setLevel(logging.INFO)
-    for h in list(log.handlers):
-        if getattr(h, "_qgnet_prior", False):
-            log.removeHandler(h)
-            h.close()
-    if enabled:
-        h = logging.FileHandler(path)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        h._qgnet_prior = True  # type: ignore[attr-defined]
-        log.addHandler(h)
-    return log
+    return attach_file_log(log, path, enabled=enabled)

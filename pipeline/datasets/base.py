@@ -66,13 +66,18 @@ class Dataset(ABC):
     def image_path(self, image_id: str) -> Path:
         """Path of the image file (DataLoader workers stream these)."""
 
-    @abstractmethod
     def image_size(self, image_id: str) -> tuple[int, int]:
-        """``(H, W)`` after EXIF orientation, read from the header or the index (cheap)."""
+        """``(H, W)`` after EXIF orientation, read from the file header (cheap); readers with
+        an index (COCO) override it."""
+        from pipeline.datasets import _image
 
-    @abstractmethod
+        return _image.image_size(self.image_path(image_id))
+
     def load_image(self, image_id: str) -> np.ndarray:
         """``H x W x 3`` uint8 RGB. Raises :class:`ImageReadError` when unreadable."""
+        from pipeline.datasets import _image
+
+        return _image.load_rgb(self.image_path(image_id))
 
     @abstractmethod
     def load_mask(self, image_id: str) -> np.ndarray:

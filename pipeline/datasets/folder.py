@@ -139,12 +139,6 @@ class FolderDataset(Dataset):
         self.image_path(image_id)  # unknown id -> KeyError
         return self.root / "masks" / f"{image_id}.png"
 
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        return _image.image_size(self.image_path(image_id))
-
-    def load_image(self, image_id: str) -> np.ndarray:
-        return _image.load_rgb(self.image_path(image_id))
-
     def load_mask(self, image_id: str) -> np.ndarray:
         path = self.mask_path(image_id)
         if not path.is_file():

@@ -192,12 +192,6 @@ class PascalDataset(Dataset):
         raise ImageReadError(f"missing mask for {image_id}: not in SegmentationClass/, "
                              f"SegmentationClassAug/ or SBD cls/ under {self.voc_dir}")
 
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        return _image.image_size(self.image_path(image_id))
-
-    def load_image(self, image_id: str) -> np.ndarray:
-        return _image.load_rgb(self.image_path(image_id))
-
     def load_mask(self, image_id: str) -> np.ndarray:
         path = self.mask_path(image_id)
         mask = load_sbd_mat(path) if path.suffix == ".mat" else _image.load_index_mask(path)

@@ -49,7 +49,7 @@ def _skip(what: str, path: Path, log) -> None:
               type=click.Path(path_type=Path), help="Where the demo's runs go.")
 @click.option("--fold", default=0, show_default=True)
 @click.option("--prior-steps", default=60, show_default=True, help="Prior pretraining steps.")
-@click.option("--fss-steps", default=400, show_default=True, help="Few-shot training steps per model.")
+@click.option("--fss-steps", default=300, show_default=True, help="Few-shot training steps per model.")
 @click.option("--episodes", default=500, show_default=True, help="Test episodes.")
 @click.option("--fresh", is_flag=True, help="Delete the demo's cache and runs first.")
 def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps: int,
@@ -106,7 +106,7 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
             _run(["qgnet-train", "fss", "--dataset", "demo", "--fold", str(fold), "--shot", "1",
                   "--backbone", "efficientnet_lite0", "--weights", "imagenet", *flags,
                   "--max-steps", str(fss_steps), "--val-episodes", "200",
-                  "--val-every", str(max(fss_steps // 2, 1)), "--workers", "1",
+                  "--val-every", str(fss_steps), "--workers", "1",
                   "--threads", threads, "--out", str(run), *cache], log=log)
         _run(["qgnet-eval", "fss", "--checkpoint", str(ckpt), "--episodes", str(episodes),
               "--threads", threads, *cache], log=log)

@@ -43,7 +43,8 @@ _HUES = tuple(((k * 7) % 20) / 20.0 for k in range(20))
 BACKGROUNDS = ("brick", "grass", "gravel", "coffee", "astronaut", "chelsea", "rocket",
                "immunohistochemistry", "hubble_deep_field", "moon")
 MIN_PIXELS = 2048  # the few-shot support rule (PFENet): a class counts with >= 2048 px
-_MANAGED = ("images", "masks", "train.txt", "val.txt", "classes.txt", "README.md", "DONE")
+_MANAGED = ("images", "masks", "train.txt", "val.txt", "classes.txt", "folds.txt", "README.md",
+            "DONE")
 
 
 # ----------------------------------------------------------------------------------------
@@ -311,6 +312,12 @@ def generate_demo(out_dir, *, n_train: int = 240, n_val: int = 80, seed: int = 0
     for split, names in lists.items():
         (out / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
     (out / "classes.txt").write_text("".join(f"{n}\n" for n in CLASS_NAMES))
+    # The folds the class ids were ordered for (ids 5i+1..5i+5: every shape once, mixed
+    # appearances). Without this file the episodes stage would use the interleaved split,
+    # which puts one appearance in each fold (all "solid" classes in fold 0): a novel look
+    # rather than a novel class.
+    (out / "folds.txt").write_text("".join(
+        " ".join(str(5 * f + j + 1) for j in range(5)) + "\n" for f in range(4)))
     stats = {"version": DEMO_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
              "images_with_class_ge_2048px": {s: c.tolist() for s, c in counts.items()}}
     (out / "README.md").write_text(_readme(stats, sizes))
@@ -333,7 +340,7 @@ scikit-image sample photos. Regenerate instead of copying; the same seed gives t
 
 Layout (folder layout, docs/data.md): `images/NAME.png` (RGB), `masks/NAME.png` (palette PNG:
 index 0 background, 1..20 class ids; no ignore pixels), `classes.txt` (ids 1..20),
-`train.txt`, `val.txt`, `DONE` (written last).
+`train.txt`, `val.txt`, `folds.txt` (fold i tests ids 5i+1..5i+5: every shape once), `DONE` (written last).
 
 Image sizes: H {min(hs) if hs else 0}..{max(hs) if hs else 0}, W {min(ws) if ws else 0}..{max(ws) if ws else 0}.
 

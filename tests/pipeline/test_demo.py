@@ -122,3 +122,20 @@ def test_cli(tmp_path):
     res = runner.invoke(main, args[:-4] + ["--n-train", "2", "--n-val", "1", "--overwrite"])
     assert res.exit_code == 0, res.output
     assert len(open_dataset("demo", cache_dir=tmp_path).ids("train")) == 2
+
+
+def test_demo_folds_hold_every_shape_and_mix_appearances(demo_root):
+    """The episodes stage reads folds.txt: each fold's novel classes are five different
+    shapes with more than one appearance (the interleaved default would put all 'solid'
+    classes in fold 0)."""
+    from pipeline.datasets.demo import CLASS_NAMES
+    from pipeline.episodes import fold_classes
+
+    for fold in range(4):
+        test, train = fold_classes("demo", len(CLASS_NAMES), fold,
+                                   folds_file=demo_root / "folds.txt", class_names=CLASS_NAMES)
+        assert list(test) == [5 * fold + j + 1 for j in range(5)]
+        names = [CLASS_NAMES[c - 1] for c in test]
+        assert len({n.split("_")[-1] for n in names}) == 5  # five shapes
+        assert len({n.split("_")[0] for n in names}) > 1    # mixed appearances
+        assert not set(test) & set(train)

@@ -3,7 +3,7 @@
     dataset.load_mask(id)  ->  masks        (H x W uint8: 0 bg, 1..C, 255 ignore)
                            ->  class_pixels (C+1,) int64: pixels of classes 0..C, 255 not counted
 
-Store kind ``"masks"`` at ``mask_store_path(dataset, split)`` (docs/CONTRACTS.md), attrs
+Store kind ``"masks"`` at ``mask_store_path(dataset, split)`` (docs/contracts.md), attrs
 ``dataset``, ``split``, ``class_names``, ``num_classes``, ``root``, ``params`` (``{"limit":
 ...}``) plus provenance. ``limit`` is not part of the path (the contract fixes the path): a
 store made with another ``--limit`` is refused; pass ``--out`` or ``--overwrite``.

@@ -4,7 +4,7 @@
     (H x W x 3 uint8)           (pipeline.superpixels)                            (H x W uint16,
                                                                                    1..n)
 
-The store (kind ``"superpixels"``, see docs/CONTRACTS.md) holds ``labels`` (padded, 0 =
+The store (kind ``"superpixels"``, see docs/contracts.md) holds ``labels`` (padded, 0 =
 padding), ``n_segments`` (N,) int32 and the group attributes ``dataset``, ``split``,
 ``method``, ``backend``, ``params``, ``root`` plus provenance.
 

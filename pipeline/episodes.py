@@ -55,6 +55,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.datasets.coco import COCO_CATEGORIES
+from pipeline.datasets.pascal import VOC_CLASSES
+
 DEFAULT_MIN_PIXELS = 2 * 32 * 32  # 2048: PFENet's (Shaban's) small-object rule
 DEFAULT_SEED = 321  # PFENet / QGNet val seed
 HSNET_SEED = 0
@@ -64,25 +67,9 @@ DEFAULT_SHOTS = (1, 5)
 NUM_FOLDS = 4
 FOLDS_FILE_NAME = "folds.txt"
 
-PASCAL_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
-# The 80 COCO categories in the order of their sorted category ids (label 1 = person ... 80 =
-# toothbrush). Fallback constant: pipeline/datasets/coco.py is the reader's source of truth.
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
-    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
-    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)
+# Class names by label id (label c is index c - 1), from the readers that define the labels.
+PASCAL_CLASSES = VOC_CLASSES
+COCO_CLASSES = tuple(name for _, name in COCO_CATEGORIES)  # person = 1 ... toothbrush = 80
 
 
 class EpisodeWarning(UserWarning):

@@ -197,3 +197,18 @@ def check_mask(mask: np.ndarray, num_classes: int, path: str | Path,
         raise ImageReadError(f"mask {path} holds values {shown} outside 0..{num_classes} and "
                              f"{IGNORE} (ignore)")
     return mask
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map: 256 x RGB, bit-interleaved from the index (255 = cream)."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.datasets._image import voc_palette
 from pipeline.datasets.folder import FolderDataset
 
 log = logging.getLogger(__name__)
@@ -234,19 +235,6 @@ def _image_classes(deck: _Deck, rng: np.random.Generator) -> list[int]:
 # writing
 # ----------------------------------------------------------------------------------------
 
-def _palette() -> list[int]:
-    """PASCAL VOC colour map (bit-interleaved), 256 entries; 255 stays the VOC cream."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def generate_demo(out_dir, *, n_train: int = 240, n_val: int = 80, seed: int = 0,
@@ -290,7 +278,7 @@ def generate_demo(out_dir, *, n_train: int = 240, n_val: int = 80, seed: int = 0
     (out / "masks").mkdir(exist_ok=True)
     t0 = time.perf_counter()
     sources = _backgrounds()
-    palette = _palette()
+    palette = voc_palette()
     counts = {s: np.zeros(len(CLASSES), int) for s in ("train", "val")}
     sizes = []
     lists: dict[str, list[str]] = {}

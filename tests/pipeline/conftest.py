@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.datasets._image import voc_palette
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 # The 80 COCO category names in id order; ids 1..90 without the ten unused ones.
@@ -65,19 +67,6 @@ PASCAL_SPLITS = {
 }
 
 
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map, 256 x RGB."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def write_jpeg(path: Path, h: int, w: int, seed: int = 0, **save_kw) -> np.ndarray:

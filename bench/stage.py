@@ -84,6 +84,7 @@ def run(label, build, work: Path, workers: int) -> dict:
     cpu = time.process_time() - cpu  # all threads of this process
     assert report.failures == 0, store.failures
     row = {"config": label, "workers": workers, "images": report.computed,
+           "shard_size": store.shard_size, "shards": store.n_shards,
            "compute_s": round(report.compute_seconds, 2), "total_s": round(report.seconds, 2),
            "images_per_s": round(report.images_per_s, 1),
            "images_per_s_total": round(report.computed / report.seconds, 1),
@@ -104,6 +105,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--workdir", type=Path, help="temporary folder (default: system temp)")
+    ap.add_argument("--compare-shard-size", type=int, default=128,
+                    help="also run SLIC (auto backend) with this fixed shard size, to show what "
+                         "the automatic size gains on a small split (0: skip)")
     args = ap.parse_args(argv)
 
     from pipeline.datasets import open_dataset
@@ -117,18 +121,23 @@ def main(argv=None) -> dict:
         ds = open_dataset("folder", work / "data")
         n = len(ds.ids("train"))
         print(f"dataset: {source}; {n} images in {work / 'data'}")
-        configs = [("slic auto", "slic", "auto"), ("slic numba", "slic", "numba"),
-                   ("felzenszwalb numba", "felzenszwalb", "numba")]
+        configs = [("slic auto", "slic", "auto", None), ("slic numba", "slic", "numba", None),
+                   ("felzenszwalb numba", "felzenszwalb", "numba", None)]
+        if args.compare_shard_size:
+            configs.insert(1, ("slic auto", "slic", "auto", args.compare_shard_size))
         probe = ds.load_image(ds.ids("train")[0])
         rows = []
-        for label, method, backend in configs:
+        for label, method, backend, shard_size in configs:
             concrete = resolve_backend(method, backend)
             label = f"{method} {concrete}" + (" (auto)" if backend == "auto" else "")
+            if shard_size:
+                label += f", {shard_size}-image shards"
             segment(probe, method=method, backend=concrete)  # warm-up: numba cache / fast-slic
 
-            def build(out, workers, method=method, concrete=concrete):
+            def build(out, workers, method=method, concrete=concrete, shard_size=shard_size):
                 return build_superpixel_store(ds, split="train", method=method, backend=concrete,
-                                              out=out, workers=workers, progress=False)
+                                              out=out, workers=workers, progress=False,
+                                              shard_size=shard_size)
 
             for workers in (2, 1):
                 rows.append(run(label, build, work, workers))
@@ -155,11 +164,12 @@ def main(argv=None) -> dict:
     print(f"Stage throughput, {n} real photos at 640x480 ({source}), threads scheduler, "
           f"{result['machine']}; numbers are rough (shared machine).")
     print()
-    print("| stage | workers | images/s (compute) | images/s (whole call) | x vs 1 worker "
+    print("| stage | workers | shards x images | images/s (compute) | images/s (whole call) | x vs 1 worker "
           "| CPU ms/image | images/s, 2 idle cores (bound) | bytes/image | COCO train2014 (h) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['config']} | {r['workers']} | {r['images_per_s']} | {r['images_per_s_total']} "
+        print(f"| {r['config']} | {r['workers']} | {r['shards']} x {r['shard_size']} "
+              f"| {r['images_per_s']} | {r['images_per_s_total']} "
               f"| {r['speedup_vs_1_worker']} | {r['cpu_ms_per_image']} "
               f"| {r['idle_2core_images_per_s']} | {r['bytes_per_image']} "
               f"| {r['coco_train_hours']} |")

@@ -24,7 +24,10 @@ environment variable; the command line wins (see docs/design.md).
 def render() -> str:
     out = [HEADER]
     for prog, group in GROUPS:
-        ctx = click.Context(group, info_name=prog, terminal_width=100, max_content_width=100)
+        # the group's own context_settings (-h): without them the text depended on whether a
+        # test had invoked the group before (click caches the help option per command)
+        ctx = click.Context(group, info_name=prog, terminal_width=100, max_content_width=100,
+                            **group.context_settings)
         out.append(f"\n## `{prog}`\n\n```\n{group.get_help(ctx)}\n```\n")
         for name in group.list_commands(ctx):
             cmd = group.get_command(ctx, name)

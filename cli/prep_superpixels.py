@@ -34,7 +34,8 @@ def stage_options(fn):
         click.option("--max-failures", type=int,
                      help="Exit non-zero when more images than this failed. [default: 0]"),
         click.option("--shard-size", type=int, help="Images per shard (unit of writing and "
-                                                    "resuming). [default: 128]"),
+                                                    "resuming). [default: 128, fewer for "
+                                                    "splits under 4,096 images]"),
         click.option("--progress/--no-progress", default=None, help="Show a progress bar."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False),
                      help="TOML file with any of these options (flags win)."),

@@ -38,7 +38,7 @@ class MaskConfig:
     out: str | None = None
     overwrite: bool = False
     max_failures: int = 0
-    shard_size: int = 128
+    shard_size: int | None = None
     progress: bool = True
 
 
@@ -67,7 +67,7 @@ def build_command(dataset: str, split: str, limit: int | None = None) -> str:
 def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = None,
                      cache_dir: str | Path | None = None, workers: int = 2,
                      scheduler: str = "threads", limit: int | None = None,
-                     overwrite: bool = False, shard_size: int = 128, progress: bool = True,
+                     overwrite: bool = False, shard_size: int | None = None, progress: bool = True,
                      root: str | Path | None = None) -> tuple[ShardedStore, RunReport]:
     """Build (or resume) the mask store of one split; arguments as
     :func:`pipeline.superpixel_stage.build_superpixel_store`.
@@ -78,15 +78,9 @@ def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = 
     if limit is not None and int(limit) < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     limit = None if limit is None else int(limit)
-    if isinstance(dataset, str):
-        name = dataset
+    from pipeline.superpixel_stage import _name_and_opener
 
-        def ds():
-            from pipeline.datasets import open_dataset
-
-            return open_dataset(name, root, cache_dir=cache_dir)
-    else:
-        name, ds = dataset.name, dataset
+    name, ds, data_root = _name_and_opener(dataset, root, cache_dir)
     path = Path(out) if out else mask_store_path(name, split, cache_dir=cache_dir)
     check = {"kind": "masks", "dataset": name, "split": split, "params": {"limit": limit}}
 
@@ -99,7 +93,7 @@ def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = 
         extras=lambda d: {"class_pixels": ((d.num_classes + 1,), "int64")}, attrs=attrs,
         check=check, fn=mask_map, hint=build_command(name, split, limit), workers=workers,
         scheduler=scheduler, overwrite=overwrite, shard_size=shard_size, progress=progress,
-        desc=f"masks {name}/{split}")
+        desc=f"masks {name}/{split}", root=data_root)
 
 
 def locate_mask_store(dataset: str, split: str, *, cache_dir: str | Path | None = None) -> Path:

@@ -28,6 +28,7 @@ Schedulers (``scheduler=``):
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipeline.store import ShardedStore, StoreError
+from pipeline.store import ShardedStore, StoreError, auto_shard_size
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 SIZE_CHUNK = 1024          # image ids per size-reading task
@@ -303,8 +304,9 @@ def read_sizes(dataset, ids: Sequence[str], *, scheduler: str = "threads", worke
 def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str, maps: str,
                 dtype, extras: Callable[[Any], dict], attrs: Callable[[Any], dict],
                 check: dict[str, Any], fn: Callable, hint: str, workers: int = 2,
-                scheduler: str = "threads", overwrite: bool = False, shard_size: int = 128,
-                progress: bool = True, desc: str = "images") -> tuple[ShardedStore, RunReport]:
+                scheduler: str = "threads", overwrite: bool = False,
+                shard_size: int | None = None, progress: bool = True, desc: str = "images",
+                root: Path | None = None) -> tuple[ShardedStore, RunReport]:
     """The machinery both stages share: open (resume) or create the store, run the shards.
 
     Parameters
@@ -318,6 +320,10 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
         Side-array specs ``{name: (row shape, dtype)}`` and the group attributes of a new store.
     fn : picklable ``fn(dataset, image_id) -> (map, extras)`` (see :func:`compute_shard`).
     hint : the command that builds this store (quoted in errors).
+    shard_size : images per shard of a new store; ``None``: :func:`~pipeline.store.auto_shard_size`.
+    root : the absolute dataset root the run reads (``pipeline.datasets.dataset_root``); an
+        existing store made from another root is refused (complete or not) without opening
+        the dataset.
     """
     t0 = time.perf_counter()
     check_scheduler(scheduler, workers)
@@ -329,6 +335,7 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
         store = ShardedStore.open(path, mode="r+", kind=kind, hint=hint)
         store.check_attrs(check, hint="pass --overwrite to rebuild it with these settings, "
                                       "or --out to write it elsewhere")
+        check_root(store, root)
         if store.complete:
             return store, finish_report(store, t0=t0, shards_run=0, computed=0, new_failures=[],
                                         scheduler=scheduler, workers=workers,
@@ -346,8 +353,11 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
     else:
         hw = read_sizes(ds, ids, scheduler=scheduler, workers=workers)
         store = ShardedStore.create(path, ids=ids, hw=hw, maps=maps, dtype=dtype,
-                                    attrs={**attrs(ds), **check}, extras=extras(ds),
-                                    shard_size=shard_size, overwrite=overwrite)
+                                    attrs={**attrs(ds), **check,
+                                           "root": os.path.realpath(ds.root)},
+                                    extras=extras(ds),
+                                    shard_size=shard_size or auto_shard_size(len(ids)),
+                                    overwrite=overwrite)
     t1 = time.perf_counter()
     try:
         shards_run, computed, new_failures = run_shards(
@@ -362,6 +372,19 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
                            new_failures=new_failures, scheduler=scheduler, workers=workers)
     report.compute_seconds = compute_seconds
     return store, report
+
+
+def check_root(store: ShardedStore, root: Path | None) -> None:
+    """Refuse a store whose recorded dataset root is not ``root`` (both made absolute): its
+    maps belong to other images even if the ids match (e.g. two folder datasets with the
+    same file names under one ``--dataset`` name)."""
+    made_from = store.attrs.get("root")
+    if root is None or not made_from:
+        return
+    if os.path.realpath(made_from) != os.path.realpath(root):
+        raise StoreError(f"{store.path} was made from the images in {made_from}, not {root}; "
+                         f"pass --overwrite to rebuild it from {root}, --out to write another "
+                         f"store, or --root {made_from} to use this one")
 
 
 def finish_report(store: ShardedStore, *, t0: float, shards_run: int, computed: int,

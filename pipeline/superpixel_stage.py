@@ -67,7 +67,7 @@ class SuperpixelConfig:
     out: str | None = None
     overwrite: bool = False
     max_failures: int = 0
-    shard_size: int = 128
+    shard_size: int | None = None
     progress: bool = True
 
 
@@ -202,14 +202,17 @@ def superpixel_map(dataset, image_id: str, *, method: str, params: Mapping[str, 
 
 # ------------------------------------------------------------------------------ the stage
 def _name_and_opener(dataset, root, cache_dir):
+    """``(name, reader or zero-argument opener, absolute root)``; a name is not opened."""
+    from pipeline.datasets import dataset_root
+
     if isinstance(dataset, str):
         def opener():
             from pipeline.datasets import open_dataset
 
             return open_dataset(dataset, root, cache_dir=cache_dir)
 
-        return dataset, opener
-    return dataset.name, dataset
+        return dataset, opener, dataset_root(dataset, root, cache_dir=cache_dir)
+    return dataset.name, dataset, dataset_root(dataset.name, dataset.root)
 
 
 def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic",
@@ -217,7 +220,7 @@ def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic
                            out: str | Path | None = None, cache_dir: str | Path | None = None,
                            workers: int = 2, scheduler: str = "threads",
                            limit: int | None = None, overwrite: bool = False,
-                           shard_size: int = 128, progress: bool = True,
+                           shard_size: int | None = None, progress: bool = True,
                            root: str | Path | None = None) -> tuple[ShardedStore, RunReport]:
     """Build (or resume) the superpixel store of one split.
 
@@ -250,7 +253,7 @@ def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic
     StoreError : a store made with other settings exists at the path.
     """
     key = superpixel_params(method, params, backend=backend, limit=limit)
-    name, ds = _name_and_opener(dataset, root, cache_dir)
+    name, ds, data_root = _name_and_opener(dataset, root, cache_dir)
     path = Path(out) if out else superpixel_store_path(name, method, split, key,
                                                        cache_dir=cache_dir)
     check = {"kind": "superpixels", "dataset": name, "split": split, "method": method,
@@ -262,7 +265,7 @@ def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic
         attrs=lambda d: {**provenance(key), "root": str(d.root)}, check=check, fn=fn,
         hint=build_command(name, split, method, key), workers=workers, scheduler=scheduler,
         overwrite=overwrite, shard_size=shard_size, progress=progress,
-        desc=f"{method} {name}/{split}")
+        desc=f"{method} {name}/{split}", root=data_root)
 
 
 def locate_superpixel_store(dataset: str, split: str, method: str, *,

@@ -11,6 +11,7 @@ label conventions: docs/data.md.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 
 from pipeline.datasets.base import IGNORE, Dataset, DatasetError, ImageReadError
@@ -59,6 +60,20 @@ def open_dataset(name: str, root: str | os.PathLike | None = None, *,
     return cls(root)
 
 
+def dataset_root(name: str, root: str | os.PathLike | None = None, *,
+                 cache_dir: str | os.PathLike | None = None) -> Path:
+    """The absolute root :func:`open_dataset` would read ``name`` from, without opening it
+    (no validation, no index files read): ``root`` itself, else the reader's default
+    ``<cache root>/<name>/data``. Used to check a cached store against the data it came from
+    without paying for e.g. COCO's annotation json."""
+    if root is None:
+        cls = DATASETS.get(name, FolderDataset)
+        root = cls.default_root(cache_dir=cache_dir)
+        if name not in DATASETS:
+            root = root.parent.parent / name / "data"
+    return Path(os.path.realpath(root))
+
+
 def _open_named_folder(name: str, root, *, cache_dir=None) -> Dataset:
     """Any other name is a dataset of the user's in ``folder`` layout with its own cache
     folder ``<cache root>/<name>/`` (so two folder datasets never share cached stores)."""
@@ -82,4 +97,5 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 __all__ = ["DATASETS", "IGNORE", "CocoDataset", "Dataset", "DatasetError", "DemoDataset",
-           "FolderDataset", "ImageReadError", "PascalDataset", "generate_demo", "open_dataset"]
+           "FolderDataset", "ImageReadError", "PascalDataset", "dataset_root", "generate_demo",
+           "open_dataset"]

@@ -173,7 +173,7 @@ def test_superpixel_round_trip_threads(fake_kernels, toy, tmp_path):
     assert store.attrs["params"] == {"n_segments": 50, "compactness": 10.0, "max_iter": 10,
                                      "backend": "numba", "limit": None}
     assert store.attrs["method"] == "slic" and store.attrs["backend"] == "numba"
-    assert store.attrs["root"] == str(toy.root) and store.attrs["dataset"] == "toy"
+    assert store.attrs["root"] == os.path.realpath(toy.root) and store.attrs["dataset"] == "toy"
     assert report.bytes_per_image > 0
 
 
@@ -311,9 +311,45 @@ def test_complete_store_rerun_does_no_work(fake_kernels, toy, tmp_path, monkeypa
     monkeypatch.setattr(runner, "read_sizes", boom)
     store, report = build_superpixel_store("toy", split="train", method="slic",
                                            params={"n_segments": 50}, out=tmp_path / "sp.zarr",
-                                           progress=False)  # by name: never opened
+                                           progress=False, root=toy.root)  # by name: never opened
     assert report.already_complete and report.computed == 0 and store.complete
     assert "nothing to do" in report.lines()[0]
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_store_from_another_root_is_refused(fake_kernels, toy, tmp_path, monkeypatch, complete):
+    """Same dataset name and ids, other images: the store's recorded root decides, checked
+    before anything is opened or computed (a complete store used to be returned as is)."""
+    store, _ = sp(toy, tmp_path)
+    masks, _ = build_mask_store(toy, split="train", out=tmp_path / "m.zarr", progress=False)
+    if not complete:
+        store._clear_shard(1)
+        masks._clear_shard(0)
+    other = ToyDataset(tmp_path / "other", n=10)
+
+    def boom(*a, **k):
+        raise AssertionError("nothing may be read or computed for a foreign store")
+
+    monkeypatch.setattr(runner, "compute_shard", boom)
+    monkeypatch.setattr(runner, "read_sizes", boom)
+    for dataset, root in ((other, None), ("toy", other.root)):
+        with pytest.raises(StoreError, match=f"made from the images in {toy.root}.*--overwrite"):
+            build_superpixel_store(dataset, split="train", method="slic",
+                                   params={"n_segments": 50}, out=tmp_path / "sp.zarr",
+                                   progress=False, root=root)
+        with pytest.raises(StoreError, match=f"made from the images in {toy.root}"):
+            build_mask_store(dataset, split="train", out=tmp_path / "m.zarr", progress=False,
+                             root=root)
+
+
+def test_auto_shard_size_balances_small_splits():
+    from pipeline.store import auto_shard_size
+
+    assert auto_shard_size(10) == 16 and auto_shard_size(200) == 16
+    assert auto_shard_size(1464) == 46 and auto_shard_size(82_783) == 128
+    for n in (1, 200, 1000, 5000, 10**6):  # >= 32 shards unless the shards hit 16 images
+        size = auto_shard_size(n)
+        assert 16 <= size <= 128 and (-(-n // size) >= 32 or size in (16, 128))
 
 
 def test_overwrite_starts_over(fake_kernels, toy, tmp_path):

@@ -9,9 +9,20 @@ patch store -> one feature per patch, labelled with the patch's majority ground-
   accuracy and mean class accuracy on the val patches;
 * **1-NN retrieval**: cosine nearest train patch for each val patch, accuracy.
 
+* **patch retrieval across views** (``--views``): two MoCo-v2 views of every val image (the
+  trainer's own ``PairedAugment``, fixed seeds, the same views for every encoder), up to 16
+  patches per image visible in both (``sample_patch_ids``), layer-4 features pooled per
+  patch (``pool_patches``, as the local loss does); top-1 = the nearest view-2 patch (cosine,
+  among all patches of all val images) is the same patch of the same image. Unseen images,
+  the backbone only (no projection head): does the encoder recognise a region after crop,
+  flip, colour jitter, grey and blur?
+
 Encoders compared: the exported prior (``prior_extractor.pt``), the same architecture at
-its random init (``--random-seed``: the trainer's seed, so it is the run's starting point),
-and optionally ImageNet EfficientNet-Lite0 as a reference.
+its random init (``--random-seed``: the trainer's seed, so it is the run's starting point;
+``--extra-seeds`` adds other inits for the spread), the random init with its BatchNorm
+statistics re-estimated on the probe's train images (``--bn-images N``: a random network
+probed with running mean 0 / var 1 is handicapped, and a trained encoder has adapted
+statistics for free), and optionally ImageNet EfficientNet-Lite0 as a reference.
 
 Example (CamVid as a folder dataset, stores from ``qgnet-prep superpixels``)::
 
@@ -81,6 +92,61 @@ def patch_features(bb, ds, store: ShardedStore, ids, masks_root: Path, split: st
     return torch.cat(feats).float(), torch.from_numpy(np.concatenate(labels))
 
 
+@torch.no_grad()
+def recalibrate_bn(bb, ds, ids, *, scale: float) -> None:
+    """Re-estimate every BatchNorm's running statistics (cumulative average over ``ids`` at
+    the probe's scale, train-mode forwards, weights untouched)."""
+    bns = [m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    bb.train()
+    for image_id in ids:
+        img = ds.load_image(image_id)
+        h, w = int(img.shape[0] * scale), int(img.shape[1] * scale)
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        bb((x - MEAN) / STD)
+    bb.eval()
+
+
+def make_views(ds, store: ShardedStore, ids, *, crop: int, per_image: int, seed: int):
+    """Two augmented views + patch maps of each image and the ids of up to ``per_image``
+    patches visible in both (covering >= half a stride-32 cell in each view)."""
+    from model.prior.augment import PairedAugment
+    from model.prior.patches import sample_patch_ids
+
+    aug = PairedAugment(size=crop)
+    v1, v2, m1, m2 = [], [], [], []
+    for i, image_id in enumerate(ids):
+        img, sp = ds.load_image(image_id), store.get_by_id(image_id)
+        g = torch.Generator().manual_seed(seed * 100_003 + i)
+        a, ma = aug(img, sp, g)
+        b, mb = aug(img, sp, g)
+        v1.append(a), v2.append(b), m1.append(ma), m2.append(mb)
+    v1, v2, m1, m2 = torch.stack(v1), torch.stack(v2), torch.stack(m1), torch.stack(m2)
+    pid, valid = sample_patch_ids(m1, m2, per_image, min_pixels=512,
+                                  generator=torch.Generator().manual_seed(seed))
+    return v1, v2, m1, m2, pid, valid
+
+
+@torch.no_grad()
+def view_retrieval(bb, views) -> dict:
+    from model.prior.patches import pool_patches
+
+    v1, v2, m1, m2, pid, valid = views
+    f1 = torch.cat([bb(v1[i:i + 16])["layer4"] for i in range(0, len(v1), 16)])
+    f2 = torch.cat([bb(v2[i:i + 16])["layer4"] for i in range(0, len(v2), 16)])
+    p1 = F.normalize(pool_patches(f1, m1, pid, valid)[valid], dim=1)  # P x C
+    p2 = F.normalize(pool_patches(f2, m2, pid, valid)[valid], dim=1)
+    nn = (p1 @ p2.T).argmax(1)
+    top1 = float((nn == torch.arange(len(p1))).float().mean())
+    same_image = torch.arange(len(v1)).view(-1, 1).expand_as(pid)[valid]
+    image_top1 = float((same_image[nn] == same_image).float().mean())
+    return {"patches": len(p1), "top1": round(top1, 4), "same_image_top1": round(image_top1, 4),
+            "chance": round(1 / max(len(p1), 1), 5)}
+
+
 def linear_probe(xtr, ytr, xva, yva, n_classes: int, *, steps: int = 300, wd: float = 1e-4):
     mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
     xtr, xva = (xtr - mu) / sd, (xva - mu) / sd
@@ -128,6 +194,14 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--classes", type=int, default=11)
     ap.add_argument("--ignore", type=int, default=11)
+    ap.add_argument("--extra-seeds", default="", help="more random inits, e.g. 1,2 (spread)")
+    ap.add_argument("--bn-images", type=int, default=0,
+                    help="also probe the random init with BN statistics re-estimated on this "
+                         "many train images (0: skip)")
+    ap.add_argument("--views", action="store_true", help="patch retrieval across two views")
+    ap.add_argument("--view-store", help="patch store of the val split for --views (default: --val-store)")
+    ap.add_argument("--crop", type=int, default=128, help="view size for --views")
+    ap.add_argument("--view-seed", type=int, default=0)
     ap.add_argument("--out", default="docs/bench/prior_probe")
     args = ap.parse_args(argv)
 
@@ -144,6 +218,16 @@ def main(argv=None):
     seed_everything(args.random_seed)
     encoders[f"{args.backbone} random init (seed {args.random_seed})"] = build_backbone(
         args.backbone, weights="none", dilated=False)
+    if args.bn_images:
+        seed_everything(args.random_seed)
+        bb = build_backbone(args.backbone, weights="none", dilated=False)
+        recalibrate_bn(bb, ds, tr_ids[: args.bn_images], scale=args.scale)
+        encoders[f"{args.backbone} random init (seed {args.random_seed}), BN re-estimated on "
+                 f"{min(args.bn_images, len(tr_ids))} train images"] = bb
+    for extra in [int(x) for x in args.extra_seeds.split(",") if x.strip()]:
+        seed_everything(extra)
+        encoders[f"{args.backbone} random init (seed {extra})"] = build_backbone(
+            args.backbone, weights="none", dilated=False)
     for p in args.prior:
         blob = torch.load(p, weights_only=True)
         encoders[f"{blob['backbone_name']} prior ({Path(p).parent.name}, step {blob.get('step')})"] = \
@@ -151,6 +235,11 @@ def main(argv=None):
     if args.imagenet_lite0:
         encoders["efficientnet_lite0 ImageNet (reference)"] = build_backbone(
             "efficientnet_lite0", weights="imagenet", dilated=False)
+    views = None
+    if args.views:
+        view_store = ShardedStore.open(args.view_store) if args.view_store else va_store
+        views = make_views(ds, view_store, va_ids, crop=args.crop, per_image=16,
+                           seed=args.view_seed)
     rows = []
     for name, bb in encoders.items():
         t = time.time()
@@ -160,8 +249,10 @@ def main(argv=None):
         xva, yva = patch_features(bb, ds, va_store, va_ids, Path(args.masks), "val", **kw)
         row = {"encoder": name, "train_patches": len(ytr), "val_patches": len(yva),
                "linear": linear_probe(xtr, ytr, xva, yva, args.classes),
-               "nn1": nn_retrieval(xtr, ytr, xva, yva, args.classes),
-               "seconds": round(time.time() - t, 1)}
+               "nn1": nn_retrieval(xtr, ytr, xva, yva, args.classes)}
+        if views is not None:
+            row["views"] = view_retrieval(bb, views)
+        row["seconds"] = round(time.time() - t, 1)
         print(json.dumps(row), flush=True)
         rows.append(row)
     majority = float((yva == torch.bincount(ytr).argmax()).float().mean())
@@ -169,14 +260,20 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "majority_baseline": majority,
                                                     "args": vars(args)}, indent=2))
-    lines = ["| encoder | linear acc | linear mean-class acc | 1-NN acc | 1-NN mean-class acc |",
-             "|---|---|---|---|---|"]
+    vh = " view retrieval top-1 | same-image top-1 |" if views is not None else ""
+    lines = ["| encoder | linear acc | linear mean-class acc | 1-NN acc | 1-NN mean-class acc |" + vh,
+             "|---|---|---|---|---|" + ("---|---|" if vh else "")]
     for r in rows:
+        v = (f" {r['views']['top1']:.3f} | {r['views']['same_image_top1']:.3f} |"
+             if views is not None else "")
         lines.append(f"| {r['encoder']} | {r['linear']['acc']:.3f} | "
                      f"{r['linear']['mean_class_acc']:.3f} | {r['nn1']['acc']:.3f} | "
-                     f"{r['nn1']['mean_class_acc']:.3f} |")
+                     f"{r['nn1']['mean_class_acc']:.3f} |" + v)
     lines.append(f"\nval patches {rows[0]['val_patches']}, train patches {rows[0]['train_patches']} "
                  f"({len(tr_ids)} train, {len(va_ids)} val images); majority-class baseline {majority:.3f}")
+    if views is not None:
+        lines.append(f"view retrieval: {rows[0]['views']['patches']} patches in two {args.crop}px "
+                     f"MoCo-v2 views of each val image; chance {rows[0]['views']['chance']:.4f}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -7,7 +7,8 @@ evaluation on fixed episodes -> Figure-5 style panels, then both mIoUs side by s
 Every step is the real command a user would type, printed before it runs. Steps whose
 output already exists are skipped (stores resume; finished runs are kept), so a second
 ``make demo`` is quick; ``--fresh`` deletes the demo's runs and cache and starts over.
-Sized for a 2-core CPU (about 10-15 minutes); on a GPU it just runs faster.
+Sized for a 2-core CPU (under 15 minutes: QGNet and the baseline train side by side, one
+process per core); on a GPU it just runs faster.
 """
 from __future__ import annotations
 
@@ -38,6 +39,52 @@ def _run(argv: list[str], *, log: list[tuple[str, float]]) -> None:
     click.secho(f"  ({dt:.0f} s)", fg="green")
 
 
+def _last_step(run: Path) -> int:
+    """Newest training step logged in ``run``/metrics.jsonl (0 before the first)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError):
+            continue
+    return 0
+
+
+def _run_parallel(jobs: dict[str, tuple[list[str], Path]], *, log: list[tuple[str, float]],
+                  runs: dict[str, Path] | None = None, total: int = 0) -> None:
+    """Run several commands at once (one per core), each writing to its own log file; a
+    status line every 30 s (training steps read from the runs' metrics.jsonl)."""
+    t0 = time.perf_counter()
+    procs = {}
+    for name, (argv, logfile) in jobs.items():
+        shown = " ".join(shlex.quote(a) for a in argv)
+        click.secho(f"\n$ {shown} > {logfile} 2>&1 &", fg="cyan", bold=True)
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        procs[name] = (subprocess.Popen([sys.executable, "-m", PROGS[argv[0]], *argv[1:]],
+                                        stdout=logfile.open("w"), stderr=subprocess.STDOUT),
+                       shown, logfile)
+    while any(p.poll() is None for p, _, _ in procs.values()):
+        try:
+            procs[next(iter(procs))][0].wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        if runs and any(p.poll() is None for p, _, _ in procs.values()):
+            state = ", ".join(f"{n} step {_last_step(r)}/{total}" for n, r in runs.items())
+            click.echo(f"  [{time.perf_counter() - t0:4.0f} s] {state}")
+    dt = time.perf_counter() - t0
+    for name, (p, shown, logfile) in procs.items():
+        log.append((f"{shown}  (in parallel)", dt))
+        if p.returncode != 0:
+            tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-25:])
+            raise click.ClickException(f"step failed (exit {p.returncode}): {shown}\n"
+                                       f"last lines of {logfile}:\n{tail}")
+        click.echo("  " + (logfile.read_text(errors="replace").strip().splitlines() or [""])[-1])
+    click.secho(f"  ({dt:.0f} s for {len(procs)} commands side by side)", fg="green")
+
+
 def _skip(what: str, path: Path, log) -> None:
     click.secho(f"\n# {what}: {path} exists, skipped (make demo FRESH=1 starts over)", fg="yellow")
     log.append((f"# skipped: {what}", 0.0))
@@ -50,10 +97,13 @@ def _skip(what: str, path: Path, log) -> None:
 @click.option("--fold", default=0, show_default=True)
 @click.option("--prior-steps", default=60, show_default=True, help="Prior pretraining steps.")
 @click.option("--fss-steps", default=300, show_default=True, help="Few-shot training steps per model.")
-@click.option("--episodes", default=500, show_default=True, help="Test episodes.")
+@click.option("--episodes", default=400, show_default=True, help="Test episodes.")
+@click.option("--parallel/--serial", default=True, show_default=True,
+              help="Train (and evaluate) QGNet and the baseline side by side, one process per "
+                   "core, or one after the other.")
 @click.option("--fresh", is_flag=True, help="Delete the demo's cache and runs first.")
 def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps: int,
-         episodes: int, fresh: bool) -> None:
+         episodes: int, parallel: bool, fresh: bool) -> None:
     """Run the demo pipeline end to end and print QGNet vs the baseline."""
     t_start = time.perf_counter()
     log: list[tuple[str, float]] = []
@@ -95,22 +145,40 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
               "--max-steps", str(prior_steps), "--workers", "1", "--ckpt-every", "50",
               "--log-every", "10", "--out", str(prior_dir), *cache], log=log)
 
-    # 6-7: few-shot training + evaluation, QGNet and the PFENet-equivalent baseline
-    results = {}
-    for name, flags in (("qgnet", ["--prior", str(prior)]), ("baseline", ["--no-prior-map"])):
+    # 6-7: few-shot training + evaluation, QGNet and the PFENet-equivalent baseline. Two
+    # single-threaded processes side by side use both cores (one torch process with two
+    # threads gained little on this machine); no validation during training: best.pt is
+    # the last step, scored once below on the fixed test episodes.
+    models = {"qgnet": ["--prior", str(prior)], "baseline": ["--no-prior-map"]}
+    train_jobs, eval_jobs = {}, {}
+    for name, flags in models.items():
         run = runs_dir / f"fss-{name}"
         ckpt = run / "best.pt"
         if ckpt.exists():
             _skip(f"few-shot training ({name})", ckpt, log)
         else:
-            _run(["qgnet-train", "fss", "--dataset", "demo", "--fold", str(fold), "--shot", "1",
-                  "--backbone", "efficientnet_lite0", "--weights", "imagenet", *flags,
-                  "--max-steps", str(fss_steps), "--val-episodes", "200",
-                  "--val-every", str(fss_steps), "--workers", "1",
-                  "--threads", threads, "--out", str(run), *cache], log=log)
-        _run(["qgnet-eval", "fss", "--checkpoint", str(ckpt), "--episodes", str(episodes),
-              "--threads", threads, *cache], log=log)
-        data = json.loads((run / "results.json").read_text())
+            train_jobs[name] = (
+                ["qgnet-train", "fss", "--dataset", "demo", "--fold", str(fold), "--shot", "1",
+                 "--backbone", "efficientnet_lite0", "--weights", "imagenet", *flags,
+                 "--max-steps", str(fss_steps), "--val-episodes", "0", "--workers", "1",
+                 "--threads", threads, "--log-every", "10", "--no-progress", "--out", str(run),
+                 *cache],
+                runs_dir / "logs" / f"train-{name}.txt")
+        eval_jobs[name] = (["qgnet-eval", "fss", "--checkpoint", str(ckpt), "--episodes",
+                            str(episodes), "--threads", threads, "--no-progress", *cache],
+                           runs_dir / "logs" / f"eval-{name}.txt")
+    for jobs, what in ((train_jobs, "train"), (eval_jobs, "eval")):
+        if not jobs:
+            continue
+        if parallel:
+            _run_parallel(jobs, log=log, total=fss_steps,
+                          runs={n: runs_dir / f"fss-{n}" for n in jobs} if what == "train" else None)
+        else:
+            for argv, _ in jobs.values():
+                _run(argv, log=log)
+    results = {}
+    for name in models:
+        data = json.loads((runs_dir / f"fss-{name}" / "results.json").read_text())
         key = next(k for k in sorted(data) if k.startswith(f"fold{fold}-1shot-pfenet-"))
         results[name] = data[key]
 

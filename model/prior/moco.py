@@ -66,6 +66,16 @@ def _warn_groups(n: int, groups: int, used: int) -> None:
                   f"groups of {n // used} for this batch size", stacklevel=3)
 
 
+
+def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over the pairs i != j of the L2-normalised rows of ``z`` (M x D):
+    ``(|sum z|^2 - M) / (M (M - 1))``, O(M D); 0 for fewer than two rows."""
+    m = z.shape[0]
+    if m < 2:
+        return z.new_zeros((), dtype=torch.float32)
+    s = F.normalize(z.float(), dim=1).sum(0)
+    return (s.dot(s) - m) / (m * (m - 1))
+
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are computed per group of the batch.
 
@@ -292,7 +302,10 @@ class PriorMoCo(nn.Module):
             ``loss`` (with grad: ``loss_global + loss_local`` for ``"both"``),
             ``loss_global``, ``loss_local`` (detached; 0 when off), ``acc_global`` and
             ``acc_local`` (fraction in [0, 1] of rows whose positive has the largest logit;
-            0 when off), ``n_patches`` (int64: valid patches in this rank's batch).
+            0 when off), ``n_patches`` (int64: valid patches in this rank's batch),
+            ``cos_global`` / ``cos_local``: mean pairwise cosine between the batch's query
+            embeddings (the collapse monitor of docs/prior_training.md: ~1 = all embeddings
+            one vector; 0 when off).
         """
         n = im_q.shape[0]
         zero = im_q.new_zeros((), dtype=torch.float32)
@@ -315,7 +328,8 @@ class PriorMoCo(nn.Module):
             self._momentum_update()  # before the keys, as MoCo
             k, k_loc = self._encode_keys(im_k, masks_k)
 
-        out = {key: zero.clone() for key in ("loss_global", "loss_local", "acc_global", "acc_local")}
+        out = {key: zero.clone() for key in ("loss_global", "loss_local", "acc_global", "acc_local",
+                                             "cos_global", "cos_local")}
         out["n_patches"] = torch.zeros((), dtype=torch.long, device=im_q.device)
         total = zero
         if self.use_global:
@@ -324,6 +338,7 @@ class PriorMoCo(nn.Module):
             total = total + loss_g
             out["loss_global"] = loss_g.detach()
             out["acc_global"] = (logits.detach().argmax(dim=1) == 0).float().mean()
+            out["cos_global"] = mean_pairwise_cosine(q.detach())
         if self.use_local:
             p = ids.shape[1]
             flat_valid = valid.reshape(n * p)  # flat_valid: NP
@@ -335,6 +350,7 @@ class PriorMoCo(nn.Module):
             hit = (logits_l.detach().argmax(dim=1) == 0).float()  # hit: NP
             out["acc_local"] = (hit * flat_valid).sum() / flat_valid.sum().clamp_min(1)
             out["n_patches"] = flat_valid.sum()
+            out["cos_local"] = mean_pairwise_cosine(q_loc.detach().reshape(n * p, -1)[flat_valid])
         out["loss"] = total
 
         # Enqueue after the logits; keys of all ranks (variable counts for patches).

@@ -314,7 +314,8 @@ def train_step(model, batch: dict[str, torch.Tensor], optimizer, scheduler, *,
             for k, v in out.items() if k in SCALARS}
 
 
-SCALARS = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "n_patches")
+SCALARS = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "n_patches",
+           "cos_global", "cos_local")
 
 
 # ------------------------------------------------------------------------------ the run
@@ -440,10 +441,11 @@ def train_prior(cfg: PriorConfig) -> Path:
                                         l=f"{rec['loss_local']:.3f}",
                                         ips=f"{rec['images_per_s']:.0f}")
                     logger.info("step %d/%d epoch %.2f loss %.4f (global %.4f, local %.4f) "
-                                    "acc %.3f lr %.4g %.1f img/s wait %.0f%%", step, last_step,
-                                rec["epoch"], rec["loss"], rec["loss_global"],
-                                rec["loss_local"], rec["acc_global"], rec["lr"],
-                                rec["images_per_s"], 100 * rec["data_wait"])
+                                "acc %.3f cos %.2f/%.2f lr %.4g %.1f img/s wait %.0f%%", step,
+                                last_step, rec["epoch"], rec["loss"], rec["loss_global"],
+                                rec["loss_local"], rec["acc_global"], rec["cos_global"],
+                                rec["cos_local"], rec["lr"], rec["images_per_s"],
+                                100 * rec["data_wait"])
                 window, t_wait, t_total = [], 0.0, 0.0
             if bar is not None:
                 bar.update(1)

@@ -283,7 +283,10 @@ def test_prior_moco_forward_each_loss_mode(loss):
     assert (model.encoder_q.head_local is None) == (loss == "global")
     im_q, im_k, map_q, map_k = _batch()
     out = model(im_q, im_k, map_q, map_k)
-    assert set(out) == {"loss", "loss_global", "loss_local", "acc_global", "acc_local", "n_patches"}
+    assert set(out) == {"loss", "loss_global", "loss_local", "acc_global", "acc_local", "n_patches",
+                        "cos_global", "cos_local"}
+    for part in ("global", "local"):  # the collapse monitor is 0 exactly for a branch that is off
+        assert (float(out[f"cos_{part}"]) == 0.0) == (loss not in (part, "both"))
     assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
     expected = {"both": out["loss_global"] + out["loss_local"], "global": out["loss_global"],
                 "local": out["loss_local"]}[loss]
@@ -496,3 +499,15 @@ def test_prior_moco_ddp_shuffle_with_two_gloo_processes(tmp_path):
         assert r["ptr"] == 8  # 2 ranks x 4 images
         assert r["lptr"] == (2 * r["n_patches"]) % 64
     assert torch.equal(r0["keys"], r1["keys"])  # gathered in rank order on both ranks
+
+
+def test_mean_pairwise_cosine_matches_a_loop():
+    from model.prior.moco import mean_pairwise_cosine
+
+    z = torch.randn(7, 5)
+    u = torch.nn.functional.normalize(z, dim=1)
+    slow = sum(float(u[i] @ u[j]) for i in range(7) for j in range(7) if i != j) / 42
+    assert abs(float(mean_pairwise_cosine(z)) - slow) < 1e-6
+    same = torch.ones(4, 3) * torch.tensor([1.0, 2.0, 3.0])
+    assert abs(float(mean_pairwise_cosine(same)) - 1) < 1e-6  # collapsed: cosine 1
+    assert float(mean_pairwise_cosine(z[:1])) == 0.0

@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale-max", type=float, default=0.22)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--episodes", type=int, default=500)
+    ap.add_argument("--novel-pixels", default="background", choices=["background", "ignore"],
+                    help="qgnet-train fss --novel-pixels (background = PFENet)")
     args = ap.parse_args(argv)
     if not CAMVID.is_dir():
         print(f"SKIP: CamVid not found at {CAMVID} (expected ../shared/data/camvid beside the repo)")
@@ -103,12 +105,16 @@ def main(argv=None) -> int:
     t_prep = time.time() - t_start
 
     models = {"qgnet": ["--prior", args.prior], "baseline": ["--no-prior-map"]}
+    runs = "runs" if args.novel_pixels == "background" else f"runs-novel-{args.novel_pixels}"
     rows = []
     for fold in [int(f) for f in args.folds.split(",")]:
         t0 = time.time()
         procs = []
         for tag, extra in models.items():
-            out = args.work / "runs" / f"fold{fold}-{tag}"
+            out = args.work / runs / f"fold{fold}-{tag}"
+            if (out / "best.pt").is_file():  # finished earlier: the script resumes
+                print(f"# {out} trained, skipped", flush=True)
+                continue
             procs.append((sh([py, "-m", "cli.train", "fss", *common, "--root", str(root),
                               "--fold", str(fold), "--shot", "1", "--backbone",
                               "efficientnet_lite0", "--weights", "imagenet", *extra,
@@ -116,13 +122,18 @@ def main(argv=None) -> int:
                               "--scale-max", str(args.scale_max), "--epochs", str(args.epochs),
                               "--batch-size", "4", "--workers", "1", "--threads", "1",
                               "--device", "cpu", "--val-episodes", "0", "--no-progress",
+                              "--novel-pixels", args.novel_pixels,
                               "--out", str(out)], out.with_suffix(".train.txt")),
                           out.with_suffix(".train.txt")))
         wait_all(procs)
         t_train = time.time() - t0
         procs = []
         for tag in models:
-            out = args.work / "runs" / f"fold{fold}-{tag}"
+            out = args.work / runs / f"fold{fold}-{tag}"
+            if (out / "results.json").is_file() and (out / "results.json").stat().st_mtime > \
+                    (out / "best.pt").stat().st_mtime:
+                print(f"# {out} evaluated, skipped", flush=True)
+                continue
             procs.append((sh([py, "-m", "cli.evaluate", "fss", "--checkpoint", str(out / "best.pt"),
                               "--cache-dir", str(cache), "--episodes", str(args.episodes),
                               "--threads", "1", "--workers", "1", "--device", "cpu",
@@ -130,12 +141,12 @@ def main(argv=None) -> int:
                           out.with_suffix(".eval.txt")))
         wait_all(procs)
         for tag in models:
-            res = json.loads((args.work / "runs" / f"fold{fold}-{tag}" / "results.json").read_text())
+            res = json.loads((args.work / runs / f"fold{fold}-{tag}" / "results.json").read_text())
             (r,) = res.values()
-            cfg = json.loads((args.work / "runs" / f"fold{fold}-{tag}" / "config.json").read_text())
+            cfg = json.loads((args.work / runs / f"fold{fold}-{tag}" / "config.json").read_text())
             rows.append({"fold": fold, "model": tag, "miou": round(100 * r["miou"]["mean"], 2),
                          "fb_iou": round(100 * r["fb_iou"]["mean"], 2),
-                         "per_class": {CLASSES[int(c) - 1]: round(100 * v["iou"], 2)
+                         "per_class": {v["name"]: round(100 * v["mean"], 2)
                                        for c, v in r["per_class"].items()},
                          "episodes": r["episodes"], "episodes_per_s": round(r["episodes_per_s"], 2),
                          "peak_memory_mb": r["peak_memory_mb"],

@@ -54,6 +54,10 @@ BACKBONES = ["resnet50", "resnet101", "vgg16", "efficientnet_lite0", "resnet18"]
               help="PASCAL training list: train (PFENet's 5,953, default) or aug (10,582).")
 @click.option("--drop-novel-images/--keep-novel-images", default=None,
               help="BAM: drop training images holding test classes (default keep, PFENet).")
+@click.option("--novel-pixels", type=click.Choice(["background", "ignore"]),
+              help="Test-class pixels in kept training images: background (PFENet, default) "
+                   "or ignore (255, no loss; for scene datasets where test classes are in "
+                   "nearly every training image).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config file (top level or table [fss]).")
 def fss(config_file, **given):

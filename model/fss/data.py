@@ -62,12 +62,16 @@ class _StoreMixin:
         return self._reader
 
     def load(self, index: int, cls: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image (H x W x 3 uint8) and binarised mask of store image ``index``."""
+        """Image (H x W x 3 uint8) and binarised mask of store image ``index`` (pixels of
+        ``self.ignore_classes``, if any, become 255 first)."""
         image = self.reader.load_image(self.store.ids[index])
         mask = self.store.get(int(index))
         if image.shape[:2] != mask.shape:
             raise ValueError(f"image {self.store.ids[index]!r} is {image.shape[:2]} but its mask in "
                              f"{self.store.path} is {mask.shape}; rebuild the mask store")
+        ignore = getattr(self, "ignore_classes", None)
+        if ignore is not None and len(ignore):
+            mask = np.where(np.isin(mask, ignore), T.IGNORE, mask).astype(mask.dtype)
         return image, T.binarize(mask, cls)
 
     def __getstate__(self):
@@ -99,11 +103,17 @@ class TrainEpisodes(_StoreMixin, Dataset):
     crop : int
     scale : (float, float)
     dataset, root, cache_dir : where images and the train mask store are.
+    novel_pixels : ``"background"`` (PFENet: test-class pixels of training images are
+        background) or ``"ignore"`` (they become 255 and carry no loss).
     """
 
     def __init__(self, train_list: dict[str, Any], *, shot: int, crop: int,
                  scale: Sequence[float], dataset: str, root: str | None = None,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, novel_pixels: str = "background"):
+        if novel_pixels not in ("background", "ignore"):
+            raise ValueError(f"novel_pixels must be 'background' or 'ignore', got {novel_pixels!r}")
+        self.ignore_classes = (np.asarray(train_list["test_classes"], np.int64)
+                               if novel_pixels == "ignore" else None)
         self._init_sources(dataset=dataset, split=str(train_list.get("split", "train")),
                            root=root, cache_dir=cache_dir)
         tl = train_list

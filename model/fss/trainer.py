@@ -94,6 +94,7 @@ class FssConfig:
     cache_dir: str | None = None
     train_set: str = "train"          # pascal: train (5,953) | aug (10,582)
     drop_novel_images: bool = False   # BAM's filter_intersection
+    novel_pixels: str = "background"  # test-class pixels in training images: background | ignore
 
 
 def finalize_config(cfg: FssConfig) -> FssConfig:
@@ -186,7 +187,8 @@ def train_fss(cfg: FssConfig) -> Path:
                                     train_set=None if cfg.train_set == "train" else cfg.train_set)
     train_ds = TrainEpisodes(train_list, shot=cfg.shot, crop=cfg.crop,
                              scale=(cfg.scale_min, cfg.scale_max), dataset=cfg.dataset,
-                             root=cfg.root, cache_dir=cfg.cache_dir)
+                             root=cfg.root, cache_dir=cfg.cache_dir,
+                             novel_pixels=cfg.novel_pixels)
     val_eps = None
     if cfg.val_episodes > 0:
         val_eps = load_test_episodes(cfg.dataset, cfg.fold, cfg.shot, seed=cfg.val_seed,

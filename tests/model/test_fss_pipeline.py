@@ -82,6 +82,31 @@ def test_training_items_supports_distinct_not_query_class_present(toy):
     assert all(torch.equal(item[k], again[k]) for k in item)
 
 
+def test_novel_pixels_ignore_turns_test_classes_into_255(toy):
+    """--novel-pixels ignore: pixels of the fold's test classes in a training image carry no
+    loss (255) instead of being background; the default keeps PFENet's background."""
+    from model.fss.data import TrainEpisodes
+
+    ds, tl = _train_ds(toy, shot=1)
+    ign = TrainEpisodes(tl, shot=1, crop=65, scale=(0.9, 1.1), dataset="folder",
+                        cache_dir=toy["cache"], novel_pixels="ignore")
+    test = np.asarray(tl["test_classes"])
+    seen = 0
+    for i in range(len(ds)):
+        q = int(ds.image_index[i])
+        raw = ds.store.get(q)
+        c = int(np.asarray(tl["train_classes"])[0])
+        _, pfenet = ds.load(q, c)
+        _, ignored = ign.load(q, c)
+        novel = np.isin(raw, test)
+        seen += int(novel.sum())
+        assert (pfenet[novel] == 0).all() and (ignored[novel] == 255).all()
+        np.testing.assert_array_equal(pfenet[~novel], ignored[~novel])
+    assert seen > 0  # the toy's training images do hold test-class pixels
+    with pytest.raises(ValueError, match="novel_pixels"):
+        TrainEpisodes(tl, shot=1, crop=65, scale=(0.9, 1.1), dataset="folder", novel_pixels="drop")
+
+
 def test_sampler_resumes_mid_epoch():
     from model.fss.data import EpisodeSampler
 

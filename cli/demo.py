@@ -96,7 +96,7 @@ def _skip(what: str, path: Path, log) -> None:
               type=click.Path(path_type=Path), help="Where the demo's runs go.")
 @click.option("--fold", default=0, show_default=True)
 @click.option("--prior-steps", default=60, show_default=True, help="Prior pretraining steps.")
-@click.option("--fss-steps", default=300, show_default=True, help="Few-shot training steps per model.")
+@click.option("--fss-steps", default=250, show_default=True, help="Few-shot training steps per model.")
 @click.option("--episodes", default=400, show_default=True, help="Test episodes.")
 @click.option("--parallel/--serial", default=True, show_default=True,
               help="Train (and evaluate) QGNet and the baseline side by side, one process per "

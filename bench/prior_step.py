@@ -42,6 +42,7 @@ from model.utils import DistInfo, pick_device  # noqa: E402
 def config(args, backbone: str, loss: str, workers: int) -> PriorConfig:
     return finalize_config(PriorConfig(
         dataset=args.dataset, root=args.root, patch_store=args.store, split=args.split,
+        patches=args.patches,
         backbone=backbone, init="none", crop=args.crop, batch_size=args.batch, loss=loss,
         queue_size=args.queue, local_queue_size=args.queue, workers=workers,
         device=args.device, epochs=1, seed=0, out="/tmp/unused"))
@@ -68,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--root", required=True)
     ap.add_argument("--store", required=True, help="superpixel store of the split")
     ap.add_argument("--split", default="train")
+    ap.add_argument("--patches", default="slic", choices=["slic", "felzenszwalb"],
+                    help="method of --store")
     ap.add_argument("--backbones", default="efficientnet_lite0,resnet18")
     ap.add_argument("--crop", type=int, default=160)
     ap.add_argument("--batch", type=int, default=32)

@@ -63,12 +63,12 @@ def _run_parallel(jobs: dict[str, tuple[list[str], Path]], *, log: list[tuple[st
         shown = " ".join(shlex.quote(a) for a in argv)
         click.secho(f"\n$ {shown} > {logfile} 2>&1 &", fg="cyan", bold=True)
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        procs[name] = (subprocess.Popen([sys.executable, "-m", PROGS[argv[0]], *argv[1:]],
-                                        stdout=logfile.open("w"), stderr=subprocess.STDOUT),
-                       shown, logfile)
-    while any(p.poll() is None for p, _, _ in procs.values()):
+        with logfile.open("w") as out:  # the child keeps its own copy of the descriptor
+            procs[name] = (subprocess.Popen([sys.executable, "-m", PROGS[argv[0]], *argv[1:]],
+                                            stdout=out, stderr=subprocess.STDOUT), shown, logfile)
+    while running := [p for p, _, _ in procs.values() if p.poll() is None]:
         try:
-            procs[next(iter(procs))][0].wait(timeout=30)
+            running[0].wait(timeout=30)  # a process still running: no busy loop once one ends
         except subprocess.TimeoutExpired:
             pass
         if runs and any(p.poll() is None for p, _, _ in procs.values()):

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config import mask_store_path, provenance
 from pipeline.datasets.base import IGNORE
-from pipeline.runner import RunReport, build_store
+from pipeline.runner import RunReport, build_store, dataset_source
 from pipeline.store import ShardedStore, StoreError
 
 #: an image "has" a class when at least this many pixels show it (``qgnet-prep info``).
@@ -78,15 +78,12 @@ def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = 
     if limit is not None and int(limit) < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     limit = None if limit is None else int(limit)
-    from pipeline.superpixel_stage import _name_and_opener
-
-    name, ds, data_root = _name_and_opener(dataset, root, cache_dir)
+    name, ds, data_root = dataset_source(dataset, root, cache_dir)
     path = Path(out) if out else mask_store_path(name, split, cache_dir=cache_dir)
     check = {"kind": "masks", "dataset": name, "split": split, "params": {"limit": limit}}
 
     def attrs(d):
-        return {**provenance({"limit": limit}), "root": str(d.root),
-                "class_names": list(d.class_names), "num_classes": d.num_classes}
+        return {**provenance({"limit": limit}), "class_names": list(d.class_names), "num_classes": d.num_classes}
 
     return build_store(
         ds, split=split, limit=limit, path=path, kind="masks", maps="masks", dtype="uint8",

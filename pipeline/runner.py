@@ -301,6 +301,21 @@ def read_sizes(dataset, ids: Sequence[str], *, scheduler: str = "threads", worke
 
 
 # ------------------------------------------------------------------------------ the stage
+def dataset_source(dataset, root=None, cache_dir=None) -> tuple[str, Any, Path]:
+    """``(name, reader or zero-argument opener, absolute root)`` for :func:`build_store`: a
+    registry name is not opened here (a complete store needs no reader)."""
+    from pipeline.datasets import dataset_root
+
+    if isinstance(dataset, str):
+        def opener():
+            from pipeline.datasets import open_dataset
+
+            return open_dataset(dataset, root, cache_dir=cache_dir)
+
+        return dataset, opener, dataset_root(dataset, root, cache_dir=cache_dir)
+    return dataset.name, dataset, dataset_root(dataset.name, dataset.root)
+
+
 def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str, maps: str,
                 dtype, extras: Callable[[Any], dict], attrs: Callable[[Any], dict],
                 check: dict[str, Any], fn: Callable, hint: str, workers: int = 2,
@@ -321,9 +336,9 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
     fn : picklable ``fn(dataset, image_id) -> (map, extras)`` (see :func:`compute_shard`).
     hint : the command that builds this store (quoted in errors).
     shard_size : images per shard of a new store; ``None``: :func:`~pipeline.store.auto_shard_size`.
-    root : the absolute dataset root the run reads (``pipeline.datasets.dataset_root``); an
-        existing store made from another root is refused (complete or not) without opening
-        the dataset.
+    root : the absolute dataset root the run reads (:func:`dataset_source`); an existing
+        store made from another root is refused (complete or not) without opening the
+        dataset. New stores record it as the attribute ``root``.
     """
     t0 = time.perf_counter()
     check_scheduler(scheduler, workers)

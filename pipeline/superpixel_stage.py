@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from pipeline.config import provenance, superpixel_store_path
-from pipeline.runner import RunReport, build_store
+from pipeline.runner import RunReport, build_store, dataset_source
 from pipeline.store import ShardedStore, StoreError
 
 METHODS = ("slic", "felzenszwalb")
@@ -201,20 +201,6 @@ def superpixel_map(dataset, image_id: str, *, method: str, params: Mapping[str, 
 
 
 # ------------------------------------------------------------------------------ the stage
-def _name_and_opener(dataset, root, cache_dir):
-    """``(name, reader or zero-argument opener, absolute root)``; a name is not opened."""
-    from pipeline.datasets import dataset_root
-
-    if isinstance(dataset, str):
-        def opener():
-            from pipeline.datasets import open_dataset
-
-            return open_dataset(dataset, root, cache_dir=cache_dir)
-
-        return dataset, opener, dataset_root(dataset, root, cache_dir=cache_dir)
-    return dataset.name, dataset, dataset_root(dataset.name, dataset.root)
-
-
 def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic",
                            params: Mapping[str, Any] | None = None, backend: str = "auto",
                            out: str | Path | None = None, cache_dir: str | Path | None = None,
@@ -253,7 +239,7 @@ def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic
     StoreError : a store made with other settings exists at the path.
     """
     key = superpixel_params(method, params, backend=backend, limit=limit)
-    name, ds, data_root = _name_and_opener(dataset, root, cache_dir)
+    name, ds, data_root = dataset_source(dataset, root, cache_dir)
     path = Path(out) if out else superpixel_store_path(name, method, split, key,
                                                        cache_dir=cache_dir)
     check = {"kind": "superpixels", "dataset": name, "split": split, "method": method,
@@ -262,7 +248,7 @@ def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic
     return build_store(
         ds, split=split, limit=key["limit"], path=path, kind="superpixels", maps="labels",
         dtype="uint16", extras=lambda d: {"n_segments": ((), "int32")},
-        attrs=lambda d: {**provenance(key), "root": str(d.root)}, check=check, fn=fn,
+        attrs=lambda d: provenance(key), check=check, fn=fn,
         hint=build_command(name, split, method, key), workers=workers, scheduler=scheduler,
         overwrite=overwrite, shard_size=shard_size, progress=progress,
         desc=f"{method} {name}/{split}", root=data_root)

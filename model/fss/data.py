@@ -37,6 +37,8 @@ from model.fss import transforms as T
 class _StoreMixin:
     """Lazy, per-process handles on the mask store and the image reader."""
 
+    ignore_classes: np.ndarray | None = None  # classes whose pixels :meth:`load` makes 255
+
     def _init_sources(self, *, dataset: str, split: str, root: str | None, cache_dir: str | None):
         self.dataset_name, self.split, self.root, self.cache_dir = dataset, split, root, cache_dir
         self._store = None
@@ -69,9 +71,8 @@ class _StoreMixin:
         if image.shape[:2] != mask.shape:
             raise ValueError(f"image {self.store.ids[index]!r} is {image.shape[:2]} but its mask in "
                              f"{self.store.path} is {mask.shape}; rebuild the mask store")
-        ignore = getattr(self, "ignore_classes", None)
-        if ignore is not None and len(ignore):
-            mask = np.where(np.isin(mask, ignore), T.IGNORE, mask).astype(mask.dtype)
+        if self.ignore_classes is not None and len(self.ignore_classes):
+            mask = np.where(np.isin(mask, self.ignore_classes), T.IGNORE, mask).astype(mask.dtype)
         return image, T.binarize(mask, cls)
 
     def __getstate__(self):

@@ -66,7 +66,6 @@ def _warn_groups(n: int, groups: int, used: int) -> None:
                   f"groups of {n // used} for this batch size", stacklevel=3)
 
 
-
 def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
     """Mean cosine over the pairs i != j of the L2-normalised rows of ``z`` (M x D):
     ``(|sum z|^2 - M) / (M (M - 1))``, O(M D); 0 for fewer than two rows."""
@@ -75,6 +74,7 @@ def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
         return z.new_zeros((), dtype=torch.float32)
     s = F.normalize(z.float(), dim=1).sum(0)
     return (s.dot(s) - m) / (m * (m - 1))
+
 
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are computed per group of the batch.

@@ -75,7 +75,7 @@ def _run_parallel(jobs: dict[str, tuple[list[str], Path]], *, log: list[tuple[st
             state = ", ".join(f"{n} step {_last_step(r)}/{total}" for n, r in runs.items())
             click.echo(f"  [{time.perf_counter() - t0:4.0f} s] {state}")
     dt = time.perf_counter() - t0
-    for name, (p, shown, logfile) in procs.items():
+    for p, shown, logfile in procs.values():
         log.append((f"{shown}  (in parallel)", dt))
         if p.returncode != 0:
             tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-25:])

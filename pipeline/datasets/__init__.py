@@ -11,8 +11,8 @@ label conventions: docs/data.md.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import re
+from pathlib import Path
 
 from pipeline.datasets.base import IGNORE, Dataset, DatasetError, ImageReadError
 from pipeline.datasets.coco import CocoDataset

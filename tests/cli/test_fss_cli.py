@@ -2,9 +2,7 @@
 which command builds what is missing."""
 import json
 
-import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -14,44 +12,10 @@ from cli.eval_show import show
 from cli.train_fss import fss as train_fss
 
 
-def write_toy_folder(root, *, n=(32, 16), size=80):
-    """8 coloured classes, one usable (48 x 48) object and one small object per image."""
-    colours = np.random.default_rng(1).integers(0, 255, (8, 3))
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    (root / "classes.txt").write_text("\n".join(f"c{k}" for k in range(1, 9)) + "\n")
-    rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val"), n, strict=True):
-        names = [f"{split}{i:03d}" for i in range(count)]
-        for i, name in enumerate(names):
-            mask = np.zeros((size, size), np.uint8)
-            y, x = rng.integers(22, size - 48, 2)
-            mask[y:y + 48, x:x + 48] = i % 8 + 1
-            mask[2:22, 2:22] = (i + 3) % 8 + 1
-            img = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
-            for c in np.unique(mask)[1:]:
-                img[mask == c] = colours[c - 1]
-            mask[:, :2] = 255
-            Image.fromarray(img).save(root / "images" / f"{name}.png")
-            Image.fromarray(mask).save(root / "masks" / f"{name}.png")
-        (root / f"{split}.txt").write_text("\n".join(names) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    from pipeline.episodes import build_episodes
-    from pipeline.mask_stage import build_mask_store
-
-    torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("fsscli")
-    root, cache = write_toy_folder(base / "data"), str(base / "cache")
-    for split in ("train", "val"):
-        build_mask_store("folder", split=split, cache_dir=cache, root=root, workers=1,
-                         scheduler="sync", progress=False)
-    build_episodes("folder", cache_dir=cache, folds=[0], shots=[1], n_episodes=4,
-                   echo=lambda s: None)
-    return {"root": str(root), "cache": cache, "base": base}
+def toy(make_fss_toy):
+    """The few-shot toy dataset of tests/conftest.py with 4 test episodes."""
+    return make_fss_toy("fsscli", n_episodes=4)
 
 
 def test_missing_caches_name_the_prep_commands(tmp_path):

@@ -9,6 +9,8 @@ import importlib
 
 import click
 
+from cli._errors import run_friendly
+
 
 class LazyGroup(click.Group):
     """``commands`` maps name -> ("module:attribute", "one-line help")."""
@@ -26,6 +28,10 @@ class LazyGroup(click.Group):
             module, attr = target.split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        # every subcommand fails the same way: project errors as one line (cli/_errors.py)
+        return run_friendly(super().invoke, ctx)
 
     def format_commands(self, ctx, formatter):
         rows = [(name, self._lazy[name][1]) for name in sorted(self._lazy)]

@@ -18,19 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-IGNORE = 255
-
-
-class DatasetError(ValueError):
-    """A dataset root is wrong or incomplete; the message names the path, what was expected
-    there and how to get it."""
-
-
-class ImageReadError(OSError):
-    """One image or mask could not be read (truncated file, missing mask, size mismatch).
-
-    Stages catch it, record ``(id, reason)`` in the store's failure list and go on.
-    """
+from pipeline.errors import IGNORE, DatasetError, ImageReadError  # noqa: F401 - re-exported
 
 
 class Dataset(ABC):

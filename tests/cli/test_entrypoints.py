@@ -30,3 +30,26 @@ def test_unknown_subcommand_is_a_usage_error():
     result = CliRunner().invoke(prep.main, ["superpixel"])
     assert result.exit_code == 2
     assert "No such command" in result.output
+
+
+def test_project_errors_are_one_line_and_bugs_keep_their_traceback():
+    import click
+    import pytest
+
+    from cli._errors import run_friendly
+    from pipeline.errors import CheckpointError, StoreError
+
+    def fail(exc):
+        raise exc
+
+    for exc in (StoreError("cache/x.zarr: incomplete; run qgnet-prep masks"),
+                CheckpointError("a.pt: not a checkpoint"),
+                FileNotFoundError(2, "No such file or directory", "/nope/file.pt"),
+                OSError(30, "Read-only file system", "/ro/cache")):
+        with pytest.raises(click.ClickException) as info:
+            run_friendly(fail, exc)
+        assert "\n" not in info.value.message
+    assert "/nope/file.pt" in run_friendly.__globals__["message"](
+        FileNotFoundError(2, "No such file or directory", "/nope/file.pt"))
+    with pytest.raises(KeyError):  # a bug, not the user's to fix: the traceback stays
+        run_friendly(fail, KeyError("cfg"))

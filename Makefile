@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 demo: setup
@@ -29,6 +30,7 @@ bench: setup
 	$(PY) bench/run_all.py
 
 lint: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check pipeline model cli tests bench
 
 clean-cache:

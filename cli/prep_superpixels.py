@@ -58,7 +58,7 @@ def resolve(cls, kwargs: dict, section: str):
 def run_and_report(build, *, max_failures: int):
     """Call ``build()`` -> (store, report); print the summary; non-zero exit on errors or on
     more failures than allowed."""
-    from pipeline.datasets.base import DatasetError
+    from pipeline.errors import DatasetError
     from pipeline.store import StoreError
 
     if max_failures < 0:

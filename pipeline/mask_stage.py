@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import mask_store_path, provenance
-from pipeline.datasets.base import IGNORE
+from pipeline.errors import IGNORE
 from pipeline.runner import RunReport, build_store, dataset_source
 from pipeline.store import ShardedStore, StoreError
 

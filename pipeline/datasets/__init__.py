@@ -14,11 +14,12 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.datasets.base import IGNORE, Dataset, DatasetError, ImageReadError
+from pipeline.datasets.base import Dataset
 from pipeline.datasets.coco import CocoDataset
 from pipeline.datasets.demo import DemoDataset, generate_demo
 from pipeline.datasets.folder import FolderDataset
 from pipeline.datasets.pascal import PascalDataset
+from pipeline.errors import IGNORE, DatasetError, ImageReadError
 
 #: Registry name -> reader class (a plain dict; readers take ``root`` as their one argument).
 DATASETS: dict[str, type[Dataset]] = {

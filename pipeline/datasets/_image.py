@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from pipeline.datasets.base import IGNORE, ImageReadError
+from pipeline.errors import IGNORE, ImageReadError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import IGNORE, DatasetError, ImageReadError  # noqa: F401 - re-exported
+from pipeline.datasets import _image
 
 
 class Dataset(ABC):
@@ -57,14 +57,10 @@ class Dataset(ABC):
     def image_size(self, image_id: str) -> tuple[int, int]:
         """``(H, W)`` after EXIF orientation, read from the file header (cheap); readers with
         an index (COCO) override it."""
-        from pipeline.datasets import _image
-
         return _image.image_size(self.image_path(image_id))
 
     def load_image(self, image_id: str) -> np.ndarray:
         """``H x W x 3`` uint8 RGB. Raises :class:`ImageReadError` when unreadable."""
-        from pipeline.datasets import _image
-
         return _image.load_rgb(self.image_path(image_id))
 
     @abstractmethod

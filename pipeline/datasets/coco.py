@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.datasets import _image
-from pipeline.datasets.base import IGNORE, Dataset, DatasetError, ImageReadError
+from pipeline.datasets.base import Dataset
+from pipeline.errors import IGNORE, DatasetError, ImageReadError
 
 log = logging.getLogger(__name__)
 

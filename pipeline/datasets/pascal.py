@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.datasets import _image
-from pipeline.datasets.base import Dataset, DatasetError, ImageReadError
+from pipeline.datasets.base import Dataset
 from pipeline.datasets.folder import read_list
+from pipeline.errors import DatasetError, ImageReadError
 
 log = logging.getLogger(__name__)
 

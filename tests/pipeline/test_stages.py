@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from pipeline import mask_stage, runner, superpixel_stage
-from pipeline.datasets.base import Dataset, ImageReadError
+from pipeline.datasets.base import Dataset
+from pipeline.errors import ImageReadError
 from pipeline.mask_stage import build_mask_store, locate_mask_store
 from pipeline.store import ShardedStore, StoreError
 from pipeline.superpixel_stage import build_superpixel_store, locate_superpixel_store

@@ -1,4 +1,4 @@
-"""Tests for model/backbones.py: stage layout, weights loading, freezing, and a real
+"""Tests for the model/backbones package: stage layout, weights loading, freezing, and a real
 ImageNet check of the packaged EfficientNet-Lite0 weights on scikit-image photos."""
 
 import math
@@ -344,3 +344,24 @@ def test_freeze_any_module():
     wrapper.train()
     assert wrapper.training and not m.training and not m[1].training
     assert not any(p.requires_grad for p in m.parameters())
+
+
+def test_init_weights_is_torchvisions_scheme():
+    """The one init helper: Kaiming-normal fan_out convs (std sqrt(2 / fan_out)), zero conv
+    bias, BN weight 1 / bias 0, and the same numbers for the same seed."""
+    from model.backbones.base import init_weights
+
+    net = nn.Sequential(nn.Conv2d(3, 256, 3, bias=True), nn.BatchNorm2d(256))
+    nn.init.constant_(net[0].bias, 5.0)
+    nn.init.constant_(net[1].weight, 3.0)
+    nn.init.constant_(net[1].bias, 3.0)
+    torch.manual_seed(0)
+    init_weights(net)
+    w = net[0].weight.detach()
+    expected_std = math.sqrt(2.0 / (256 * 3 * 3))  # fan_out = C_out * k * k
+    assert abs(w.std().item() - expected_std) / expected_std < 0.05
+    assert torch.all(net[0].bias == 0)
+    assert torch.all(net[1].weight == 1) and torch.all(net[1].bias == 0)
+    torch.manual_seed(0)
+    init_weights(net)
+    assert torch.equal(net[0].weight.detach(), w)

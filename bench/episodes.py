@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import episode_stage  # noqa: E402
 from pipeline import episodes as ep  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
 
             def train_list(fold=fold, tr=tr, test=test):
                 tl = ep.training_list(train, tr, test_classes=test)
-                ep._save_npz_atomic(out / f"train-fold{fold}.npz", tl)
+                episode_stage._save_npz_atomic(out / f"train-fold{fold}.npz", tl)
                 return tl
             t_train, tl = best_of(train_list, args.repeat)
             rows.append((fold, "train list", t_train, f"{len(tl['image_index'])} images, "
@@ -67,7 +68,7 @@ def main(argv=None) -> None:
                 def episodes(fold=fold, shot=shot, test=test):
                     e = ep.sample_episodes(val, test, shot=shot, n_episodes=args.episodes,
                                            seed=321, dataset_name="coco")
-                    ep._save_npz_atomic(out / f"test-fold{fold}-shot{shot}.npz", e)
+                    episode_stage._save_npz_atomic(out / f"test-fold{fold}-shot{shot}.npz", e)
                     return e
                 t_ep, e = best_of(episodes, args.repeat)
                 rows.append((fold, f"{shot}-shot x {args.episodes}", t_ep,

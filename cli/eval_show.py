@@ -71,7 +71,7 @@ def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, thre
     from model.fss.evaluate import _map_to_orig, load_model, step
     from model.metrics import upsample_logits
     from model.utils import pick_device
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
     from pipeline.store import StoreError
 
     seed = seed if seed is not None else (0 if protocol == "hsnet" else 321)

@@ -1,32 +1,12 @@
 """``qgnet-prep episodes``: fold splits, training lists and fixed test episodes.
 
 Thin: parse, resolve the config (defaults < TOML ``[episodes]`` < ``QGNET_*`` < command
-line), call :func:`pipeline.episodes.build_episodes`. Needs the ``train`` (or ``aug``) and
+line), call :func:`pipeline.episode_stage.build_episodes`. Needs the ``train`` (or ``aug``) and
 ``val`` mask stores of the dataset (``qgnet-prep masks``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import click
-
-
-@dataclass(frozen=True)
-class EpisodesConfig:
-    """Options of ``qgnet-prep episodes`` (empty tuples / 0 mean "the protocol's default")."""
-
-    dataset: str = ""
-    cache_dir: str = ""
-    folds: tuple = ()              # default: every fold
-    shots: tuple = (1, 5)
-    seeds: tuple = ()              # default: 321 (pfenet), 0 (hsnet)
-    episodes: int = 0              # default: 1000; 20,000 for COCO with pfenet
-    protocol: str = "pfenet"
-    min_pixels: int = 2048
-    drop_novel_images: bool = False
-    pascal_train_set: str = "train"
-    coco_split: str = "interleaved"
-    folds_file: str = ""
 
 
 def _ints(values, what: str) -> tuple[int, ...]:
@@ -69,7 +49,7 @@ def episodes(dataset, cache_dir, folds, shots, seeds, episodes, protocol, min_pi
              drop_novel_images, pascal_train_set, coco_split, folds_file, config_file):
     """Write folds.json, train-fold{F}.npz and test-fold{F}-shot{K}-{protocol}-seed{S}.npz."""
     from pipeline.config import config_dict, resolve_config
-    from pipeline.episodes import build_episodes
+    from pipeline.episode_stage import EpisodesConfig, build_episodes
     from pipeline.store import StoreError
 
     cli = {"dataset": dataset, "cache_dir": cache_dir, "episodes": episodes,

@@ -63,7 +63,7 @@ def store_lines(path: Path) -> list[str]:
 
 
 def episodes_lines(path: Path) -> list[str]:
-    """Generic listing of an episode folder; ``pipeline.episodes.describe`` when it exists."""
+    """Generic listing of an episode folder; ``pipeline.episode_stage.describe`` when it exists."""
     import numpy as np
 
     lines = [f"episodes folder: {path}"]
@@ -75,7 +75,7 @@ def episodes_lines(path: Path) -> list[str]:
         elif f.is_file():
             lines.append(f"  {f.name} ({_fmt_bytes(f.stat().st_size)})")
     try:
-        from pipeline import episodes
+        from pipeline import episode_stage as episodes
     except ImportError:
         episodes = None
     describe = getattr(episodes, "describe", None)
@@ -83,7 +83,7 @@ def episodes_lines(path: Path) -> list[str]:
         try:
             text = describe(path)
         except Exception as e:  # noqa: BLE001 - the generic listing above still stands
-            text = f"(pipeline.episodes.describe could not read it: {type(e).__name__}: {e})"
+            text = f"(pipeline.episode_stage.describe could not read it: {type(e).__name__}: {e})"
         if text:
             lines.append("")
             lines += text if isinstance(text, list) else str(text).splitlines()

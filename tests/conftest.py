@@ -41,7 +41,7 @@ def write_toy_folder(root, *, n_train=32, n_val=16, size=80, seed=0):
 def make_fss_toy(tmp_path_factory):
     """``make_fss_toy(name, n_episodes)`` -> ``{"root", "cache", "base"}``: the toy folder
     dataset, its train/val mask stores and fold-0 1-shot episodes in a fresh temp dir."""
-    from pipeline.episodes import build_episodes
+    from pipeline.episode_stage import build_episodes
     from pipeline.mask_stage import build_mask_store
 
     def make(name: str, n_episodes: int) -> dict:

@@ -99,7 +99,7 @@ class TrainEpisodes(_StoreMixin, Dataset):
     Parameters
     ----------
     train_list : dict
-        :func:`pipeline.episodes.load_training_list`'s result.
+        :func:`pipeline.episode_stage.load_training_list`'s result.
     shot : int
     crop : int
     scale : (float, float)

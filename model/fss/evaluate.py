@@ -245,7 +245,7 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
         A path rebuilds the model from the checkpoint (backbone, weights, prior, crop);
         dataset, fold, root, cache_dir default to the checkpoint's training config.
     episodes : dict or list of dicts, optional
-        :func:`pipeline.episodes.load_test_episodes` results; default: loaded for every
+        :func:`pipeline.episode_stage.load_test_episodes` results; default: loaded for every
         seed of ``seeds`` with ``shot`` (default: the training shot) and ``protocol``.
     n_episodes : int, optional
         Only the first N episodes of each file.
@@ -261,7 +261,7 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
         ``peak_memory_mb``, and the settings.
     """
     from model.utils import pick_device
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
 
     dev = pick_device(device)
     if dev.type == "cuda":

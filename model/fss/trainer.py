@@ -162,7 +162,7 @@ def train_fss(cfg: FssConfig) -> Path:
         set_rng_state,
     )
     from pipeline.config import config_dict, provenance, write_json_atomic
-    from pipeline.episodes import load_test_episodes, load_training_list
+    from pipeline.episode_stage import load_test_episodes, load_training_list
 
     cfg = finalize_config(cfg)
     if cfg.threads:

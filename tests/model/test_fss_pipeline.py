@@ -14,7 +14,7 @@ def toy(make_fss_toy):
 
 def _train_ds(toy, shot):
     from model.fss.data import TrainEpisodes
-    from pipeline.episodes import load_training_list
+    from pipeline.episode_stage import load_training_list
 
     tl = load_training_list("folder", 0, cache_dir=toy["cache"])
     return TrainEpisodes(tl, shot=shot, crop=65, scale=(0.9, 1.1), dataset="folder",
@@ -89,7 +89,7 @@ class AllForeground(torch.nn.Module):
 
 def test_scoring_at_original_resolution_ignores_255(toy):
     from model.fss.evaluate import evaluate
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
     from pipeline.mask_stage import locate_mask_store
     from pipeline.store import ShardedStore
 

@@ -7,13 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline import episode_stage as es
 from pipeline import episodes as ep
 from pipeline.config import episodes_dir, mask_store_path
+from pipeline.datasets.coco import COCO_CATEGORIES
+from pipeline.datasets.pascal import VOC_CLASSES
 from pipeline.store import ShardedStore, StoreError
 
 CAMVID = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "camvid"
 CAMVID_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
                 "Car", "Pedestrian", "Bicyclist"]
+# Class names by label id (label c is index c - 1), from the readers that define the labels.
+COCO_CLASSES = tuple(name for _, name in COCO_CATEGORIES)  # person = 1 ... toothbrush = 80
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -65,24 +70,13 @@ def test_coco_interleaved_and_contiguous_folds(fold):
 
 
 def test_coco_fold0_by_name():
-    assert len(ep.COCO_CLASSES) == 80 and ep.COCO_CLASSES[-1] == "toothbrush"
+    assert len(COCO_CLASSES) == 80 and COCO_CLASSES[-1] == "toothbrush"
     test, _ = ep.fold_classes("coco", 80, 0)
-    assert [ep.COCO_CLASSES[c - 1] for c in test] == FOLD0_COCO
-
-
-def test_class_names_agree_with_the_readers():
-    coco = pytest.importorskip("pipeline.datasets.coco")
-    pascal = pytest.importorskip("pipeline.datasets.pascal")
-    if hasattr(coco, "COCO_CLASSES"):
-        assert tuple(coco.COCO_CLASSES) == ep.COCO_CLASSES
-    if hasattr(coco, "COCO_CATEGORIES"):
-        assert tuple(n for _, n in coco.COCO_CATEGORIES) == ep.COCO_CLASSES
-    if hasattr(pascal, "VOC_CLASSES"):
-        assert tuple(pascal.VOC_CLASSES) == ep.PASCAL_CLASSES
+    assert [COCO_CLASSES[c - 1] for c in test] == FOLD0_COCO
 
 
 def test_pascal_folds_by_name():
-    names = {f: [ep.PASCAL_CLASSES[c - 1] for c in ep.fold_classes("pascal", 20, f)[0]]
+    names = {f: [VOC_CLASSES[c - 1] for c in ep.fold_classes("pascal", 20, f)[0]]
              for f in range(4)}
     assert names[0] == ["aeroplane", "bicycle", "bird", "boat", "bottle"]
     assert names[1] == ["bus", "car", "cat", "chair", "cow"]
@@ -279,7 +273,7 @@ def toy_stores(tmp_path):
 def test_build_and_load_round_trip(toy_stores):
     cache = toy_stores
     lines = []
-    summary = ep.build_episodes("toy", cache_dir=cache, seeds=[321, 7], n_episodes=200,
+    summary = es.build_episodes("toy", cache_dir=cache, seeds=[321, 7], n_episodes=200,
                                 echo=lines.append)
     text = "\n".join(lines)
     assert "fold 0: test c1, c5" in text and "(image, class) pairs" in text
@@ -288,36 +282,36 @@ def test_build_and_load_round_trip(toy_stores):
     assert info["split_kind"] == "interleaved" and info["folds"][0]["test_names"] == ["c1", "c5"]
     assert set(info["stores"]) == {"train", "val"} and info["min_pixels"] == 2048
     assert len(list(out.glob("test-*.npz"))) == 4 * 2 * 2
-    tl = ep.load_training_list("toy", 0, cache_dir=cache)
+    tl = es.load_training_list("toy", 0, cache_dir=cache)
     assert tl["test_classes"].tolist() == [1, 5] and tl["fold"] == 0
     assert len(tl["image_index"]) == summary["train"][0]["images"]
-    te = ep.load_test_episodes("toy", 2, 5, seed=7, cache_dir=cache)
+    te = es.load_test_episodes("toy", 2, 5, seed=7, cache_dir=cache)
     assert te["support"].shape == (200, 5) and te["seed"] == 7 and te["protocol"] == "pfenet"
     val_cp = ShardedStore.open(mask_store_path("toy", "val", cache_dir=cache)).extra("class_pixels")
     check_episodes(val_cp, te, [3, 7], 5)
-    assert "episodes per class" in ep.describe(out / "test-fold2-shot5-pfenet-seed7.npz")
-    assert "images per training class" in ep.describe(out / "train-fold0.npz")
-    assert "fold 3: test [4, 8]" in ep.describe(out)
+    assert "episodes per class" in es.describe(out / "test-fold2-shot5-pfenet-seed7.npz")
+    assert "images per training class" in es.describe(out / "train-fold0.npz")
+    assert "fold 3: test [4, 8]" in es.describe(out)
 
 
 def test_loaders_name_the_command(toy_stores):
     cache = toy_stores
     with pytest.raises(FileNotFoundError, match="qgnet-prep episodes --dataset toy --fold 1 "
                                                 "--shot 5 --seed 0 --protocol hsnet"):
-        ep.load_test_episodes("toy", 1, 5, seed=0, protocol="hsnet", cache_dir=cache)
+        es.load_test_episodes("toy", 1, 5, seed=0, protocol="hsnet", cache_dir=cache)
     with pytest.raises(FileNotFoundError, match="--drop-novel-images"):
-        ep.load_training_list("toy", 0, cache_dir=cache, drop_novel_images=True)
+        es.load_training_list("toy", 0, cache_dir=cache, drop_novel_images=True)
 
 
 def test_changed_store_is_refused(toy_stores):
     cache = toy_stores
-    ep.build_episodes("toy", cache_dir=cache, folds=[0], shots=[1], n_episodes=20,
+    es.build_episodes("toy", cache_dir=cache, folds=[0], shots=[1], n_episodes=20,
                       echo=lambda s: None)
     names = [f"c{k}" for k in range(1, 9)]
     make_mask_store(cache, "toy", "val", random_table(121, 8, seed=3), names)
-    ep.load_training_list("toy", 0, cache_dir=cache)  # train store unchanged
+    es.load_training_list("toy", 0, cache_dir=cache)  # train store unchanged
     with pytest.raises(StoreError, match="rebuild the episodes with: qgnet-prep episodes"):
-        ep.load_test_episodes("toy", 0, 1, cache_dir=cache)
+        es.load_test_episodes("toy", 0, 1, cache_dir=cache)
 
 
 def test_overlapping_splits_are_refused(tmp_path):
@@ -326,7 +320,7 @@ def test_overlapping_splits_are_refused(tmp_path):
     make_mask_store(tmp_path, "pascalish", "train", cp, names, ids=[f"i{k}" for k in range(20)])
     make_mask_store(tmp_path, "pascalish", "val", cp[:5], names, ids=[f"i{k}" for k in range(5)])
     with pytest.raises(ValueError, match="share 5 image"):
-        ep.build_episodes("pascalish", cache_dir=tmp_path, echo=lambda s: None)
+        es.build_episodes("pascalish", cache_dir=tmp_path, echo=lambda s: None)
 
 
 def test_folds_txt_in_dataset_root(tmp_path):
@@ -336,10 +330,10 @@ def test_folds_txt_in_dataset_root(tmp_path):
     (root / "folds.txt").write_text("c1 c2\nc3,c4\n")
     make_mask_store(tmp_path, "mine", "train", random_table(200, 6, seed=4), names, root=root)
     make_mask_store(tmp_path, "mine", "val", random_table(100, 6, seed=5), names, root=root)
-    ep.build_episodes("mine", cache_dir=tmp_path, shots=[1], n_episodes=30, echo=lambda s: None)
+    es.build_episodes("mine", cache_dir=tmp_path, shots=[1], n_episodes=30, echo=lambda s: None)
     info = json.loads((episodes_dir("mine", cache_dir=tmp_path) / "folds.json").read_text())
     assert info["split_kind"] == "folds.txt" and len(info["folds"]) == 2
-    assert ep.load_test_episodes("mine", 1, 1, cache_dir=tmp_path)["test_classes"].tolist() == [3, 4]
+    assert es.load_test_episodes("mine", 1, 1, cache_dir=tmp_path)["test_classes"].tolist() == [3, 4]
 
 
 # ------------------------------------------------------------------------------ real data

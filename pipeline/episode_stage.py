@@ -1,0 +1,417 @@
+"""Offline stage: mask stores -> fold splits, training lists and fixed test episodes.
+
+The shell around the pure protocol of :mod:`pipeline.episodes` (``qgnet-prep episodes``):
+it reads the ``class_pixels`` table of the train and val mask stores
+(:mod:`pipeline.mask_stage`), runs the protocol, and writes small ``.npz`` / JSON files;
+the loaders hand those files to the trainer and the evaluator and refuse files built from
+another version of a mask store.
+
+Files under ``episodes_dir(dataset)``::
+
+    folds.json                                   fold classes (ids and names), stores, params
+    train-fold{F}[-aug][-dropnovel].npz          training list of fold F
+    test-fold{F}-shot{K}-{protocol}-seed{S}.npz  fixed test episodes
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from pipeline.episodes import (
+    DEFAULT_MIN_PIXELS,
+    DEFAULT_SEED,
+    DEFAULT_SHOTS,
+    FOLDS_FILE_NAME,
+    NUM_FOLDS,
+    PROTOCOLS,
+    EpisodeWarning,
+    _check_fold,
+    check_disjoint,
+    default_episode_count,
+    default_seed,
+    episode_stats,
+    fold_classes,
+    num_folds,
+    sample_episodes,
+    split_kind,
+    training_list,
+    usable_classes,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodesConfig:
+    """Options of ``qgnet-prep episodes`` (empty tuples / 0 mean "the protocol's default")."""
+
+    dataset: str = ""
+    cache_dir: str = ""
+    folds: tuple = ()              # default: every fold
+    shots: tuple = (1, 5)
+    seeds: tuple = ()              # default: 321 (pfenet), 0 (hsnet)
+    episodes: int = 0              # default: 1000; 20,000 for COCO with pfenet
+    protocol: str = "pfenet"
+    min_pixels: int = 2048
+    drop_novel_images: bool = False
+    pascal_train_set: str = "train"
+    coco_split: str = "interleaved"
+    folds_file: str = ""
+
+
+# ========================================================================================
+# files: names, hashing, atomic writes
+# ========================================================================================
+
+def ids_hash(ids: Sequence[str]) -> str:
+    """Short hash of a store's id list (order matters: the files hold indices)."""
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
+
+
+def train_split_name(dataset_name: str, train_set: str | None = None) -> str:
+    """Mask-store split of the training list: ``train``, or ``aug`` for PASCAL's 10,582 set."""
+    if train_set in (None, "train"):
+        return "train"
+    if train_set == "aug":
+        if dataset_name != "pascal":
+            raise ValueError(f"the 'aug' training set exists for PASCAL only, not {dataset_name!r}")
+        return "aug"
+    raise ValueError(f"train_set must be 'train' or 'aug', got {train_set!r}")
+
+
+def train_list_name(fold: int, *, train_set: str | None = None,
+                    drop_novel_images: bool = False) -> str:
+    aug = "-aug" if train_set == "aug" else ""
+    return f"train-fold{fold}{aug}{'-dropnovel' if drop_novel_images else ''}.npz"
+
+
+def episode_file_name(fold: int, shot: int, *, seed: int, protocol: str = "pfenet") -> str:
+    return f"test-fold{fold}-shot{shot}-{protocol}-seed{seed}.npz"
+
+
+def _save_npz_atomic(path: Path, arrays: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    os.replace(tmp, path)
+
+
+def _load_npz(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    for k, v in out.items():  # 0-d arrays back to Python scalars / strings
+        if v.ndim == 0:
+            out[k] = v.item()
+    return out
+
+
+# ========================================================================================
+# stores -> files (what `qgnet-prep episodes` runs)
+# ========================================================================================
+
+def _masks_command(dataset: str, split: str, cache_dir) -> str:
+    extra = f" --cache-dir {cache_dir}" if cache_dir else ""
+    return f"qgnet-prep masks --dataset {dataset} --split {split}{extra}"
+
+
+def _locate_masks(dataset: str, split: str, cache_dir) -> Path:
+    """Path of the complete mask store (:func:`pipeline.mask_stage.locate_mask_store`)."""
+    from pipeline.mask_stage import locate_mask_store
+
+    return Path(locate_mask_store(dataset, split, cache_dir=cache_dir))
+
+
+def _open_masks(dataset: str, split: str, cache_dir):
+    from pipeline.store import ShardedStore, StoreError
+
+    path = _locate_masks(dataset, split, cache_dir)
+    store = ShardedStore.open(path, kind="masks", hint=_masks_command(dataset, split, cache_dir))
+    if not store.complete:
+        raise StoreError(f"mask store {path} is incomplete ({store.summary()['shards_done']} "
+                         f"shards); finish it with: {_masks_command(dataset, split, cache_dir)}")
+    return store
+
+
+def _episodes_command(dataset: str, cache_dir, **opts) -> str:
+    parts = [f"qgnet-prep episodes --dataset {dataset}"]
+    for k, v in opts.items():
+        if v is True:
+            parts.append(f"--{k.replace('_', '-')}")
+        elif v is not None and v is not False:  # seed 0 is a value
+            parts.append(f"--{k.replace('_', '-')} {v}")
+    if cache_dir:
+        parts.append(f"--cache-dir {cache_dir}")
+    return " ".join(parts)
+
+
+def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None = None,
+                   shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] | None = None,
+                   protocol: str = "pfenet", n_episodes: int | None = None,
+                   min_pixels: int = DEFAULT_MIN_PIXELS, drop_novel_images: bool = False,
+                   train_set: str | None = None, coco_split: str = "interleaved",
+                   folds_file: str | os.PathLike | None = None,
+                   config: Mapping[str, Any] | None = None,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Read the train and val mask stores of ``dataset`` and write every episode file.
+
+    Writes ``folds.json``, one training list per fold and one test-episode file per fold,
+    shot and seed into :func:`pipeline.config.episodes_dir`, and prints the counts.
+    Defaults: all folds, shots 1 and 5, seed 321 (pfenet) / 0 (hsnet), E from
+    :func:`default_episode_count`. Returns a summary dict (paths and counts).
+
+    Raises
+    ------
+    StoreError
+        A mask store is missing or incomplete (the message holds the ``qgnet-prep masks``
+        command).
+    ValueError
+        Overlapping train/val ids, bad folds, an impossible episode set.
+    """
+    from pipeline.config import episodes_dir, provenance, write_json_atomic
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    tsplit = train_split_name(dataset, train_set)
+    train_store = _open_masks(dataset, tsplit, cache_dir)
+    val_store = _open_masks(dataset, "val", cache_dir)
+    attrs = val_store.attrs
+    names = list(attrs.get("class_names") or [])
+    c = int(attrs.get("num_classes") or len(names))
+    tcp, vcp = train_store.extra("class_pixels"), val_store.extra("class_pixels")
+    for s, cp in ((train_store, tcp), (val_store, vcp)):
+        if cp.shape != (s.n, c + 1):
+            raise ValueError(f"{s.path}: class_pixels has shape {cp.shape}, expected "
+                             f"({s.n}, {c + 1}); rebuild it with "
+                             f"{_masks_command(dataset, s.attrs.get('split'), cache_dir)}")
+    if int(train_store.attrs.get("num_classes", c)) != c:
+        raise ValueError(f"{train_store.path} and {val_store.path} disagree on the number of classes")
+    check_disjoint(train_store.ids, val_store.ids, names=(tsplit, "val"))
+    if folds_file is None and dataset not in ("pascal", "coco") and attrs.get("root"):
+        cand = Path(attrs["root"]) / FOLDS_FILE_NAME
+        folds_file = cand if cand.is_file() else None
+    n_f = NUM_FOLDS if dataset in ("pascal", "coco") else num_folds(folds_file=folds_file)
+    fold_list = list(range(n_f)) if not folds else [int(f) for f in folds]
+    seeds = list(seeds) if seeds else [default_seed(protocol)]
+    e = int(n_episodes or default_episode_count(dataset, protocol))
+
+    def name(k: int) -> str:
+        return names[k - 1] if 0 < k <= len(names) else str(k)
+
+    out_dir = episodes_dir(dataset, cache_dir=cache_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fold_info = []
+    for f in range(n_f):
+        test, train = fold_classes(dataset, c, f, coco_split=coco_split, folds_file=folds_file,
+                                   class_names=names)
+        fold_info.append({"fold": f, "test_classes": test.tolist(),
+                          "test_names": [name(k) for k in test],
+                          "train_classes": train.tolist(), "train_names": [name(k) for k in train]})
+    for f in fold_list:
+        _check_fold(f, n_f, dataset)
+    kind = split_kind(dataset, coco_split=coco_split, folds_file=folds_file)
+    stores = {tsplit: {"path": str(train_store.path), "n": train_store.n,
+                       "ids_hash": ids_hash(train_store.ids)},
+              "val": {"path": str(val_store.path), "n": val_store.n,
+                      "ids_hash": ids_hash(val_store.ids)}}
+    folds_path = out_dir / "folds.json"
+    if folds_path.is_file():  # keep the other training store when the folds did not change
+        old = json.loads(folds_path.read_text())
+        if old.get("folds") == fold_info and old.get("min_pixels") == min_pixels:
+            stores = {**old.get("stores", {}), **stores}
+        else:
+            echo(f"note: {folds_path} described other folds or min_pixels; episode files "
+                 f"built for those will be refused by the loaders until rebuilt")
+    write_json_atomic(folds_path, {
+        "dataset": dataset, "split_kind": kind, "num_classes": c, "class_names": names,
+        "min_pixels": min_pixels, "folds_file": str(folds_file) if folds_file else None,
+        "folds": fold_info, "stores": stores, "config": dict(config or {}),
+        **provenance({"protocol": protocol, "shots": list(shots), "seeds": seeds,
+                      "episodes": e, "drop_novel_images": drop_novel_images,
+                      "train_set": tsplit, "coco_split": coco_split})})
+    echo(f"{dataset}: {kind}, {c} classes, min_pixels {min_pixels}; train store {tsplit} "
+         f"({train_store.n} images), val store ({val_store.n} images) -> {out_dir}")
+
+    summary: dict[str, Any] = {"dir": str(out_dir), "train": {}, "test": {}}
+    thash, vhash = ids_hash(train_store.ids), ids_hash(val_store.ids)
+    for f in fold_list:
+        test = np.asarray(fold_info[f]["test_classes"], dtype=np.int32)
+        train = np.asarray(fold_info[f]["train_classes"], dtype=np.int32)
+        tl = training_list(tcp, train, test_classes=test, min_pixels=min_pixels,
+                           drop_novel_images=drop_novel_images)
+        path = out_dir / train_list_name(f, train_set=tsplit, drop_novel_images=drop_novel_images)
+        _save_npz_atomic(path, {**tl, "train_classes": train, "test_classes": test,
+                                "fold": f, "min_pixels": min_pixels,
+                                "drop_novel_images": drop_novel_images, "split": tsplit,
+                                "ids_hash": thash, "dataset": dataset})
+        per_class = np.diff(tl["class_indptr"])[1:]
+        summary["train"][f] = {"path": str(path), "images": int(len(tl["image_index"])),
+                               "pairs": int(len(tl["classes"])),
+                               "per_class": {int(k): int(per_class[k - 1]) for k in train}}
+        echo(f"fold {f}: test {', '.join(fold_info[f]['test_names'])}")
+        echo(f"  train list ({'BAM: novel images dropped' if drop_novel_images else 'PFENet: novel pixels = background'}): "
+             f"{len(tl['image_index'])} images, {len(tl['classes'])} (image, class) pairs")
+        echo("  per class: " + ", ".join(f"{name(k)} {per_class[k - 1]}" for k in train))
+        val_counts = usable_classes(vcp, min_pixels=min_pixels)[:, test - 1].sum(0)
+        echo("  val images per test class: "
+             + ", ".join(f"{name(k)} {m}" for k, m in zip(test, val_counts, strict=True)))
+        for k in shots:
+            for s in seeds:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", EpisodeWarning)
+                    ep = sample_episodes(vcp, test, shot=int(k), n_episodes=e, seed=int(s),
+                                         protocol=protocol, dataset_name=dataset,
+                                         min_pixels=min_pixels)
+                for w in caught:  # recorded in the file too (skipped_classes)
+                    echo(f"  warning: {w.message}")
+                path = out_dir / episode_file_name(f, int(k), seed=int(s), protocol=protocol)
+                _save_npz_atomic(path, {**ep, "test_classes": test, "fold": f, "shot": int(k),
+                                        "seed": int(s), "protocol": protocol,
+                                        "min_pixels": min_pixels, "split": "val",
+                                        "ids_hash": vhash, "dataset": dataset})
+                st = episode_stats(ep["query"], ep["support"], ep["cls"])
+                summary["test"][(f, int(k), int(s))] = {"path": str(path), **st,
+                                                        "skipped": ep["skipped_classes"].tolist()}
+                echo(f"  test {k}-shot seed {s} ({protocol}): {e} episodes, "
+                     f"{st['distinct_queries']} distinct queries (list {int(ep['n_queries'])}), "
+                     f"{st['distinct_supports']} distinct supports (max uses "
+                     f"{st['support_uses_max']}); per class: "
+                     + ", ".join(f"{name(q)} {v}" for q, v in st["episodes_per_class"].items())
+                     + (f"; skipped {[name(q) for q in ep['skipped_classes']]}"
+                        if ep["skipped_classes"].size else ""))
+    return summary
+
+
+# ========================================================================================
+# loaders (what the trainer and the evaluator call)
+# ========================================================================================
+
+def _check_current(data: dict, path: Path, dataset: str, split: str, cache_dir, command: str,
+                   fold: int) -> None:
+    from pipeline.store import StoreError
+
+    store = _locate_masks(dataset, split, cache_dir)
+    current = ids_hash(json.loads((store / "ids.json").read_text()))
+    if data.get("ids_hash") != current:
+        raise StoreError(f"{path} was built from another version of the mask store {store} "
+                         f"(its image ids changed); rebuild the episodes with: {command}")
+    folds_path = path.parent / "folds.json"
+    if folds_path.is_file():
+        info = json.loads(folds_path.read_text())
+        folds = info.get("folds", [])
+        if fold < len(folds) and folds[fold]["test_classes"] != np.asarray(
+                data["test_classes"]).tolist():
+            raise StoreError(f"{path} holds other test classes than {folds_path} says for fold "
+                             f"{fold} (the fold split changed); rebuild with: {command}")
+
+
+def load_training_list(dataset: str, fold: int, *, cache_dir=None, drop_novel_images: bool = False,
+                       train_set: str | None = None) -> dict[str, Any]:
+    """Load the training list of one fold (written by ``qgnet-prep episodes``).
+
+    Returns the arrays of :func:`training_list` plus ``fold``, ``train_classes``,
+    ``test_classes`` (the trainer maps their pixels to background), ``min_pixels``,
+    ``drop_novel_images``, ``split`` (the mask store the indices point into), ``ids_hash``
+    and ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file; the message holds the ``qgnet-prep episodes`` command.
+    StoreError
+        The mask store changed since the file was written.
+    """
+    from pipeline.config import episodes_dir
+
+    tsplit = train_split_name(dataset, train_set)
+    path = episodes_dir(dataset, cache_dir=cache_dir) / train_list_name(
+        fold, train_set=tsplit, drop_novel_images=drop_novel_images)
+    command = _episodes_command(dataset, cache_dir, fold=fold,
+                                pascal_train_set="aug" if tsplit == "aug" else None,
+                                drop_novel_images=drop_novel_images)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training list at {path}; build it with: {command}")
+    data = _load_npz(path)
+    _check_current(data, path, dataset, tsplit, cache_dir, command, fold)
+    data["path"] = str(path)
+    return data
+
+
+def load_test_episodes(dataset: str, fold: int, shot: int, *, seed: int = DEFAULT_SEED,
+                       protocol: str = "pfenet", cache_dir=None) -> dict[str, Any]:
+    """Load fixed test episodes (loaded whole; indices into the val mask store).
+
+    Returns ``query`` (E,), ``support`` (E, K), ``cls`` (E,), ``test_classes``,
+    ``skipped_classes``, ``seed``, ``protocol``, ``shot``, ``fold``, ``min_pixels``,
+    ``ids_hash``, ``path``. HSNet's episodes use ``seed=0``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file; the message holds the ``qgnet-prep episodes`` command.
+    StoreError
+        The val mask store changed since the file was written.
+    """
+    from pipeline.config import episodes_dir
+
+    path = episodes_dir(dataset, cache_dir=cache_dir) / episode_file_name(
+        fold, shot, seed=seed, protocol=protocol)
+    command = _episodes_command(dataset, cache_dir, fold=fold, shot=shot, seed=seed,
+                                protocol=protocol)
+    if not path.is_file():
+        raise FileNotFoundError(f"no test episodes at {path}; build them with: {command}")
+    data = _load_npz(path)
+    _check_current(data, path, dataset, "val", cache_dir, command, fold)
+    data["path"] = str(path)
+    return data
+
+
+# ========================================================================================
+# description (`qgnet-prep info`)
+# ========================================================================================
+
+def describe(path: str | os.PathLike) -> str:
+    """Human-readable summary of an episodes folder, ``folds.json`` or one ``.npz`` file."""
+    path = Path(path)
+    if path.is_dir():
+        parts = []
+        if (path / "folds.json").is_file():
+            parts.append(describe(path / "folds.json"))
+        parts += [describe(p) for p in sorted(path.glob("*.npz"))]
+        return "\n".join(parts) if parts else f"{path}: no episode files"
+    if path.suffix == ".json":
+        info = json.loads(path.read_text())
+        lines = [f"{path}: {info.get('dataset')} {info.get('split_kind')}, "
+                 f"{info.get('num_classes')} classes, min_pixels {info.get('min_pixels')}"]
+        for f in info.get("folds", []):
+            lines.append(f"  fold {f['fold']}: test {f['test_classes']} "
+                         f"({', '.join(f['test_names'])})")
+        for split, s in info.get("stores", {}).items():
+            lines.append(f"  store {split}: {s['n']} images, ids {s['ids_hash']} ({s['path']})")
+        return "\n".join(lines)
+    d = _load_npz(path)
+    if "query" in d:
+        st = episode_stats(d["query"], d["support"], d["cls"])
+        lines = [f"{path.name}: fold {d['fold']}, {d['shot']}-shot, {d['protocol']} seed "
+                 f"{d['seed']}: {st['episodes']} episodes, {st['distinct_queries']} distinct "
+                 f"queries (query list {d.get('n_queries')})",
+                 f"  episodes per class: {st['episodes_per_class']}",
+                 f"  supports: {st['support_slots']} slots, {st['distinct_supports']} distinct "
+                 f"images, used {st['support_uses_mean']} times on average, at most "
+                 f"{st['support_uses_max']}"]
+        if np.asarray(d["skipped_classes"]).size:
+            lines.append(f"  skipped classes (too few images): {d['skipped_classes'].tolist()}")
+        return "\n".join(lines)
+    per_class = np.diff(d["class_indptr"])
+    counts = {int(k): int(per_class[k]) for k in d["train_classes"]}
+    return "\n".join([
+        f"{path.name}: fold {d['fold']}, split {d['split']}, "
+        f"{'novel images dropped' if d['drop_novel_images'] else 'novel pixels as background'}: "
+        f"{len(d['image_index'])} images, {len(d['classes'])} (image, class) pairs",
+        f"  test classes {d['test_classes'].tolist()}",
+        f"  images per training class: {counts}"])

@@ -36,9 +36,13 @@ TRAINABLE_PREFIXES = ("backbone.", "prior_backbone.")
 
 
 # ---------------------------------------------------------------------------- model I/O
-def resolve_bins(bins: str, crop: int):
-    """``"auto"``: PFENet's absolute bins (60, 30, 15, 8) at crop 473, else the fractions
-    (1, .5, .25, .125) of the feature size at the training crop; or a comma list."""
+def parse_bins(bins: str, crop: int):
+    """The ``bins`` option (a string) -> the ``pyramid_bins`` spec of :class:`model.qgnet.QGNet`.
+
+    ``"auto"``: PFENet's absolute bins (60, 30, 15, 8) at crop 473, else ``None`` (QGNet
+    then uses the fractions (1, .5, .25, .125) of the feature size at the training crop);
+    or a comma list, values > 1 as ints. :func:`model.qgnet.resolve_bins` turns a spec into
+    bin sizes for one feature map."""
     if bins == "auto":
         return (60, 30, 15, 8) if int(crop) == 473 else None
     vals = tuple(float(b) for b in str(bins).split(","))
@@ -81,7 +85,7 @@ def build_model(meta: Mapping[str, Any]):
     prior_bb = None
     if meta["use_prior_map"]:
         prior_bb = build_backbone(meta["prior_backbone"], weights=meta["prior"], dilated=True)
-    bins = resolve_bins(meta.get("bins", "auto"), meta["crop"])
+    bins = parse_bins(meta.get("bins", "auto"), meta["crop"])
     return QGNet(backbone=backbone, prior_backbone=prior_bb, use_prior_map=meta["use_prior_map"],
                  reduce_dim=int(meta.get("reduce_dim", 256)), pyramid_bins=bins,
                  train_size=int(meta["crop"]) if bins is None else None)

@@ -30,7 +30,7 @@ def _images(n: int):
 
     files = sorted((CAMVID / "val" / "images").glob("*.jpg"))[:n]
     if files:
-        return [load_rgb(f) for f in files], f"camvid val photos (480x360)"
+        return [load_rgb(f) for f in files], "camvid val photos (480x360)"
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (360, 480, 3), dtype=np.uint8) for _ in range(n)], "random 480x360"
 

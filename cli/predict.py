@@ -145,7 +145,7 @@ def main(model_path, supports, support_masks, mask_value, out, with_overlay, dev
     names = output_names(paths)
     bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
     for i in range(0, len(paths), batch_size):
-        batch = list(zip(paths[i:i + batch_size], names[i:i + batch_size]))
+        batch = list(zip(paths[i:i + batch_size], names[i:i + batch_size], strict=True))
         images, ok = [], []
         for p, name in batch:
             try:
@@ -160,7 +160,7 @@ def main(model_path, supports, support_masks, mask_value, out, with_overlay, dev
             t0 = time.perf_counter()
             preds = seg.predict_prepared(images, s, m, batch_size=batch_size)
             secs = (time.perf_counter() - t0) / len(images)
-            for (p, name), image, pred in zip(ok, images, preds):
+            for (p, name), image, pred in zip(ok, images, preds, strict=True):
                 mask_path = out_dir / f"{name}.png"
                 Image.fromarray(pred.astype(np.uint8) * 255).save(mask_path)
                 if with_overlay:

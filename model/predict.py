@@ -222,7 +222,7 @@ class Segmenter:
                               f"{len(images)} images and {len(masks)} masks")
         names = list(names) if names else [f"support {i + 1}" for i in range(len(images))]
         imgs, labs = [], []
-        for image, mask, name in zip(images, masks, names):
+        for image, mask, name in zip(images, masks, names, strict=True):
             _check_pair(image, np.asarray(mask)[..., 0] if np.asarray(mask).ndim == 3
                         else mask, name)
             lab = support_label(mask, mask_value=mask_value, name=name)

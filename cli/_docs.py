@@ -10,9 +10,11 @@ from pathlib import Path
 
 import click
 
-from cli import evaluate, prep, train
+from cli import app, evaluate, export, predict, prep, train
 
 GROUPS = [("qgnet-prep", prep.main), ("qgnet-train", train.main), ("qgnet-eval", evaluate.main)]
+# single commands (no subcommands)
+COMMANDS = [("qgnet-export", export.main), ("qgnet-predict", predict.main), ("qgnet-app", app.main)]
 HEADER = """# Command reference
 
 Generated from the commands' own `--help` by `python -m cli._docs`; do not edit by hand.
@@ -34,6 +36,10 @@ def render() -> str:
             sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100,
                                 max_content_width=100)
             out.append(f"\n### `{prog} {name}`\n\n```\n{cmd.get_help(sub)}\n```\n")
+    for prog, cmd in COMMANDS:
+        ctx = click.Context(cmd, info_name=prog, terminal_width=100, max_content_width=100,
+                            **cmd.context_settings)
+        out.append(f"\n## `{prog}`\n\n```\n{cmd.get_help(ctx)}\n```\n")
     return "".join(out)
 
 

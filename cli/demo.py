@@ -23,7 +23,8 @@ from pathlib import Path
 
 import click
 
-PROGS = {"qgnet-prep": "cli.prep", "qgnet-train": "cli.train", "qgnet-eval": "cli.evaluate"}
+PROGS = {"qgnet-prep": "cli.prep", "qgnet-train": "cli.train", "qgnet-eval": "cli.evaluate",
+         "qgnet-export": "cli.export", "qgnet-predict": "cli.predict"}
 
 
 def _run(argv: list[str], *, log: list[tuple[str, float]]) -> None:
@@ -83,6 +84,25 @@ def _run_parallel(jobs: dict[str, tuple[list[str], Path]], *, log: list[tuple[st
                                        f"last lines of {logfile}:\n{tail}")
         click.echo("  " + (logfile.read_text(errors="replace").strip().splitlines() or [""])[-1])
     click.secho(f"  ({dt:.0f} s for {len(procs)} commands side by side)", fg="green")
+
+
+def _predict_inputs(data: Path, fold: int, *, n_queries: int = 4, min_pixels: int = 2048
+                    ) -> tuple[Path, Path, int, list[Path]]:
+    """A support (image, mask, class) and query images for the demo's ``qgnet-predict`` step:
+    the first test class of ``fold``, the first val image holding it with >= ``min_pixels``
+    pixels as the support, the next val images holding it as queries."""
+    import numpy as np
+    from PIL import Image
+
+    cls = int((data / "folds.txt").read_text().splitlines()[fold].split()[0])
+    names = (data / "val.txt").read_text().split()
+    hits = [n for n in names
+            if (np.asarray(Image.open(data / "masks" / f"{n}.png")) == cls).sum() >= min_pixels]
+    if len(hits) < 2:
+        raise click.ClickException(f"the demo's val split has no two images of class {cls}")
+    support = hits[0]
+    return (data / "images" / f"{support}.png", data / "masks" / f"{support}.png", cls,
+            [data / "images" / f"{n}.png" for n in hits[1:1 + n_queries]])
 
 
 def _skip(what: str, path: Path, log) -> None:
@@ -187,6 +207,16 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
     _run(["qgnet-eval", "show", "--checkpoint", str(runs_dir / "fss-qgnet" / "best.pt"),
           "--episodes", "0,1,2,3", "--out", str(panels), "--threads", threads, *cache], log=log)
 
+    # 9: the trained model on "your own" photos: one-file bundle, then qgnet-predict
+    bundle = runs_dir / "model.qgnet"
+    _run(["qgnet-export", "--checkpoint", str(runs_dir / "fss-qgnet" / "best.pt"),
+          "--out", str(bundle)], log=log)
+    s_img, s_mask, s_cls, queries = _predict_inputs(cache_dir / "demo" / "data", fold)
+    preds = runs_dir / "predict"
+    _run(["qgnet-predict", "--model", str(bundle), "--support", str(s_img), "--support-mask",
+          str(s_mask), "--mask-value", str(s_cls), "--overlay", "--threads", threads,
+          "--no-progress", "--out", str(preds), *map(str, queries)], log=log)
+
     # summary
     lines = ["| model | mIoU (%) | FB-IoU (%) | episodes |", "|---|---|---|---|"]
     for name, label in (("qgnet", "QGNet (prior region map)"),
@@ -198,11 +228,11 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
     text = "\n".join([f"# qgnet demo: fold {fold}, 1-shot, EfficientNet-Lite0 (ImageNet), CPU",
                       "", *lines, "", "Steps:", "",
                       *[f"- `{c}` ({t:.0f} s)" for c, t in log], "",
-                      f"Total {total / 60:.1f} min. Panels: {panels}/"])
+                      f"Total {total / 60:.1f} min. Panels: {panels}/. qgnet-predict: {preds}/"])
     (runs_dir / "summary.md").write_text(text + "\n")
     click.echo("\n" + "\n".join(lines))
     click.echo(f"\nwritten {runs_dir / 'summary.md'}; panels in {panels}/; "
-               f"total {total / 60:.1f} min")
+               f"qgnet-predict masks and overlays in {preds}/; total {total / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_predict_gives_exactly_the_mask_the_evaluator_scored(trained, monkeypatc
     from model.fss.evaluate import evaluate
     from model.metrics import FewShotMeter
     from model.predict import Segmenter
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
 
     scored = []
     original = FewShotMeter.update
@@ -109,7 +109,7 @@ def test_bundle_needs_no_weight_files_and_rejects_foreign_files(trained, tmp_pat
 
 
 def _write_support(tmp_path, trained):
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
 
     ep = load_test_episodes("folder", 0, 1, seed=321, cache_dir=trained["cache"])
     q, _, s_imgs, s_labs = _episode_images(trained, ep, 0)

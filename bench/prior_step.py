@@ -14,11 +14,21 @@ Writes ``<out>.md`` (table) and ``<out>.json``. Example::
 
     python bench/prior_step.py --root /tmp/camvid/folder --store .../slic-train-*.zarr \
         --backbones efficientnet_lite0,resnet18 --crop 160 --batch 32 --workers 2
+
+``--loader-only`` measures the loader alone, both ``--augment-on`` paths in the same run
+(issue 13 §1-§2, issue 14): images/s of a DataLoader with ``--workers`` workers (1 worker =
+images/s per core), the CPU milliseconds per image by part (decode, patch-map read,
+crop/resize, jitter, grayscale, blur, normalise, collate; one thread, in process) and the
+bytes per batch the workers ship (scaled to ``--ship-batch``), e.g.::
+
+    python bench/prior_step.py --loader-only --root /tmp/camvid/folder \
+        --store .../slic-train-*.zarr --crop 224 --batch 32 --workers 1 --device cpu
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -36,11 +46,16 @@ from model.prior.trainer import (  # noqa: E402
     finalize_config,
     train_step,
 )
+from model.prior.device_augment import DevicePrefetcher  # noqa: E402
 from model.utils import DistInfo, pick_device  # noqa: E402
 
+PATHS = ("cpu", "device")  # --augment-on values, the old path first
 
-def config(args, backbone: str, loss: str, workers: int) -> PriorConfig:
+
+def config(args, backbone: str, loss: str, workers: int, augment_on: str = "device"
+           ) -> PriorConfig:
     return finalize_config(PriorConfig(
+        augment_on=augment_on,
         dataset=args.dataset, root=args.root, patch_store=args.store, split=args.split,
         patches=args.patches,
         backbone=backbone, init="none", crop=args.crop, batch_size=args.batch, loss=loss,
@@ -81,13 +96,26 @@ def main(argv=None):
     ap.add_argument("--loader-batches", type=int, default=10)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="bench/results/prior_step")
+    ap.add_argument("--augment-on", default="device", choices=PATHS,
+                    help="loader path of the step / pipeline measurements")
+    ap.add_argument("--loader-only", action="store_true",
+                    help="only the loader: both --augment-on paths, images/s, CPU ms per "
+                         "image by part, bytes per batch")
+    ap.add_argument("--parts-images", type=int, default=24,
+                    help="--loader-only: images timed part by part")
+    ap.add_argument("--ship-batch", type=int, default=256,
+                    help="--loader-only: batch the bytes per batch are reported for")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="--loader-only: alternate the two paths this many times (best kept)")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     dinfo = DistInfo()
+    if args.loader_only:
+        return loader_only(args, device, dinfo)
     n = args.warmup + args.steps
 
     # the loader alone
-    cfg = config(args, args.backbones.split(",")[0], "both", args.workers)
+    cfg = config(args, args.backbones.split(",")[0], "both", args.workers, args.augment_on)
     _, sampler, loader = build_data(cfg, dinfo, device=device)
     sampler.set_epoch(0)
     it = iter(loader)
@@ -108,14 +136,14 @@ def main(argv=None):
                                    warmup=args.warmup)
             print(f"{backbone} {loss}: {args.batch / sec[loss]:.1f} images/s", flush=True)
         # loader + step together
-        cfg = config(args, backbone, "both", args.workers)
+        cfg = config(args, backbone, "both", args.workers, args.augment_on)
         torch.manual_seed(0)
         model = build_model(cfg, weights="none").to(device).train()
         opt, sched = build_optimizer(model, cfg, steps_per_epoch=100)
         _, sampler, loader = build_data(cfg, dinfo, device=device)
         sampler.set_epoch(1)
-        it = iter(loader)
         wait = total = 0.0
+        it = iter(DevicePrefetcher(loader, device))
         for i in range(n):
             t0 = time.perf_counter()
             b = next(it)
@@ -144,6 +172,159 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "machine": machine,
                                                     "args": vars(args)}, indent=2))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------ loader only
+def loader_ips(args, device, dinfo, augment_on: str) -> tuple[float, dict]:
+    """Images/s of the DataLoader (``--workers`` workers, persistent, first batch untimed)
+    and one batch (for its size)."""
+    cfg = config(args, "resnet18", "both", args.workers, augment_on)
+    _, sampler, loader = build_data(cfg, dinfo, device=device)
+    sampler.set_epoch(0)
+    it = iter(loader)
+    first = next(it)  # workers started
+    t = time.perf_counter()
+    for _ in range(args.loader_batches):
+        next(it)
+    ips = args.loader_batches * args.batch / (time.perf_counter() - t)
+    del it, loader
+    return ips, first
+
+
+def batch_bytes(batch: dict, *, per: int, to: int) -> int:
+    """Bytes of the tensors of a ``per``-sample batch, scaled to ``to`` samples."""
+    return sum(v.nbytes for v in batch.values() if torch.is_tensor(v)) * to // per
+
+
+def time_parts(args, dinfo, device, n: int) -> dict[str, dict[str, float]]:
+    """CPU ms per image (two views) by part, one thread, in this process, both paths on the
+    same images and seeds. ``device-side`` is the batched device work run on the CPU (what
+    the GPU takes over; not a loader cost)."""
+    import numpy as np
+    import torchvision.transforms.functional as TF
+    from torch.utils.data import default_collate
+    from torchvision.transforms import InterpolationMode
+
+    from model.prior.augment import PairedCrop, photometric
+    from model.prior.data import sample_seed
+    from model.prior.device_augment import augment_views, plan_views
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = config(args, "resnet18", "both", 0, "cpu")
+    pairs, _, _ = build_data(cfg, dinfo, device=device)
+    aug = pairs.augment
+    crop = PairedCrop(size=aug.size, scale=aug.scale)
+    acc = {"cpu": {}, "device": {}}
+
+    def add(path, part, dt):
+        acc[path][part] = acc[path].get(part, 0.0) + dt
+
+    samples = {"cpu": [], "device": []}
+    for j in range(n):
+        i = j % len(pairs)
+        t0 = time.perf_counter()
+        image = pairs.dataset.load_image(pairs.ids[i])
+        t1 = time.perf_counter()
+        pmap = pairs.store.get(int(pairs.rows[i]))
+        t2 = time.perf_counter()
+        for path in PATHS:
+            add(path, "decode", t1 - t0)
+            add(path, "patch-map read", t2 - t1)
+        # the CPU path, part by part (the same operations PairedAugment runs)
+        g = torch.Generator().manual_seed(sample_seed(0, 0, i))
+        views = {}
+        for v in ("q", "k"):
+            t = time.perf_counter()
+            p = aug.draw(image.shape[0], image.shape[1], g)
+            m = torch.from_numpy(aug._map_view(pmap, p, flip=True).astype(np.int64))
+            t_a = time.perf_counter()
+            top, left, h, w = p.crop
+            img = torch.from_numpy(np.ascontiguousarray(image[top:top + h, left:left + w]))
+            img = img.permute(2, 0, 1).float().div_(255)
+            img = TF.resize(img, [aug.size] * 2, interpolation=InterpolationMode.BILINEAR,
+                            antialias=True).clamp_(0, 1)
+            img = img.flip(-1) if p.flip else img
+            t_b = time.perf_counter()
+            img = photometric(img, p._replace(gray=False, sigma=0.0))
+            t_c = time.perf_counter()
+            img = photometric(img, p._replace(jitter=False, sigma=0.0))
+            t_d = time.perf_counter()
+            img = photometric(img, p._replace(jitter=False, gray=False))
+            t_e = time.perf_counter()
+            img = (img - aug.mean) / aug.std
+            t_f = time.perf_counter()
+            for part, dt in (("draw + map view", t_a - t), ("crop/resize (+flip)", t_b - t_a),
+                             ("colour jitter", t_c - t_b), ("grayscale", t_d - t_c),
+                             ("blur", t_e - t_d), ("normalise", t_f - t_e)):
+                add("cpu", part, dt)
+            views[v] = (img.contiguous(), m)
+        samples["cpu"].append({"im_q": views["q"][0], "im_k": views["k"][0],
+                               "map_q": views["q"][1], "map_k": views["k"][1]})
+        # the device path's worker half
+        g = torch.Generator().manual_seed(sample_seed(0, 0, i))
+        t = time.perf_counter()
+        sq, sk = crop(image, pmap, generator=g), crop(image, pmap, generator=g)
+        add("device", "draw + map view + crop/resize (uint8)", time.perf_counter() - t)
+        samples["device"].append({"im_q": sq[0], "im_k": sk[0], "map_q": sq[1], "map_k": sk[1],
+                                  "aug_q": sq[2], "aug_k": sk[2]})
+    for path in PATHS:
+        t = time.perf_counter()
+        batch = default_collate(samples[path])
+        add(path, "collate", time.perf_counter() - t)
+    t = time.perf_counter()
+    for v in ("q", "k"):
+        augment_views(batch[f"im_{v}"], batch[f"map_{v}"], batch[f"aug_{v}"],
+                      plan_views(batch[f"aug_{v}"]))
+    device_side = (time.perf_counter() - t) / n * 1e3
+    torch.set_num_threads(threads)
+    out = {path: {k: 1e3 * v / n for k, v in acc[path].items()} for path in PATHS}
+    for path in PATHS:
+        out[path]["total (loader)"] = sum(out[path].values())
+    out["device"]["device-side work run on this CPU (not loader)"] = device_side
+    return out
+
+
+def loader_only(args, device, dinfo):
+    rows = {path: [] for path in PATHS}
+    first = {}
+    for _ in range(args.rounds):  # alternate, so drifting load hits both paths alike
+        for path in PATHS:
+            ips, first[path] = loader_ips(args, device, dinfo, path)
+            rows[path].append(ips)
+            print(f"loader --augment-on {path}: {ips:.1f} images/s ({args.workers} workers)",
+                  flush=True)
+    parts = time_parts(args, dinfo, device, args.parts_images)
+    best = {path: max(v) for path, v in rows.items()}
+    per_core = {path: best[path] / max(args.workers, 1) for path in PATHS}
+    ship = {path: batch_bytes(first[path], per=args.batch, to=args.ship_batch) for path in PATHS}
+    load = os.getloadavg()
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+               f"load {load[0]:.1f}")
+    res = {"machine": machine, "args": vars(args), "ips": rows, "best_ips": best,
+           "per_core_ips": per_core, "speedup": best["device"] / best["cpu"],
+           "ms_per_image": parts, "bytes_per_batch": ship,
+           "cores_for": {str(r): {p: r / per_core[p] for p in PATHS} for r in (2000, 3500)}}
+    lines = [f"Machine: {machine}; crop {args.crop}, batch {args.batch}, {args.workers} "
+             f"worker(s), best of {args.rounds} alternating rounds of {args.loader_batches} "
+             f"batches.", "",
+             "| --augment-on | loader images/s | per core | cores for 2,000 / 3,500 images/s "
+             f"| MB per batch of {args.ship_batch} |", "|---|---:|---:|---:|---:|"]
+    for path in PATHS:
+        lines.append(f"| {path} | {best[path]:.1f} | {per_core[path]:.1f} | "
+                     f"{2000 / per_core[path]:.0f} / {3500 / per_core[path]:.0f} | "
+                     f"{ship[path] / 1e6:.1f} |")
+    lines += ["", f"Speed-up per core (device / cpu): **{res['speedup']:.2f}x**.", "",
+              f"CPU ms per image (two views), one thread, {args.parts_images} images:", "",
+              "| path | part | ms |", "|---|---|---:|"]
+    for path in PATHS:
+        for part, ms in parts[path].items():
+            lines.append(f"| {path} | {part} | {ms:.2f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -196,7 +196,6 @@ def augment_views(images: torch.Tensor, maps: torch.Tensor, params: torch.Tensor
     images : N x 3 x S x S float32, normalised
     maps : N x S x S int64 patch ids (0 = none)
     """
-    dev = images.device
     ix = plan.index
 
     def sl(a_b: tuple[int, int]) -> torch.Tensor | None:
@@ -223,9 +222,8 @@ def augment_views(images: torch.Tensor, maps: torch.Tensor, params: torch.Tensor
     if idx is not None:
         sigma = params[:, _COL["sigma"]].index_select(0, idx)  # n
         _apply(x, idx, lambda t: gaussian_blur(t, sigma, radius=plan.radius))
-    m = torch.tensor(mean, device=dev, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=dev, dtype=x.dtype).view(1, 3, 1, 1)
-    x = (x - m) / s  # N x 3 x S x S normalised
+    for c in range(3):  # python scalars: a device tensor built from a list would be a copy
+        x[:, c].sub_(mean[c]).div_(std[c])  # (x - mean) / std, N x S x S per channel
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt), maps
 

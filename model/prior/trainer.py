@@ -55,7 +55,7 @@ from model.utils import (
     seed_everything,
     set_rng_state,
 )
-from model.prior.device_augment import DevicePrefetcher
+from model.prior.device_augment import DevicePrefetcher, batch_to_device
 from pipeline.config import config_dict, provenance, write_json_atomic
 
 log = logging.getLogger("qgnet.prior")
@@ -306,8 +306,6 @@ def train_step(model, batch: dict[str, torch.Tensor], optimizer, scheduler, *,
     4. SGD step and lr schedule step;
     5. return the scalars (python floats; this syncs with the device).
     """
-    from model.prior.device_augment import batch_to_device
-
     b = batch_to_device(batch, device, channels_last=channels_last)
     im_q, im_k = b["im_q"], b["im_k"]  # N x 3 x S x S float, normalised
     map_q, map_k = b["map_q"], b["map_k"]  # N x S x S int64

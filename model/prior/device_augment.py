@@ -310,11 +310,10 @@ class DevicePrefetcher:
             if event is not None:
                 torch.cuda.current_stream(self.device).wait_event(event)
                 cur = torch.cuda.current_stream(self.device)
-                for v in batch.values():
-                    if isinstance(v, torch.Tensor):
-                        v.record_stream(cur)
-                    elif isinstance(v, ViewPlan):
-                        v.index.record_stream(cur)
+                for v in batch.values():  # bookkeeping tensors stay on the host
+                    t = v.index if isinstance(v, ViewPlan) else v
+                    if isinstance(t, torch.Tensor) and t.is_cuda:
+                        t.record_stream(cur)
             yield batch
 
     def _load(self, it) -> tuple[dict, object] | None:

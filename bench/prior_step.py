@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.prior.device_augment import DevicePrefetcher  # noqa: E402
 from model.prior.trainer import (  # noqa: E402
     PriorConfig,
     build_data,
@@ -46,7 +47,6 @@ from model.prior.trainer import (  # noqa: E402
     finalize_config,
     train_step,
 )
-from model.prior.device_augment import DevicePrefetcher  # noqa: E402
 from model.utils import DistInfo, pick_device  # noqa: E402
 
 PATHS = ("cpu", "device")  # --augment-on values, the old path first

@@ -146,7 +146,7 @@ def plan_views(params: torch.Tensor) -> ViewPlan:
         raise ValueError("plan_views needs the host copy of the parameters (a device copy "
                          "would cost a sync)")
     p = params.numpy() if params.dtype == torch.float32 else params.float().numpy()
-    lists, slices, at = [], [], 0
+    lists, at = [], 0
 
     def add(mask) -> tuple[int, int]:
         nonlocal at

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from model.prior.device_augment import DevicePrefetcher, batch_to_device
 from model.utils import (
     DistInfo,
     MetricsWriter,
@@ -55,7 +56,6 @@ from model.utils import (
     seed_everything,
     set_rng_state,
 )
-from model.prior.device_augment import DevicePrefetcher, batch_to_device
 from pipeline.config import config_dict, provenance, write_json_atomic
 
 log = logging.getLogger("qgnet.prior")

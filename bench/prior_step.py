@@ -16,10 +16,11 @@ Writes ``<out>.md`` (table) and ``<out>.json``. Example::
         --backbones efficientnet_lite0,resnet18 --crop 160 --batch 32 --workers 2
 
 ``--loader-only`` measures the loader alone, both ``--augment-on`` paths in the same run
-(issue 13 §1-§2, issue 14): images/s of a DataLoader with ``--workers`` workers (1 worker =
-images/s per core), the CPU milliseconds per image by part (decode, patch-map read,
-crop/resize, jitter, grayscale, blur, normalise, collate; one thread, in process) and the
-bytes per batch the workers ship (scaled to ``--ship-batch``), e.g.::
+(issue 13 §1-§2, issue 14): images/s of a DataLoader with ``--workers`` workers and images
+per CPU-second of its workers (= per core), the CPU milliseconds per image by part (decode,
+patch-map read, crop/resize, jitter, grayscale, blur, normalise, collate; one thread, in
+process), the bytes per batch the workers ship (scaled to ``--ship-batch``), and images/s
+of the device half on ``--device`` (batch ``--ship-batch`` on CUDA), e.g.::
 
     python bench/prior_step.py --loader-only --root /tmp/camvid/folder \
         --store .../slic-train-*.zarr --crop 224 --batch 32 --workers 1 --device cpu
@@ -300,6 +301,34 @@ def time_parts(args, dinfo, device, n: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def device_half_ips(batch: dict, device, *, size: int, steps: int = 10) -> float:
+    """Images/s of :func:`batch_to_device` on ``device`` (flip, jitter, grayscale, blur,
+    normalisation of both views) for a device-path batch tiled to ``size`` samples, already
+    on the device (the copy is the prefetcher's, overlapped)."""
+    from model.prior.device_augment import batch_to_device, copy_to_device, host_plans
+
+    reps = -(-size // len(batch["aug_q"]))
+    tiled = {k: v.repeat((reps,) + (1,) * (v.dim() - 1))[:size] for k, v in batch.items()
+             if torch.is_tensor(v) and k.startswith(("im_", "map_", "aug_"))}
+    on = copy_to_device(host_plans(tiled), device, non_blocking=False)
+    cuda = device.type == "cuda"
+    # CUDA: wall time; CPU: one thread and process CPU time (robust on a loaded machine)
+    sync, clock = (torch.cuda.synchronize, time.perf_counter) if cuda else (
+        lambda: None, time.process_time)
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)
+    for _ in range(2):
+        batch_to_device(on, device, channels_last=cuda)
+    sync()
+    t = clock()
+    for _ in range(steps):
+        batch_to_device(on, device, channels_last=cuda)
+    sync()
+    torch.set_num_threads(threads)
+    return steps * size / (clock() - t)
+
+
 def loader_only(args, device, dinfo):
     rows = {path: [] for path in PATHS}
     cpu_rows = {path: [] for path in PATHS}
@@ -312,6 +341,9 @@ def loader_only(args, device, dinfo):
             print(f"loader --augment-on {path}: {ips:.1f} images/s ({args.workers} workers), "
                   f"{per_cpu:.1f} images per worker CPU-second", flush=True)
     parts = time_parts(args, dinfo, device, args.parts_images)
+    half_size = args.ship_batch if device.type == "cuda" else args.batch
+    half = device_half_ips(first["device"], device, size=half_size)
+    print(f"device half on {device}: {half:.0f} images/s (batch {half_size})", flush=True)
     best = {path: max(v) for path, v in rows.items()}
     per_core = {path: max(cpu_rows[path]) for path in PATHS}
     ship = {path: batch_bytes(first[path], per=args.batch, to=args.ship_batch) for path in PATHS}
@@ -323,6 +355,7 @@ def loader_only(args, device, dinfo):
            "speedup": per_core["device"] / per_core["cpu"],
            "speedup_wall": best["device"] / best["cpu"],
            "ms_per_image": parts, "bytes_per_batch": ship,
+           "device_half": {"device": str(device), "batch": half_size, "ips": half},
            "cores_for": {str(r): {p: r / per_core[p] for p in PATHS} for r in (2000, 3500)}}
     lines = [f"Machine: {machine}; crop {args.crop}, batch {args.batch}, {args.workers} "
              f"worker(s), best of {args.rounds} alternating rounds of {args.loader_batches} "
@@ -336,6 +369,9 @@ def loader_only(args, device, dinfo):
                      f"{ship[path] / 1e6:.1f} |")
     lines += ["", f"Speed-up per core (device / cpu): **{res['speedup']:.2f}x** (wall: "
               f"{res['speedup_wall']:.2f}x).", "",
+              f"Device half (flip, jitter, grayscale, blur, normalise; both views) on {device}: "
+              f"{half:.0f} images/s at batch {half_size}"
+              + ("." if device.type == "cuda" else " per CPU-second of one thread."), "",
               f"CPU ms per image (two views), one thread, {args.parts_images} images:", "",
               "| path | part | ms |", "|---|---|---:|"]
     for path in PATHS:

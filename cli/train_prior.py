@@ -51,6 +51,9 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--crop", type=int, help="Crop size of both views (default 224).")
 @click.option("--scale-min", type=float, help="RandomResizedCrop minimum area (default 0.2).")
 @click.option("--workers", type=int, help="DataLoader workers (default min(8, cpus)).")
+@click.option("--augment-on", type=click.Choice(["device", "cpu"]),
+              help="Where the colour jitter, grayscale, blur, flip and normalisation run: "
+                   "device (default; workers ship uint8 crops) or cpu (all in the workers).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA (default on).")
 @click.option("--ckpt-every", type=int, help="Checkpoint every N steps (default 1000; and each epoch end).")

@@ -4,7 +4,16 @@ One sample is one image read through its dataset reader (JPEG decoded in a DataL
 worker), its patch map read from the superpixel store, and two augmented views of both::
 
     image (H x W x 3 uint8) + patch map (H x W uint16, 1..n, 0 = none)
-        -> PairedAugment twice -> im_q, im_k (3 x S x S float), map_q, map_k (S x S int64)
+        --augment-on cpu:    PairedAugment twice -> im_q, im_k (3 x S x S float32),
+                                                    map_q, map_k (S x S int64)
+        --augment-on device: PairedCrop twice    -> im_q, im_k (3 x S x S uint8),
+                                                    map_q, map_k (S x S int16),
+                                                    aug_q, aug_k (12 float32 parameters)
+                             -> model.prior.device_augment on the training device
+
+Batches are made by torch's default collate, which writes them straight into shared memory
+in the workers (the device path ships 4x fewer bytes per image than the CPU path:
+0.50 MB instead of 2.0 MB at crop 224).
 
 Determinism: every random draw of a sample comes from its own generator seeded from
 ``(seed, epoch, index)``, never from the global or the worker RNG, so the data of a step
@@ -26,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, default_collate
 
 from pipeline.store import ShardedStore, StoreError
 
@@ -83,16 +92,20 @@ class PriorPairs(torch.utils.data.Dataset):
         Image ids to train on, in order (the sampler permutes positions in this list).
         Ids whose store row failed (``hw == (0, 0)``) are dropped; see :attr:`dropped`.
     augment : callable
-        ``augment(image_uint8, patch_map, generator=) -> (3 x S x S float, S x S int64)``,
-        called twice per sample (``model.prior.augment.PairedAugment``).
+        ``augment(image_uint8, patch_map, generator=)``, called twice per sample:
+        ``model.prior.augment.PairedAugment`` (-> ``(3 x S x S float, S x S int64)``) or
+        ``model.prior.augment.PairedCrop`` (-> ``(3 x S x S uint8, S x S int16, 12 float)``,
+        the device path; the parameters become ``aug_q``/``aug_k``).
     seed : int
         Base seed of the per-sample generators.
 
     Items are indexed by ``(epoch, index)`` (what :class:`EpochSampler` yields) or by a
     plain ``index`` (epoch 0) and are flat dicts::
 
-        im_q, im_k   3 x S x S float32     the two views
-        map_q, map_k S x S int64           patch ids of each view (0 = none)
+        im_q, im_k   3 x S x S float32     the two views (uint8 crops on the device path)
+        map_q, map_k S x S int64           patch ids of each view (0 = none; int16 bits
+                                           of the uint16 ids on the device path)
+        aug_q, aug_k 12 float32            device path only: VIEW_PARAMS of each view
         index        () int64              position in ``ids`` of the image actually used
         row          () int64              its row in the store
         skipped      () int64              unreadable images passed over for this sample
@@ -153,11 +166,13 @@ class PriorPairs(torch.utils.data.Dataset):
             raise RuntimeError(f"{MAX_SUBSTITUTES + 1} consecutive images from {self.ids[index]!r} "
                                f"could not be read; check the dataset at {self.dataset.root}")
         g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
-        pmap = pmap.astype(np.int64)
-        im_q, map_q = self.augment(image, pmap, generator=g)
-        im_k, map_k = self.augment(image, pmap, generator=g)
-        return {"im_q": im_q, "im_k": im_k, "map_q": map_q, "map_k": map_k,
-                "index": torch.tensor(i), "row": torch.tensor(int(self.rows[i])),
+        sample = {}
+        for v in ("q", "k"):  # q first: the generator's draws are ordered
+            im, pm, *params = self.augment(image, pmap, generator=g)
+            sample[f"im_{v}"], sample[f"map_{v}"] = im, pm
+            if params:
+                sample[f"aug_{v}"] = params[0]
+        return {**sample, "index": torch.tensor(i), "row": torch.tensor(int(self.rows[i])),
                 "skipped": torch.tensor(skipped)}
 
 
@@ -192,5 +207,7 @@ class EpochSampler(DistributedSampler):
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack a list of flat sample dicts into one flat batch dict."""
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    """Stack a list of flat sample dicts into one flat batch dict (torch's default collate:
+    inside a worker it stacks straight into shared memory, so the batch is not copied again
+    to cross the process boundary)."""
+    return default_collate(samples)

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from model.prior.device_augment import DevicePrefetcher, batch_to_device
 from model.utils import (
     DistInfo,
     MetricsWriter,
@@ -83,6 +84,8 @@ class PriorConfig:
     crop: int = 224                   # RandomResizedCrop size
     scale_min: float = 0.2            # RandomResizedCrop scale (scale_min, 1)
     workers: int = -1                 # DataLoader workers (-1 = min(8, cpus))
+    augment_on: str = "device"        # device (uint8 crops, photometric batched on the
+                                      # training device) | cpu (whole view in the workers)
     # model
     backbone: str = "resnet50"
     init: str = "imagenet"            # imagenet | none | PATH to a state dict
@@ -127,7 +130,7 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
         raise ValueError("--dataset is required (e.g. --dataset coco, pascal, folder or demo)")
     choices = {"loss": ("global", "local", "both"), "patches": ("slic", "felzenszwalb"),
                "schedule": ("cosine", "cosine-epoch", "constant"),
-               "shuffle": ("auto", "split-bn", "ddp", "none")}
+               "shuffle": ("auto", "split-bn", "ddp", "none"), "augment_on": ("cpu", "device")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; "
@@ -236,7 +239,7 @@ def lr_factor(step: int, *, total: int, steps_per_epoch: int, schedule: str) -> 
 
 def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
     """Dataset reader, patch store check, PriorPairs, EpochSampler and DataLoader."""
-    from model.prior.augment import PairedAugment
+    from model.prior.augment import PairedAugment, PairedCrop
     from model.prior.data import EpochSampler, PriorPairs, check_patch_store, collate
     from pipeline.datasets import open_dataset
     from pipeline.store import ShardedStore
@@ -260,7 +263,8 @@ def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
                          f"--patches {cfg.patches} was asked for")
     del store
     pairs = PriorPairs(ds, store_path, ids,
-                       augment=PairedAugment(size=cfg.crop, scale=(cfg.scale_min, 1.0)),
+                       augment=(PairedCrop if cfg.augment_on == "device" else PairedAugment)(
+                           size=cfg.crop, scale=(cfg.scale_min, 1.0)),
                        seed=cfg.seed)
     per_rank = cfg.batch_size // dinfo.world_size
     if len(pairs) // dinfo.world_size < per_rank:
@@ -292,18 +296,19 @@ def train_step(model, batch: dict[str, torch.Tensor], optimizer, scheduler, *,
                ) -> dict[str, float]:
     """One optimisation step (shared by the trainer and ``bench/prior_step.py``).
 
-    1. move the views and patch maps to ``device`` (non-blocking from pinned memory);
+    1. move the views and patch maps to ``device`` (non-blocking from pinned memory; a
+       batch from :class:`~model.prior.device_augment.DevicePrefetcher` is there already) and,
+       for ``--augment-on device`` batches, flip, jitter, grayscale, blur and normalise them
+       there (:func:`~model.prior.device_augment.batch_to_device`);
     2. forward: momentum update of the key encoder, keys (shuffled), global and local
        InfoNCE, enqueue (all inside ``PriorMoCo.forward``), under bf16 autocast on CUDA;
     3. backward through the query encoder and heads;
     4. SGD step and lr schedule step;
     5. return the scalars (python floats; this syncs with the device).
     """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    im_q = batch["im_q"].to(device, non_blocking=True).contiguous(memory_format=fmt)  # N x 3 x S x S
-    im_k = batch["im_k"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-    map_q = batch["map_q"].to(device, non_blocking=True)  # N x S x S int64
-    map_k = batch["map_k"].to(device, non_blocking=True)
+    b = batch_to_device(batch, device, channels_last=channels_last)
+    im_q, im_k = b["im_q"], b["im_k"]  # N x 3 x S x S float, normalised
+    map_q, map_k = b["map_q"], b["map_k"]  # N x S x S int64
     with autocast(device, enabled=amp):
         out = model(im_q, im_k, map_q, map_k)
     optimizer.zero_grad(set_to_none=True)
@@ -410,7 +415,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     model.train()
     while step < last_step:
         sampler.set_epoch(epoch, start=pos * loader.batch_size)
-        it = iter(loader)
+        it = iter(DevicePrefetcher(loader, device))  # next batch's copy overlaps this step
         t0 = time.perf_counter()
         while pos < steps_per_epoch and step < last_step:
             batch = next(it)

@@ -192,5 +192,13 @@ class EpochSampler(DistributedSampler):
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack a list of flat sample dicts into one flat batch dict."""
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    """Stack a list of flat sample dicts into one flat batch dict.
+
+    With patch maps it adds ``"max_id"`` (a python int, the largest id of ``map_q`` and
+    ``map_k``), computed here on the worker's CPU so that the training step never reads it
+    back from the device (issue 13 §3).
+    """
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    if "map_q" in batch and "map_k" in batch:
+        batch["max_id"] = int(max(batch["map_q"].max(), batch["map_k"].max()))
+    return batch

@@ -151,6 +151,7 @@ def _setup_log(path: Path, *, enabled: bool) -> None:
 
 def train_fss(cfg: FssConfig) -> Path:
     """Train one fold; returns the run dir (see the module docstring)."""
+    from model.speed import channels_last_on_cuda, configure_cuda
     from model.utils import (
         MetricsWriter,
         init_distributed,
@@ -169,6 +170,7 @@ def train_fss(cfg: FssConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     dinfo = init_distributed(cfg.device)
     device = pick_device(cfg.device)
+    configure_cuda(device)  # cudnn.benchmark + TF32 matmuls, CUDA only (model.speed)
     run_dir = Path(cfg.out)
     ckpt = None
     if cfg.resume:
@@ -204,7 +206,7 @@ def train_fss(cfg: FssConfig) -> Path:
 
     # model and optimiser
     meta = ev.model_meta(config_dict(cfg))
-    model = ev.build_model(meta).to(device)
+    model = channels_last_on_cuda(ev.build_model(meta).to(device), device)  # NHWC on CUDA
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=cfg.lr * cfg.lr_scale, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)

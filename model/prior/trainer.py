@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from model.speed import configure_cuda
 from model.utils import (
     DistInfo,
     MetricsWriter,
@@ -328,6 +329,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     """
     dinfo = init_distributed(cfg.device)
     device = pick_device(cfg.device)
+    configure_cuda(device)  # cudnn.benchmark + TF32 matmuls, CUDA only (model.speed)
     cfg = finalize_config(cfg, world=dinfo.world_size)
     run_dir = Path(cfg.out)
     ckpt = None

@@ -334,7 +334,8 @@ def main(argv=None) -> dict:
     sz = dict(TOY_SIZES if (args.toy or not gpu) else GPU_SIZES)
     configure_cuda(device)
     result: dict = {
-        "device": torch.cuda.get_device_name(device) if gpu else f"cpu ({platform.processor()})",
+        "device": (torch.cuda.get_device_name(device) if gpu
+                   else f"cpu ({platform.machine()}, {os.cpu_count()} cores)"),
         "gpu_figure": gpu and not args.toy,
         "cpu_cores": os.cpu_count(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

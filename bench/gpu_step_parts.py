@@ -75,7 +75,7 @@ def split_bn(repeats: int, batch: int = 32, size: int = 56) -> dict:
         net = _stack(cls).to(memory_format=fmt)
         xi = x.contiguous(memory_format=fmt).requires_grad_(True)
 
-        def run():
+        def run(net=net, xi=xi):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 net(xi).sum().backward()

@@ -208,3 +208,41 @@ def test_weighted_pairwise_cosine_equals_indexing():
         w = torch.tensor(mask, dtype=torch.bool)
         got = mean_pairwise_cosine(z, weights=w)
         assert torch.allclose(got, mean_pairwise_cosine(z[w]), atol=1e-6), mask
+
+
+GATHER_SCRIPT = r'''
+import os, sys, torch, torch.distributed as dist
+sys.path.insert(0, {repo!r})
+from model.utils import all_gather_variable
+
+def run(rank, path):
+    dist.init_process_group("gloo", init_method="file://" + path, rank=rank, world_size=2)
+    x = torch.arange(6.0).view(3, 2) + 10 * rank
+    eq = all_gather_variable(x, sizes_equal=True)
+    assert torch.equal(eq, torch.cat([torch.arange(6.0).view(3, 2), torch.arange(6.0).view(3, 2) + 10]))
+    assert torch.equal(all_gather_variable(x), eq)  # equal sizes found on the host
+    y = torch.full((rank + 1, 2), float(rank))  # 1 row on rank 0, 2 rows on rank 1
+    var = all_gather_variable(y)
+    assert torch.equal(var, torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])), var
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(run, args=(sys.argv[1],), nprocs=2)
+    print("ok")
+'''
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_all_gather_variable_two_ranks(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT.replace("{repo!r}", repr(repo)))
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

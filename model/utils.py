@@ -195,18 +195,30 @@ def is_main() -> bool:
 
 
 @torch.no_grad()
-def all_gather_variable(t: torch.Tensor) -> torch.Tensor:
+def all_gather_variable(t: torch.Tensor, *, sizes_equal: bool = False) -> torch.Tensor:
     """Concatenate ``t`` (n_r x ...) from every rank in rank order; n_r may differ per rank.
 
     Single process: returns ``t``. No gradient flows through the gathered copy.
+    ``sizes_equal=True`` (the caller guarantees the same n on every rank, e.g. a batch
+    under ``drop_last``): one all-gather and no host-device sync. Otherwise the sizes are
+    exchanged first and read on the host (one sync), and an all-gather of the padded rows.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
     world = dist.get_world_size()
+    t = t.contiguous()
+    if sizes_equal:
+        out = t.new_empty((world * t.shape[0],) + tuple(t.shape[1:]))  # out: world*n x ...
+        dist.all_gather_into_tensor(out, t)
+        return out
     n = torch.tensor([t.shape[0]], device=t.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
-    sizes = [int(s.item()) for s in sizes]
+    sizes = torch.cat(sizes).tolist()  # one sync for all ranks' sizes
+    if all(s == sizes[0] for s in sizes):
+        out = t.new_empty((world * t.shape[0],) + tuple(t.shape[1:]))
+        dist.all_gather_into_tensor(out, t)
+        return out
     top = max(sizes)
     padded = t.new_zeros((top,) + tuple(t.shape[1:]))
     padded[: t.shape[0]] = t

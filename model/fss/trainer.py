@@ -151,6 +151,7 @@ def _setup_log(path: Path, *, enabled: bool) -> None:
 
 def train_fss(cfg: FssConfig) -> Path:
     """Train one fold; returns the run dir (see the module docstring)."""
+    from model.speed import channels_last_on_cuda, configure_cuda
     from model.utils import (
         MetricsWriter,
         init_distributed,
@@ -169,6 +170,7 @@ def train_fss(cfg: FssConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     dinfo = init_distributed(cfg.device)
     device = pick_device(cfg.device)
+    configure_cuda(device)  # cudnn.benchmark + TF32 matmuls, CUDA only (model.speed)
     run_dir = Path(cfg.out)
     ckpt = None
     if cfg.resume:
@@ -204,7 +206,7 @@ def train_fss(cfg: FssConfig) -> Path:
 
     # model and optimiser
     meta = ev.model_meta(config_dict(cfg))
-    model = ev.build_model(meta).to(device)
+    model = channels_last_on_cuda(ev.build_model(meta).to(device), device)  # NHWC on CUDA
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=cfg.lr * cfg.lr_scale, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -270,7 +272,7 @@ def train_fss(cfg: FssConfig) -> Path:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=stop, initial=step_i, desc="fss", unit="step", dynamic_ncols=True)
-    window: list[dict[str, float]] = []
+    window: list[torch.Tensor] = []
     t_last = time.perf_counter()
     net.train()
     while step_i < stop:
@@ -289,19 +291,22 @@ def train_fss(cfg: FssConfig) -> Path:
                 g["lr"] = lr
             r = ev.step(net, batch, device=device, amp=cfg.amp, optimizer=optimizer)
             step_i += 1
-            if not math.isfinite(float(r["loss"])):
-                raise FloatingPointError(f"loss is {float(r['loss'])} at step {step_i}; lower --lr")
-            window.append({"loss": float(r["loss"]), "main": float(r["main"]), "aux": float(r["aux"])})
+            # device tensors, read on the host at log steps only (no per-step sync)
+            window.append(torch.stack([r["loss"], r["main"], r["aux"]]).float())
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{window[-1]['loss']:.3f}", lr=f"{lr:.2e}")
             if step_i % cfg.log_every == 0 or step_i == stop:
                 now = time.perf_counter()
-                rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                t = torch.stack(window).to(torch.float64).mean(0)  # t: 3 (loss, main, aux)
                 if dinfo.enabled:  # mean over ranks
-                    t = torch.tensor(list(rec.values()), dtype=torch.float64, device=device)
                     torch.distributed.all_reduce(t)
-                    rec = dict(zip(rec, (t / world).tolist(), strict=True))
+                    t = t / world
+                rec = dict(zip(("loss", "main", "aux"), t.tolist(), strict=True))  # the sync
+                if not math.isfinite(rec["loss"]):  # a non-finite step makes the mean non-finite
+                    raise FloatingPointError(f"loss is {rec['loss']} in steps "
+                                             f"{step_i - len(window) + 1}-{step_i}; lower --lr")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
                 writer.write(kind="train", step=step_i, epoch=step_i / spe, lr=lr, **rec,
                              steps_per_s=len(window) / max(now - t_last, 1e-9))
                 log.info("step %d/%d loss %.4f (main %.4f aux %.4f) lr %.3g", step_i, stop,

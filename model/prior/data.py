@@ -209,5 +209,13 @@ class EpochSampler(DistributedSampler):
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack a list of flat sample dicts into one flat batch dict (torch's default collate:
     inside a worker it stacks straight into shared memory, so the batch is not copied again
-    to cross the process boundary)."""
-    return default_collate(samples)
+    to cross the process boundary).
+
+    With patch maps it adds ``"max_id"`` (a python int, the largest id of ``map_q`` and
+    ``map_k``), computed here on the worker's CPU so that the training step never reads it
+    back from the device (issue 13 §3).
+    """
+    batch = default_collate(samples)
+    if "map_q" in batch and "map_k" in batch:
+        batch["max_id"] = int(max(batch["map_q"].max(), batch["map_k"].max()))
+    return batch

@@ -66,14 +66,73 @@ def _warn_groups(n: int, groups: int, used: int) -> None:
                   f"groups of {n // used} for this batch size", stacklevel=3)
 
 
-def mean_pairwise_cosine(z: torch.Tensor) -> torch.Tensor:
+def mean_pairwise_cosine(z: torch.Tensor, *, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cosine over the pairs i != j of the L2-normalised rows of ``z`` (M x D):
-    ``(|sum z|^2 - M) / (M (M - 1))``, O(M D); 0 for fewer than two rows."""
-    m = z.shape[0]
-    if m < 2:
-        return z.new_zeros((), dtype=torch.float32)
-    s = F.normalize(z.float(), dim=1).sum(0)
-    return (s.dot(s) - m) / (m * (m - 1))
+    ``(|sum z|^2 - M) / (M (M - 1))``, O(M D); 0 for fewer than two rows.
+
+    ``weights`` (M bool, optional): only those rows, as ``mean_pairwise_cosine(z[weights])``
+    but without reading their count on the host (no sync).
+    """
+    if weights is None:
+        m = z.shape[0]
+        if m < 2:
+            return z.new_zeros((), dtype=torch.float32)
+        s = F.normalize(z.float(), dim=1).sum(0)
+        return (s.dot(s) - m) / (m * (m - 1))
+    w = weights.to(torch.float32)  # w: M in {0, 1}
+    m = w.sum()
+    s = (F.normalize(z.float(), dim=1) * w.unsqueeze(1)).sum(0)  # s: D
+    return torch.where(m >= 2, (s.dot(s) - m) / (m * (m - 1)).clamp_min(1), torch.zeros_like(m))
+
+
+class _SplitBNChannelsLast(torch.autograd.Function):
+    """Training-mode split BN of a channels_last N x C x H x W tensor, with no layout change.
+
+    Channels_last memory is N x H x W x C, so ``x.permute(0, 2, 3, 1).view(N/G, G, H, W, C)``
+    is a view whose (b, c) slice over dims (0, 2, 3) holds exactly group b's samples of
+    channel c (sample a*G + b is in group b, as in :class:`SplitBatchNorm`'s NCHW path).
+    Statistics and the affine map are computed on that view, in fp32 (also for bf16
+    inputs), and the result is written in the same order: channels_last again.
+    Backward is BN's analytic gradient per (group, channel); only the input (in its own
+    dtype) and G x C statistics are kept for it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, g: int, eps: float):
+        n, c, h, w = x.shape
+        x5 = x.permute(0, 2, 3, 1).view(n // g, g, h, w, c)  # x5: N/G x G x H x W x C (a view)
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 statistics (fp64 stays fp64)
+        var, mean = torch.var_mean(x5.to(acc), dim=(0, 2, 3), correction=0)  # var, mean: G x C
+        invstd = torch.rsqrt(var + eps)
+        wt = weight.to(acc) if weight is not None else torch.ones_like(mean[0])  # wt: C
+        scale = wt * invstd  # scale: G x C
+        shift = (bias.to(acc) if bias is not None else 0.0) - mean * scale  # shift: G x C
+        y5 = torch.addcmul(shift.view(1, g, 1, 1, c), x5, scale.view(1, g, 1, 1, c))
+        ctx.save_for_backward(x, mean, invstd, wt)
+        ctx.g, ctx.has_w, ctx.has_b = g, weight is not None, bias is not None
+        y = y5.to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2)  # y: N x C x H x W, channels_last
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar):
+        x, mean, invstd, wt = ctx.saved_tensors
+        g = ctx.g
+        n, c, h, w = x.shape
+        m = (n // g) * h * w  # samples per (group, channel)
+        acc = mean.dtype
+        x5 = x.permute(0, 2, 3, 1).view(n // g, g, h, w, c).to(acc)
+        gy5 = gy.permute(0, 2, 3, 1).reshape(n // g, g, h, w, c).to(acc)
+        sum_g = gy5.sum(dim=(0, 2, 3))  # sum_g: G x C
+        dot = invstd * ((gy5 * x5).sum(dim=(0, 2, 3)) - mean * sum_g)  # sum gy * xhat: G x C
+        scale = wt * invstd
+        alpha = -scale * invstd * dot / m  # alpha, beta: G x C
+        beta = -scale * sum_g / m - alpha * mean
+        shp = (1, g, 1, 1, c)
+        gx5 = gy5 * scale.view(shp) + x5 * alpha.view(shp) + beta.view(shp)
+        gx = gx5.to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2)  # channels_last
+        gw = dot.sum(0) if ctx.has_w else None
+        gb = sum_g.sum(0) if ctx.has_b else None
+        return gx, gw, gb, None, None
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -82,7 +141,9 @@ class SplitBatchNorm(nn.BatchNorm2d):
     Simulates ``num_splits`` GPUs in one process (MoCo's single-GPU demo): in training,
     sample ``i`` is normalised with the statistics of samples ``i mod G`` (G groups of N/G),
     and the running statistics are the mean over groups. In eval mode it is a plain
-    BatchNorm2d. Parameters and buffers are those of BatchNorm2d (same state_dict keys).
+    BatchNorm2d. A channels_last input stays channels_last (no transposes, see
+    :class:`_SplitBNChannelsLast`); an NCHW one goes through one ``F.batch_norm`` on a
+    ``N/G x G*C x H x W`` view. Parameters and buffers are those of BatchNorm2d (same state_dict keys).
     If N is not divisible by ``num_splits`` the largest divisor of N below it is used
     (warned once per batch size).
     """
@@ -106,6 +167,16 @@ class SplitBatchNorm(nn.BatchNorm2d):
             if self.momentum is None:  # cumulative moving average, as BatchNorm2d
                 factor = 1.0 / float(self.num_batches_tracked)
         track = self.track_running_stats and self.running_mean is not None
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # channels_last (the CUDA default of the trainer): no NCHW round trip
+            out, mean, var = _SplitBNChannelsLast.apply(x, self.weight, self.bias, g, self.eps)
+            if track:
+                with torch.no_grad():
+                    m = (n // g) * h * w
+                    unbiased = var.mean(0) * (m / max(m - 1, 1))
+                    self.running_mean.mul_(1 - factor).add_(mean.mean(0), alpha=factor)
+                    self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+            return out
         rm = self.running_mean.repeat(g) if track else None  # rm: G*C
         rv = self.running_var.repeat(g) if track else None
         weight = self.weight.repeat(g) if self.weight is not None else None
@@ -236,6 +307,7 @@ class PriorMoCo(nn.Module):
         self.patches_per_image = int(patches_per_image)
         self.shuffle = shuffle
         self.min_patch_pixels = min_patch_pixels
+        self._ddp_sizes_checked = False  # shuffle="ddp" reads the ranks' batch sizes once
 
         c = int(backbone.channels[backbone.high_stage])
         hidden = int(mlp_hidden or c)
@@ -267,7 +339,9 @@ class PriorMoCo(nn.Module):
         ddp = self.shuffle == "ddp" and dist.is_available() and dist.is_initialized() \
             and dist.get_world_size() > 1
         if ddp:
-            im_k, masks_k, idx_unshuffle = _ddp_shuffle(im_k, masks_k)
+            im_k, masks_k, idx_unshuffle = _ddp_shuffle(im_k, masks_k,
+                                                        check=not self._ddp_sizes_checked)
+            self._ddp_sizes_checked = True
         elif self.shuffle != "none":  # split-bn (and "ddp" in one process): in-batch shuffle
             perm = torch.randperm(n, device=im_k.device)  # perm: N
             im_k = im_k[perm]
@@ -286,7 +360,7 @@ class PriorMoCo(nn.Module):
 
     # -------------------------------------------------------------------------- forward
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor, map_q: torch.Tensor,
-                map_k: torch.Tensor) -> dict[str, torch.Tensor]:
+                map_k: torch.Tensor, *, max_id: int | None = None) -> dict[str, torch.Tensor]:
         """One contrastive step's losses (the caller runs backward and the optimiser).
 
         Parameters
@@ -295,6 +369,10 @@ class PriorMoCo(nn.Module):
             The two augmented views (ImageNet-normalised).
         map_q, map_k : Tensor, N x S x S int64
             Their superpixel maps (0 = none); unused when ``loss="global"``.
+        max_id : int, optional
+            The largest id in both maps, known on the host (the batch's ``"max_id"`` from
+            :func:`model.prior.data.collate`); without it the step reads it from the device
+            (a host-device sync). With it, nothing in the step waits for the device.
 
         Returns
         -------
@@ -319,7 +397,7 @@ class PriorMoCo(nn.Module):
             if min_pixels is None:  # half a cell (see model.prior.patches)
                 min_pixels = max(1, int(cell // 2))
             ids, valid = sample_patch_ids(map_q, map_k, self.patches_per_image,
-                                          min_pixels=min_pixels)  # ids, valid: N x P
+                                          min_pixels=min_pixels, max_id=max_id)  # N x P
             masks_q = patch_masks(map_q, ids, valid, (h, w))  # masks_q: N x P x h x w
             masks_k = patch_masks(map_k, ids, valid, (h, w))  # masks_k: N x P x h x w
             q_loc = self.encoder_q.embed_local(f_q, masks_q)  # q_loc: N x P x D
@@ -350,14 +428,19 @@ class PriorMoCo(nn.Module):
             hit = (logits_l.detach().argmax(dim=1) == 0).float()  # hit: NP
             out["acc_local"] = (hit * flat_valid).sum() / flat_valid.sum().clamp_min(1)
             out["n_patches"] = flat_valid.sum()
-            out["cos_local"] = mean_pairwise_cosine(q_loc.detach().reshape(n * p, -1)[flat_valid])
+            out["cos_local"] = mean_pairwise_cosine(q_loc.detach().reshape(n * p, -1),
+                                                    weights=flat_valid)
         out["loss"] = total
 
-        # Enqueue after the logits; keys of all ranks (variable counts for patches).
+        # Enqueue after the logits; keys of all ranks (equal batches under drop_last). The
+        # patch keys travel with their valid flags (no host-side count, no sync).
         if self.use_global:
-            self.queue.enqueue(all_gather_variable(k.contiguous()))
+            self.queue.enqueue(all_gather_variable(k.contiguous(), sizes_equal=True))
         if self.use_local:
-            self.local_queue.enqueue(all_gather_variable(k_loc[valid].contiguous()))  # n_valid x D
+            p = ids.shape[1]
+            self.local_queue.enqueue(
+                all_gather_variable(k_loc.reshape(n * p, -1), sizes_equal=True),  # world*NP x D
+                valid=all_gather_variable(valid.reshape(n * p), sizes_equal=True))  # world*NP
         return out
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
@@ -371,18 +454,22 @@ class PriorMoCo(nn.Module):
 
 # ------------------------------------------------------------------------------ DDP shuffle
 @torch.no_grad()
-def _ddp_shuffle(im_k: torch.Tensor, masks_k: torch.Tensor | None):
+def _ddp_shuffle(im_k: torch.Tensor, masks_k: torch.Tensor | None, *, check: bool = True):
     """MoCo's batch shuffle across ranks: gather, permute (rank 0's permutation), keep this
-    rank's slice. Needs the same batch size on every rank (``drop_last=True``)."""
+    rank's slice. Needs the same batch size on every rank (``drop_last=True``); ``check``
+    reads the ranks' sizes on the host (a sync; the model does it on its first step only)."""
     n = im_k.shape[0]
     world, rank = dist.get_world_size(), dist.get_rank()
-    sizes = [torch.zeros(1, dtype=torch.long, device=im_k.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([n], device=im_k.device))
-    if any(int(s) != n for s in sizes):
-        raise RuntimeError(f"shuffle='ddp' needs the same batch size on every rank, got "
-                           f"{[int(s) for s in sizes]}; use a sampler with drop_last=True")
-    im_all = all_gather_variable(im_k)  # im_all: world*N x 3 x S x S
-    masks_all = all_gather_variable(masks_k) if masks_k is not None else None  # world*N x P x h x w
+    if check:
+        sizes = [torch.zeros(1, dtype=torch.long, device=im_k.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([n], device=im_k.device))
+        sizes = torch.cat(sizes).tolist()
+        if any(s != n for s in sizes):
+            raise RuntimeError(f"shuffle='ddp' needs the same batch size on every rank, got "
+                               f"{sizes}; use a sampler with drop_last=True")
+    im_all = all_gather_variable(im_k, sizes_equal=True)  # im_all: world*N x 3 x S x S
+    masks_all = (all_gather_variable(masks_k, sizes_equal=True)
+                 if masks_k is not None else None)  # masks_all: world*N x P x h x w
     perm = torch.randperm(world * n, device=im_k.device)  # perm: world*N
     dist.broadcast(perm, src=0)
     idx_unshuffle = torch.argsort(perm)
@@ -396,5 +483,5 @@ def _ddp_unshuffle(x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor
     """Gather the shuffled embeddings (N x ...) of all ranks and take back this rank's rows."""
     world, rank = dist.get_world_size(), dist.get_rank()
     n = x.shape[0]
-    x_all = all_gather_variable(x.contiguous())  # x_all: world*N x ...
+    x_all = all_gather_variable(x.contiguous(), sizes_equal=True)  # x_all: world*N x ...
     return x_all[idx_unshuffle.view(world, n)[rank]]

@@ -33,6 +33,7 @@ def sample_patch_ids(
     *,
     min_pixels: int = 512,
     generator: torch.Generator | None = None,
+    max_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample, per image, up to ``num`` superpixel ids visible in both views.
 
@@ -49,6 +50,12 @@ def sample_patch_ids(
     generator : torch.Generator, optional
         Source of randomness (ids are drawn uniformly without replacement among the
         eligible ones); on its own device, results moved to the maps' device.
+    max_id : int, optional
+        The largest id in the two maps, known on the host (the loader's collate computes
+        it on CPU): no host-device sync. Ids above it are treated as 0 (never sampled).
+        Default: read ``max(map_q.max(), map_k.max())`` from the device (one sync, and one
+        more to check that no id is negative). Given the true maximum, the result is
+        identical to the default's (same random draws).
 
     Returns
     -------
@@ -74,9 +81,14 @@ def sample_patch_ids(
     if n == 0 or num == 0:
         return (torch.zeros(n, num, dtype=torch.long, device=device),
                 torch.zeros(n, num, dtype=torch.bool, device=device))
-    m = int(torch.maximum(map_q.max(), map_k.max())) + 1  # ids 0..m-1
-    if int(torch.minimum(map_q.min(), map_k.min())) < 0:
-        raise ValueError("superpixel ids must be >= 0 (0 = no superpixel)")
+    if max_id is None:
+        m = int(torch.maximum(map_q.max(), map_k.max())) + 1  # ids 0..m-1 (syncs)
+        if int(torch.minimum(map_q.min(), map_k.min())) < 0:
+            raise ValueError("superpixel ids must be >= 0 (0 = no superpixel)")
+    else:  # no sync: out-of-range ids (negative or above max_id) become 0 = none
+        m = int(max_id) + 1
+        map_q = torch.where((map_q < 0) | (map_q >= m), 0, map_q)
+        map_k = torch.where((map_k < 0) | (map_k >= m), 0, map_k)
     offset = (torch.arange(n, device=device) * m).view(n, 1, 1)  # offset: N x 1 x 1
     count_q = torch.bincount((map_q + offset).flatten(), minlength=n * m).view(n, m)  # N x m
     count_k = torch.bincount((map_k + offset).flatten(), minlength=n * m).view(n, m)  # N x m

@@ -52,21 +52,48 @@ class RingQueue(nn.Module):
         self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (n x D, any n >= 0) at ``ptr``, wrapping around; detached, cast to fp32."""
+    def enqueue(self, keys: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Write ``keys`` (n x D, any n >= 0) at ``ptr``, wrapping around; detached, cast to fp32.
+
+        ``valid`` (n bool, optional): write only those rows, in order, exactly as
+        ``enqueue(keys[valid])`` would, but without reading the count on the host. Nothing
+        here waits for the device when ``n <= size`` (always, for MoCo's batch of keys and
+        for the N x P patch keys with the default queue of 65,536).
+        """
         if keys.dim() != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"enqueue expects n x {self.dim} keys, got {tuple(keys.shape)}")
         n = keys.shape[0]
+        if valid is not None and valid.shape != (n,):
+            raise ValueError(f"valid must be a bool vector of {n}, got {tuple(valid.shape)}")
         if n == 0:
             return
-        ptr = int(self.ptr)
-        if n > self.size:  # the first n - size rows would be overwritten within this call
-            ptr = (ptr + n - self.size) % self.size
-            keys = keys[-self.size:]
-            n = self.size
-        rows = (ptr + torch.arange(n, device=self.keys.device)) % self.size  # rows: n
-        self.keys.index_copy_(0, rows, keys.detach().to(self.keys.dtype))
-        self.ptr[0] = (ptr + n) % self.size
+        keys = keys.detach().to(self.keys.dtype)
+        if valid is not None and n > self.size:  # rare (tiny queues): count the rows on the host
+            keys, valid = keys[valid], None
+            n = keys.shape[0]
+            if n == 0:
+                return
+        ptr = self.ptr[0]  # 0-d device tensor: never read on the host
+        if valid is None:
+            if n > self.size:  # the first n - size rows would be overwritten within this call
+                ptr = ptr + (n - self.size)
+                keys = keys[-self.size:]
+                n = self.size
+            rows = (ptr + torch.arange(n, device=self.keys.device)) % self.size  # rows: n
+            self.keys.index_copy_(0, rows, keys)
+            self.ptr[0] = (ptr + n) % self.size
+            return
+        # Valid rows go to ptr, ptr+1, ... in order; invalid rows to the slots right after
+        # them, rewriting what is there (a no-op). All n target rows are distinct (n <= size).
+        valid = valid.to(device=self.keys.device, dtype=torch.bool)
+        before = torch.cumsum(valid.long(), 0)  # before: n (valid rows up to and including i)
+        n_valid = before[-1]
+        rank = torch.where(valid, before - 1,
+                           n_valid + torch.arange(n, device=self.keys.device) - before)  # rank: n
+        rows = (ptr + rank) % self.size  # rows: n, a permutation of ptr .. ptr+n-1 (mod size)
+        new = torch.where(valid.unsqueeze(1), keys, self.keys.index_select(0, rows))  # new: n x D
+        self.keys.index_copy_(0, rows, new)
+        self.ptr[0] = (ptr + n_valid) % self.size
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, size={self.size}"

@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from model.prior.device_augment import DevicePrefetcher, batch_to_device
+from model.speed import configure_cuda
 from model.utils import (
     DistInfo,
     MetricsWriter,
@@ -293,7 +294,7 @@ def _store_command(cfg: PriorConfig) -> str:
 # ------------------------------------------------------------------------------ the step
 def train_step(model, batch: dict[str, torch.Tensor], optimizer, scheduler, *,
                device: torch.device, amp: bool = True, channels_last: bool = False
-               ) -> dict[str, float]:
+               ) -> dict[str, torch.Tensor]:
     """One optimisation step (shared by the trainer and ``bench/prior_step.py``).
 
     1. move the views and patch maps to ``device`` (non-blocking from pinned memory; a
@@ -304,19 +305,20 @@ def train_step(model, batch: dict[str, torch.Tensor], optimizer, scheduler, *,
        InfoNCE, enqueue (all inside ``PriorMoCo.forward``), under bf16 autocast on CUDA;
     3. backward through the query encoder and heads;
     4. SGD step and lr schedule step;
-    5. return the scalars (python floats; this syncs with the device).
+    5. return the scalars as detached 0-d fp32 tensors on ``device``: nothing in the step
+       waits for the device (given the batch's host-side ``"max_id"``); the caller reads
+       them on the host at its log steps only (``tests/model/test_syncs.py``).
     """
     b = batch_to_device(batch, device, channels_last=channels_last)
     im_q, im_k = b["im_q"], b["im_k"]  # N x 3 x S x S float, normalised
     map_q, map_k = b["map_q"], b["map_k"]  # N x S x S int64
     with autocast(device, enabled=amp):
-        out = model(im_q, im_k, map_q, map_k)
+        out = model(im_q, im_k, map_q, map_k, max_id=batch.get("max_id"))
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     optimizer.step()
     scheduler.step()
-    return {k: float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
-            for k, v in out.items() if k in SCALARS}
+    return {k: v.detach().float().mean() for k, v in out.items() if k in SCALARS}
 
 
 SCALARS = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "n_patches",
@@ -332,6 +334,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     """
     dinfo = init_distributed(cfg.device)
     device = pick_device(cfg.device)
+    configure_cuda(device)  # cudnn.benchmark + TF32 matmuls, CUDA only (model.speed)
     cfg = finalize_config(cfg, world=dinfo.world_size)
     run_dir = Path(cfg.out)
     ckpt = None
@@ -425,13 +428,13 @@ def train_prior(cfg: PriorConfig) -> Path:
             step, pos = step + 1, pos + 1
             t2 = time.perf_counter()
             t_wait, t_total, t0 = t_wait + (t1 - t0), t_total + (t2 - t0), t2
-            out["skipped"] = float(batch["skipped"].sum())
-            window.append(out)
-            if not math.isfinite(out["loss"]):
-                raise FloatingPointError(f"loss is {out['loss']} at step {step}; lower --lr "
-                                         f"(now {cfg.lr}) or check the data")
+            out["skipped"] = batch["skipped"].sum()  # host tensor (the loader's)
+            window.append(out)  # device tensors: read on the host at log steps only (no sync)
             if step % cfg.log_every == 0 or step == last_step or pos == steps_per_epoch:
                 rec = _reduce_window(window, dinfo)
+                if not math.isfinite(rec["loss"]):  # a non-finite step makes the mean non-finite
+                    raise FloatingPointError(f"loss is {rec['loss']} in steps {step - len(window) + 1}"
+                                             f"-{step}; lower --lr (now {cfg.lr}) or check the data")
                 skipped_total += int(rec.pop("skipped"))
                 rec = {"step": step, "epoch": epoch + pos / steps_per_epoch,
                        "lr": optimizer.param_groups[0]["lr"], **rec,
@@ -487,11 +490,17 @@ def _gather_rng(dinfo: DistInfo) -> list[dict[str, Any]]:
     return out
 
 
-def _reduce_window(window: list[dict[str, float]], dinfo: DistInfo) -> dict[str, float]:
-    """Means of the window's scalars (``skipped``: sum), averaged over ranks under DDP."""
-    keys = [k for k in (*SCALARS, "skipped") if k in window[0]]
-    vals = torch.tensor([sum(w[k] for w in window) / len(window) for k in keys],
-                        dtype=torch.float64)
+def _reduce_window(window: list[dict[str, torch.Tensor]], dinfo: DistInfo) -> dict[str, float]:
+    """Means of the window's scalars (``skipped``: sum), averaged over ranks under DDP.
+
+    The steps' 0-d device tensors are stacked and read on the host here, once per log
+    step (the only host-device sync of the loop besides checkpoints).
+    """
+    keys = [k for k in SCALARS if k in window[0]]
+    means = torch.stack([torch.stack([w[k] for w in window]).to(torch.float64).mean()
+                         for k in keys]).cpu()  # means: K (the one sync of the window)
+    skipped = torch.stack([w["skipped"].to(torch.float64).cpu() for w in window]).mean()
+    vals, keys = torch.cat([means, skipped.reshape(1)]), [*keys, "skipped"]
     if dinfo.enabled:
         vals = vals.to("cuda" if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(vals)

@@ -2,6 +2,7 @@
 augmentation, SplitBatchNorm and PriorMoCo (on a tiny stand-in backbone)."""
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -511,3 +512,47 @@ def test_mean_pairwise_cosine_matches_a_loop():
     same = torch.ones(4, 3) * torch.tensor([1.0, 2.0, 3.0])
     assert abs(float(mean_pairwise_cosine(same)) - 1) < 1e-6  # collapsed: cosine 1
     assert float(mean_pairwise_cosine(z[:1])) == 0.0
+
+
+@pytest.mark.parametrize("groups,n", [(4, 8), (2, 6), (4, 6)])
+def test_split_batchnorm_channels_last_matches_nchw_and_stays_channels_last(groups, n):
+    # The channels_last path (no layout round trip) against the NCHW path: outputs,
+    # gradients of input, weight and bias, and running statistics over two steps.
+    torch.manual_seed(groups * n)
+    ref = SplitBatchNorm(5, groups, momentum=0.3)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-1, 1)
+    cl = SplitBatchNorm(5, groups, momentum=0.3)
+    cl.load_state_dict(ref.state_dict())
+    for _ in range(2):
+        x = (torch.randn(n, 5, 4, 3) * 3 + 1).requires_grad_(True)
+        xc = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+        gy = torch.randn(n, 5, 4, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y, yc = ref(x), cl(xc)
+        assert yc.is_contiguous(memory_format=torch.channels_last) and not yc.is_contiguous()
+        torch.testing.assert_close(yc, y, rtol=1e-5, atol=1e-5)
+        (y * gy).sum().backward()
+        (yc * gy).sum().backward()
+        torch.testing.assert_close(xc.grad, x.grad, rtol=1e-4, atol=1e-5)
+        assert xc.grad.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(cl.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cl.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cl.running_mean, ref.running_mean)
+        torch.testing.assert_close(cl.running_var, ref.running_var)
+        assert int(cl.num_batches_tracked) == int(ref.num_batches_tracked)
+
+
+def test_split_batchnorm_channels_last_gradcheck():
+    from model.prior.moco import _SplitBNChannelsLast
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64).to(memory_format=torch.channels_last)
+    w = torch.rand(3, dtype=torch.float64) + 0.5
+    b = torch.randn(3, dtype=torch.float64)
+    for t in (x, w, b):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, w, b: _SplitBNChannelsLast.apply(x, w, b, 2, 1e-5)[0],
+                                    (x, w, b))

@@ -354,3 +354,82 @@ def test_a_few_training_steps_learn_the_task():
         pred = net(q, s, sm).argmax(1)
     iou = ((pred == 1) & (target == 1)).sum() / ((pred == 1) | (target == 1)).sum()
     assert iou > 0.4, float(iou)  # 0.6-0.9 over backbone seeds
+
+
+def _cosine_max_map_quotient(query, keys, eps=1e-7):
+    """The formula before the memory fix: bmm(k, q) / (bmm(|k|, |q|) + eps) (PFENet's)."""
+    n, c, h, w = query.shape
+    q = query.float().reshape(n, c, h * w)
+    k = keys.float().reshape(n, c, -1).transpose(1, 2)
+    sim = torch.bmm(k, q) / (torch.bmm(k.norm(dim=2, keepdim=True), q.norm(dim=1, keepdim=True)) + eps)
+    return minmax_normalise(sim.max(dim=1).values, eps=eps).reshape(n, 1, h, w)
+
+
+def test_cosine_max_map_equals_the_quotient_formula_and_its_gradient():
+    torch.manual_seed(0)
+    q = torch.relu(torch.randn(2, 16, 6, 5)).requires_grad_(True)  # ReLU: some zero vectors
+    k = torch.relu(torch.randn(2, 16, 4, 4) - 0.5)
+    k[0, :, 0, 0] = 0  # a masked-out support position
+    k.requires_grad_(True)
+    w = torch.rand(2, 1, 6, 5)
+    new, old = cosine_max_map(q, k), _cosine_max_map_quotient(q, k)
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-6)
+    gq_new, gk_new = torch.autograd.grad((new * w).sum(), (q, k))
+    gq_old, gk_old = torch.autograd.grad((old * w).sum(), (q, k))
+    torch.testing.assert_close(gq_new, gq_old, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gk_new, gk_old, rtol=1e-4, atol=1e-5)
+
+
+def test_cosine_max_map_keeps_no_positions_squared_tensor_for_backward():
+    # The memory fix: nothing of size N x Pk x P is saved for backward (the quotient kept two).
+    q = torch.randn(2, 8, 12, 12, requires_grad=True)  # P = 144
+    k = torch.randn(2, 8, 12, 12, requires_grad=True)  # Pk = 144
+    big = 2 * 144 * 144
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        cosine_max_map(q, k)
+    assert sizes and max(sizes) < big, sizes
+    sizes.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _cosine_max_map_quotient(q, k)
+    assert sum(s >= big for s in sizes) >= 2  # the old formula: numerator and denominator
+
+
+def test_channels_last_network_gives_the_same_outputs_and_gradients():
+    # What the FSS trainer does on CUDA (model.speed.channels_last_on_cuda); checked on CPU.
+    ref, cl = _net(), _net()
+    cl.to(memory_format=torch.channels_last)
+    q, s, m = _episode(n=2, k=2)
+    target = torch.randint(0, 2, (2, 65, 65), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for net in (ref, cl):
+        net.eval()  # no dropout: compare the same function
+        out = net(q, s, m, return_maps=True)
+        loss = net.loss(out["logits"], out["aux"], target)
+        loss.backward()
+        outs.append((out, loss))
+    (o1, l1), (o2, l2) = outs
+    assert o2["prior_map"] is not None
+    torch.testing.assert_close(o2["logits"], o1["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(o2["guided_map"], o1["guided_map"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(o2["prior_map"], o1["prior_map"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+    for (name, p1), p2 in zip(ref.named_parameters(), cl.parameters(), strict=True):
+        if p1.grad is not None:
+            torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_speed_switches_are_cuda_only():
+    from model.speed import channels_last_on_cuda, configure_cuda
+
+    bench = torch.backends.cudnn.benchmark
+    assert configure_cuda("cpu") is False and torch.backends.cudnn.benchmark == bench
+    net = _net()
+    channels_last_on_cuda(net, torch.device("cpu"))
+    w = net.beta_conv[0][0].weight  # 3 x 3: the two layouts differ
+    assert w.is_contiguous() and not w.is_contiguous(memory_format=torch.channels_last)

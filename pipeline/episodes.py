@@ -555,13 +555,14 @@ def _load_npz(path: Path) -> dict[str, Any]:
 # ========================================================================================
 
 def _masks_command(dataset: str, split: str, cache_dir) -> str:
-    extra = f" --cache-dir {cache_dir}" if cache_dir else ""
-    return f"qgnet-prep masks --dataset {dataset} --split {split}{extra}"
+    from pipeline.mask_stage import build_command
+
+    return build_command(dataset, split, cache_dir=cache_dir or None)
 
 
 def _locate_masks(dataset: str, split: str, cache_dir) -> Path:
     """Path of a mask store (through pipeline.mask_stage when it exists)."""
-    from pipeline.store import StoreError
+    from pipeline.store import StoreError, is_store
 
     try:
         from pipeline.mask_stage import locate_mask_store
@@ -572,33 +573,25 @@ def _locate_masks(dataset: str, split: str, cache_dir) -> Path:
     from pipeline.config import mask_store_path
 
     path = mask_store_path(dataset, split, cache_dir=cache_dir)
-    if not (path / "ids.json").is_file():
+    if not is_store(path):
         raise StoreError(f"no mask store for {dataset}/{split} at {path}; build it with: "
                          f"{_masks_command(dataset, split, cache_dir)}")
     return path
 
 
 def _open_masks(dataset: str, split: str, cache_dir):
-    from pipeline.store import ShardedStore, StoreError
+    from pipeline.store import ShardedStore
 
     path = _locate_masks(dataset, split, cache_dir)
-    store = ShardedStore.open(path, kind="masks", hint=_masks_command(dataset, split, cache_dir))
-    if not store.complete:
-        raise StoreError(f"mask store {path} is incomplete ({store.summary()['shards_done']} "
-                         f"shards); finish it with: {_masks_command(dataset, split, cache_dir)}")
-    return store
+    return ShardedStore.open_complete(path, "masks", _masks_command(dataset, split, cache_dir),
+                                      what="mask store")
 
 
 def _episodes_command(dataset: str, cache_dir, **opts) -> str:
-    parts = [f"qgnet-prep episodes --dataset {dataset}"]
-    for k, v in opts.items():
-        if v is True:
-            parts.append(f"--{k.replace('_', '-')}")
-        elif v is not None and v is not False:  # seed 0 is a value
-            parts.append(f"--{k.replace('_', '-')} {v}")
-    if cache_dir:
-        parts.append(f"--cache-dir {cache_dir}")
-    return " ".join(parts)
+    from pipeline.config import format_command
+
+    return format_command("qgnet-prep", "episodes", dataset=dataset, **opts,
+                          cache_dir=cache_dir or None)
 
 
 def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None = None,
@@ -744,10 +737,10 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
 
 def _check_current(data: dict, path: Path, dataset: str, split: str, cache_dir, command: str,
                    fold: int) -> None:
-    from pipeline.store import StoreError
+    from pipeline.store import StoreError, read_ids
 
     store = _locate_masks(dataset, split, cache_dir)
-    current = ids_hash(json.loads((store / "ids.json").read_text()))
+    current = ids_hash(read_ids(store))
     if data.get("ids_hash") != current:
         raise StoreError(f"{path} was built from another version of the mask store {store} "
                          f"(its image ids changed); rebuild the episodes with: {command}")

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.config import provenance, superpixel_store_path
+from pipeline.config import format_command, provenance, superpixel_store_path
 from pipeline.runner import RunReport, build_store, dataset_source
 from pipeline.store import ShardedStore, StoreError
 
@@ -169,17 +169,16 @@ def superpixel_params(method: str, params: Mapping[str, Any] | None = None, *,
 def build_command(dataset: str, split: str, method: str, params: Mapping[str, Any] | None = None,
                   ) -> str:
     """The ``qgnet-prep superpixels`` command that builds the store of ``params``."""
-    cmd = f"qgnet-prep superpixels --dataset {dataset} --split {split} --method {method}"
+    opts: dict[str, Any] = {"dataset": dataset, "split": split, "method": method}
     if params:
         defaults = method_defaults(method)
         for name in METHOD_PARAMS[method]:
             if name in params and params[name] != defaults.get(name):
-                cmd += f" {FLAGS[name]} {params[name]}"
+                opts[name] = params[name]
         if params.get("backend") not in (None, "auto", resolve_backend(method, "auto")):
-            cmd += f" --backend {params['backend']}"
-        if params.get("limit") is not None:
-            cmd += f" --limit {params['limit']}"
-    return cmd
+            opts["backend"] = params["backend"]
+        opts["limit"] = params.get("limit")
+    return format_command("qgnet-prep", "superpixels", **opts)
 
 
 # ------------------------------------------------------------------------------ per image
@@ -313,9 +312,5 @@ def _describe(path: Path) -> str:
 
 
 def _complete_or_raise(path: Path, command: str) -> Path:
-    store = ShardedStore.open(path, kind="superpixels", hint=command)
-    if not store.complete:
-        done = store.done
-        raise StoreError(f"superpixel store {path} is incomplete ({int(done.sum())}/{len(done)} "
-                         f"shards done); re-run the same command to resume: {command}")
+    ShardedStore.open_complete(path, "superpixels", command, what="superpixel store")
     return path

@@ -11,8 +11,9 @@ label conventions: docs/data.md.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
+
+from pipeline.config import DATASET_NAME_RE
 
 from pipeline.datasets.base import IGNORE, Dataset, DatasetError, ImageReadError
 from pipeline.datasets.coco import CocoDataset
@@ -77,7 +78,7 @@ def dataset_root(name: str, root: str | os.PathLike | None = None, *,
 def _open_named_folder(name: str, root, *, cache_dir=None) -> Dataset:
     """Any other name is a dataset of the user's in ``folder`` layout with its own cache
     folder ``<cache root>/<name>/`` (so two folder datasets never share cached stores)."""
-    if not _NAME_RE.fullmatch(name or ""):
+    if not DATASET_NAME_RE.fullmatch(name or ""):
         raise ValueError(f"unknown dataset {name!r}; known datasets: "
                          f"{', '.join(sorted(DATASETS))}, or any name made of letters, digits, "
                          f"'-', '_' and '.' together with --root DIR for your own data in "
@@ -92,8 +93,6 @@ def _open_named_folder(name: str, root, *, cache_dir=None) -> Dataset:
     ds.name = name  # the cache key: <cache root>/<name>/
     return ds
 
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 __all__ = ["DATASETS", "IGNORE", "CocoDataset", "Dataset", "DatasetError", "DemoDataset",

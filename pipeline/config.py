@@ -151,6 +151,14 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
 # configuration: defaults < TOML file < environment < command line
 # ----------------------------------------------------------------------------------------
 
+def option(default: Any = None, *, min: float | None = None, max: float | None = None,
+           flag: str | None = None) -> Any:
+    """A config dataclass field with bounds that :func:`resolve_config` checks for every
+    source: ``shard_size: int | None = option(None, min=1)``."""
+    meta = {k: v for k, v in {"min": min, "max": max, "flag": flag}.items() if v is not None}
+    return dataclasses.field(default=default, metadata=meta)
+
+
 def resolve_config(cls, *, cli: Mapping[str, Any] | None = None,
                    config_file: str | os.PathLike | None = None,
                    env: Mapping[str, str] | None = None, section: str | None = None):

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import format_command, mask_store_path, provenance
+from pipeline.config import format_command, mask_store_path, option, provenance
 from pipeline.datasets.base import IGNORE
+from pipeline.errors import ConfigError
 from pipeline.runner import RunReport, build_store, dataset_source
 from pipeline.store import ShardedStore
 
@@ -31,14 +32,14 @@ class MaskConfig:
     dataset: str = "demo"
     root: str | None = None
     split: str = "train"
-    workers: int = 2
+    workers: int = option(2, min=1)
     scheduler: str = "threads"
-    limit: int | None = None
+    limit: int | None = option(None, min=1)
     cache_dir: str | None = None
     out: str | None = None
     overwrite: bool = False
-    max_failures: int = 0
-    shard_size: int | None = None
+    max_failures: int = option(0, min=0)
+    shard_size: int | None = option(None, min=1)
     progress: bool = True
 
 
@@ -87,7 +88,7 @@ def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = 
     store made with other settings at the path).
     """
     if limit is not None and int(limit) < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
     limit = None if limit is None else int(limit)
     name, ds, data_root = dataset_source(dataset, root, cache_dir)
     path = Path(out) if out else mask_store_path(name, split, cache_dir=cache_dir)

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.store import MAX_MAP_SIDE, ShardedStore, StoreError, StoreLock, auto_shard_size
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
@@ -50,11 +51,11 @@ SIZE_PARALLEL_FROM = 4096  # read sizes serially below this many images
 def check_scheduler(scheduler: str, workers: int) -> str:
     """Validate ``--scheduler`` / ``--workers``; returns the scheduler name."""
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"--workers must be an int >= 1, got {workers}")
     if scheduler in LOCAL_SCHEDULERS or is_address(scheduler):
         return scheduler
-    raise ValueError(f"unknown scheduler {scheduler!r}: use threads, processes, sync or a "
-                     f"dask.distributed address such as tcp://127.0.0.1:8786")
+    raise ConfigError(f"unknown scheduler {scheduler!r}: use threads, processes, sync or a "
+                      f"dask.distributed address such as tcp://127.0.0.1:8786")
 
 
 def is_address(scheduler: str) -> bool:
@@ -383,7 +384,9 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
     """
     check_scheduler(scheduler, workers)
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise ConfigError(f"--limit must be an int >= 1, got {limit}")
+    if shard_size is not None and shard_size < 1:
+        raise ConfigError(f"--shard-size must be an int >= 1, got {shard_size}")
     path = Path(path)
     with StoreLock(path, echo=_stderr):  # one writing process per store
         return _build_store_locked(
@@ -427,7 +430,8 @@ def _build_store_locked(dataset, *, split, limit, path, kind, maps, dtype, extra
                                     attrs={**attrs(ds), **check,
                                            "root": os.path.realpath(ds.root)},
                                     extras=extras(ds),
-                                    shard_size=shard_size or auto_shard_size(len(ids)),
+                                    shard_size=(auto_shard_size(len(ids)) if shard_size is None
+                                                else shard_size),
                                     overwrite=overwrite)
     t1 = time.perf_counter()
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import IGNORE, DatasetError, ImageReadError  # noqa: F401 - re-exported
+from pipeline.errors import IGNORE, ConfigError, DatasetError, ImageReadError  # noqa: F401 - re-exported
 
 
 class Dataset(ABC):
@@ -81,8 +81,8 @@ class Dataset(ABC):
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
-            raise ValueError(f"{self.name} dataset at {self.root} has no split {split!r}; "
-                             f"available splits: {', '.join(self.splits)}")
+            raise ConfigError(f"{self.name} dataset at {self.root} has no split {split!r}; "
+                              f"available splits: {', '.join(self.splits)}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, classes={self.num_classes})"

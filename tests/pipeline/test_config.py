@@ -1,14 +1,12 @@
 """Configuration flows one way: defaults < TOML file < environment < command line."""
-from dataclasses import dataclass
-
 import dataclasses
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 
-from pipeline.errors import ConfigError
 from pipeline.config import (
     cache_root,
     config_dict,
@@ -23,6 +21,7 @@ from pipeline.config import (
     validate_dataset_name,
     write_json_atomic,
 )
+from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from pipeline.mask_stage import build_mask_store
 from pipeline.store import MAX_MAP_SIDE, ShardedStore, StoreError, StoreLock, lock_path
+
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # --import-mode=importlib: the toy dataset of test_stages.py
 from test_stages import ToyDataset, toy_image  # noqa: E402

@@ -5,8 +5,9 @@ schedulers, alternating), ``qgnet-train prior`` and ``qgnet-train fss``, on the 
 at toy size::
 
     reference run (uninterrupted, timed: T)
-    per trial:  start the command; SIGKILL its process (not its group) at a random moment in
-                [0.05 T, 0.95 T] (training: [0.35 T, 0.95 T], past the torch import); every descendant process must die by itself within 10 s
+    per trial:  start the command; SIGKILL its process (not its group) once a random amount
+                of work is done (0 .. n-1 shards written, 0 .. n-1 steps logged) plus a
+                random delay of up to one unit's time (T / n); every descendant process must die by itself within 10 s
                 (else: an orphan, killed by this script and counted); re-run the same command
                 (training: with --resume) to completion; compare with the reference:
                   stores: every file byte-identical (except the group's command/created attrs)
@@ -24,6 +25,7 @@ if any trial differs, leaves an orphan or a temporary.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -65,21 +67,31 @@ def run(cmd: list[str], *, log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_and_kill(cmd: list[str], at: float, *, log: Path) -> dict:
-    """Start ``cmd``, SIGKILL its process at ``at`` seconds; return what happened."""
+def run_and_kill(cmd: list[str], *, progress, target: int, delay: float, log: Path,
+                 timeout: float = 1800.0) -> dict:
+    """Start ``cmd``; once ``progress()`` reaches ``target`` units (shards written, steps
+    logged) wait ``delay`` seconds more and SIGKILL its process (not its group). Kill moments
+    in units of work, not seconds, land in every phase however loaded the machine is."""
     with log.open("a") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=fh, stderr=subprocess.STDOUT)
     me = psutil.Process(proc.pid)
     seen: dict[int, psutil.Process] = {}
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < at and proc.poll() is None:
+    fire_at = None
+    while proc.poll() is None and time.perf_counter() - t0 < timeout:
         try:
             for c in me.children(recursive=True):
                 seen.setdefault(c.pid, c)
         except psutil.NoSuchProcess:
             break
-        time.sleep(0.05)
+        now = time.perf_counter()
+        if fire_at is None and progress() >= target:
+            fire_at = now + delay
+        if fire_at is not None and now >= fire_at:
+            break
+        time.sleep(0.02)
     killed = proc.poll() is None
+    done_at_kill = progress()
     if killed:
         try:
             for c in me.children(recursive=True):
@@ -95,7 +107,19 @@ def run_and_kill(cmd: list[str], at: float, *, log: Path) -> dict:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    return {"killed": killed, "at_s": round(at, 2), "children": len(seen), "orphans": orphans}
+    return {"killed": killed, "at_s": round(time.perf_counter() - t0, 1), "target": target,
+            "progress_at_kill": done_at_kill, "children": len(seen), "orphans": orphans}
+
+
+def shards_done(store: Path) -> int:
+    """Shards marked done (zarr writes the chunk file ``done/c/<k>`` when ``done[k]`` is set)."""
+    d = store / "done" / "c"
+    return len(list(d.iterdir())) if d.is_dir() else 0
+
+
+def steps_logged(run_dir: Path) -> int:
+    steps = losses(run_dir)
+    return max(steps) if steps else 0
 
 
 # ------------------------------------------------------------------------------ comparisons
@@ -160,8 +184,9 @@ def temporaries(*folders: Path) -> list[str]:
 class Stage:
     """One command under test: ``cmd(out, resume, scheduler)``, its comparison, its outputs."""
 
-    def __init__(self, name, cmd, compare, schedulers=(None,)):
+    def __init__(self, name, cmd, compare, progress, schedulers=(None,)):
         self.name, self.cmd, self.compare, self.schedulers = name, cmd, compare, schedulers
+        self.progress = progress  # out -> units of work done (shards, steps)
 
 
 def stages(work: Path, args) -> dict[str, Stage]:
@@ -198,12 +223,14 @@ def stages(work: Path, args) -> dict[str, Stage]:
     return {
         "superpixels": Stage("superpixels", superpixels,
                              lambda ref, out: same_store(ref / "sp.zarr", out / "sp.zarr"),
-                             ("threads", "processes")),
+                             lambda out: shards_done(out / "sp.zarr"), ("threads", "processes")),
         "masks": Stage("masks", masks,
                        lambda ref, out: same_store(ref / "masks.zarr", out / "masks.zarr"),
-                       ("threads", "processes")),
-        "prior": Stage("prior", prior, lambda ref, out: same_losses(ref / "prior", out / "prior")),
-        "fss": Stage("fss", fss, lambda ref, out: same_losses(ref / "fss", out / "fss")),
+                       lambda out: shards_done(out / "masks.zarr"), ("threads", "processes")),
+        "prior": Stage("prior", prior, lambda ref, out: same_losses(ref / "prior", out / "prior"),
+                       lambda out: steps_logged(out / "prior")),
+        "fss": Stage("fss", fss, lambda ref, out: same_losses(ref / "fss", out / "fss"),
+                     lambda out: steps_logged(out / "fss")),
     }
 
 
@@ -240,6 +267,8 @@ def resume(stage: Stage, out: Path, scheduler, log: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=10, help="Kills per stage (issue 15: 10).")
+    p.add_argument("--train-trials", type=int, help="Kills per training stage (default "
+                                                    "--trials).")
     p.add_argument("--stages", default="superpixels,masks,prior,fss")
     p.add_argument("--work", type=Path, default=Path("/tmp/qgnet-fault"))
     p.add_argument("--seed", type=int, default=0)
@@ -267,16 +296,21 @@ def main(argv=None) -> int:
         t_ref = run(stage.cmd(ref, False, stage.schedulers[0]), log=log)
         print(f"{name}: reference run {t_ref:.1f} s", flush=True)
         ok = 0
-        for i in range(args.trials):
+        n_trials = args.trials if stage.schedulers[0] or args.train_trials is None \
+            else args.train_trials
+        for i in range(n_trials):
             scheduler = stage.schedulers[i % len(stage.schedulers)]
             out = work / "trials" / f"{name}-{i}"
             out.mkdir(parents=True)
-            # training spends its first seconds importing torch and building the model: kill
-            # it later on average, so that most kills land after a checkpoint exists
-            lo = 0.05 if stage.schedulers[0] else 0.35
-            at = rng.uniform(lo, 0.95) * t_ref
+            # a random amount of work done (0 .. all but the last unit), then a random delay
+            # within one unit: kills land in start-up, mid-shard/step and mid-write alike
+            total = stage.progress(ref)
+            target = rng.randint(0, max(total - 1, 0))
+            delay = rng.uniform(0, t_ref / max(total, 1))
             rec = {"stage": name, "trial": i, "scheduler": scheduler,
-                   **run_and_kill(stage.cmd(out, False, scheduler), at, log=log)}
+                   **run_and_kill(stage.cmd(out, False, scheduler),
+                                  progress=functools.partial(stage.progress, out), target=target,
+                                  delay=delay, log=log)}
             try:
                 rec["resume"] = resume(stage, out, scheduler, log) if rec["killed"] else "none"
                 rec["diff"] = stage.compare(ref, out)
@@ -286,14 +320,15 @@ def main(argv=None) -> int:
             rec["ok"] = not rec["diff"] and not rec["orphans"] and not rec["temporaries"]
             ok += rec["ok"]
             records.append(rec)
-            print(f"{name:12s} #{i} {scheduler or '-':9s} kill at {rec['at_s']:5.1f} s "
-                  f"({'killed' if rec['killed'] else 'had finished'}, {rec['children']} "
+            print(f"{name:12s} #{i} {scheduler or '-':9s} kill at {rec['at_s']:5.1f} s, "
+                  f"{rec['progress_at_kill']}/{total} {'shards' if stage.schedulers[0] else 'steps'} "
+                  f"done ({'killed' if rec['killed'] else 'had finished'}, {rec['children']} "
                   f"children): {rec['resume']}; "
                   f"{'identical' if not rec['diff'] else rec['diff']}; orphans "
                   f"{len(rec['orphans'])}; temporaries {len(rec['temporaries'])}"
                   f"{'' if rec['ok'] else '  FAIL'}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
-        summary.append((name, ok, args.trials, t_ref))
+        summary.append((name, ok, n_trials, t_ref))
     print("\n| stage | schedulers | trials identical, no orphan, no temporary | reference run |")
     print("|---|---|---|---|")
     for name, ok, n, t_ref in summary:

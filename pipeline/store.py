@@ -85,11 +85,9 @@ class StoreLock:
     * left by a dead process (content present, but the flock is free) -> taken over, and
       ``echo`` is told which pid held it.
 
-    The lock file is removed on release. Re-entrant within one process (a stage that calls
-    another stage on the same store does not lock itself out).
+    The lock file is removed on release. A second ``StoreLock`` of the same store in the same
+    process (another thread) is refused too: flock locks belong to an open file.
     """
-
-    _held: dict[str, int] = {}  # lock path -> depth, this process
 
     def __init__(self, path: str | os.PathLike, *, echo: Callable[[str], None] | None = None):
         self.store = Path(path)
@@ -99,10 +97,6 @@ class StoreLock:
         self.took_over: str | None = None
 
     def __enter__(self) -> "StoreLock":
-        key = os.path.realpath(self.path)
-        if key in StoreLock._held:
-            StoreLock._held[key] += 1
-            return self
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,15 +127,9 @@ class StoreLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
-        StoreLock._held[key] = 1
         return self
 
     def __exit__(self, *exc) -> None:
-        key = os.path.realpath(self.path)
-        StoreLock._held[key] -= 1
-        if StoreLock._held[key] > 0:
-            return
-        del StoreLock._held[key]
         if self._fd is not None:
             try:
                 self.path.unlink(missing_ok=True)  # unlink while locked: see the inode check

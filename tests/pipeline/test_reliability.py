@@ -171,3 +171,12 @@ def test_an_image_above_the_size_limit_is_refused_and_not_padded(tmp_path):
     assert "downscale" in store.failures[0]["reason"]
     assert store.map_shape == (64, 64)  # padding follows the images that fit
     assert store.get(0).shape == toy_image(0).shape[:2]
+
+
+def test_a_second_writer_in_the_same_process_is_refused_too(tmp_path):
+    with StoreLock(tmp_path / "s.zarr"):
+        with pytest.raises(StoreError, match=rf"in use by pid {os.getpid()}"):
+            with StoreLock(tmp_path / "s.zarr"):
+                pass
+    with StoreLock(tmp_path / "s.zarr"):  # released: free again
+        pass

@@ -337,8 +337,10 @@ def read_sizes(dataset, ids: Sequence[str], *, scheduler: str = "threads", worke
     else:
         import dask
 
+        guard = ({"initializer": functools.partial(die_with_parent, os.getpid())}
+                 if scheduler == "processes" else {})  # no orphans while reading sizes either
         parts = dask.compute(*[dask.delayed(_sizes_of, pure=False)(dataset, c) for c in chunks],
-                             scheduler=scheduler, num_workers=workers)
+                             scheduler=scheduler, num_workers=workers, **guard)
     return np.asarray([hw for part in parts for hw in part], dtype=np.int32).reshape(len(ids), 2)
 
 

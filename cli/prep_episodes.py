@@ -48,9 +48,8 @@ def _ints(values, what: str) -> tuple[int, ...]:
 def episodes(dataset, cache_dir, folds, shots, seeds, episodes, protocol, min_pixels,
              drop_novel_images, pascal_train_set, coco_split, folds_file, config_file):
     """Write folds.json, train-fold{F}.npz and test-fold{F}-shot{K}-{protocol}-seed{S}.npz."""
-    from pipeline.config import config_dict, resolve_config
+    from pipeline.config import config_dict, resolve_config, validate_dataset_name
     from pipeline.episode_stage import EpisodesConfig, build_episodes
-    from pipeline.store import StoreError
 
     cli = {"dataset": dataset, "cache_dir": cache_dir, "episodes": episodes,
            "protocol": protocol, "min_pixels": min_pixels,
@@ -58,22 +57,21 @@ def episodes(dataset, cache_dir, folds, shots, seeds, episodes, protocol, min_pi
            "coco_split": coco_split, "folds_file": folds_file,
            "folds": _ints(folds, "--fold") or None, "shots": _ints(shots, "--shot") or None,
            "seeds": _ints(seeds, "--seed") or None}
-    try:
-        cfg = resolve_config(EpisodesConfig, cli=cli, config_file=config_file, section="episodes")
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.UsageError(str(exc)) from None
-    if not cfg.dataset:
+    cfg = resolve_config(EpisodesConfig, cli=cli, config_file=config_file, section="episodes")
+    if cfg.dataset is None:
         raise click.UsageError("--dataset is required (or QGNET_DATASET / dataset in --config)")
+    validate_dataset_name(cfg.dataset)
     if cfg.pascal_train_set == "aug" and cfg.dataset != "pascal":
         raise click.UsageError("--pascal-train-set aug applies to --dataset pascal only")
-    try:
-        build_episodes(
-            cfg.dataset, cache_dir=cfg.cache_dir or None,
-            folds=_ints(cfg.folds, "folds") or None, shots=_ints(cfg.shots, "shots") or (1, 5),
-            seeds=_ints(cfg.seeds, "seeds") or None, protocol=cfg.protocol,
-            n_episodes=cfg.episodes or None, min_pixels=cfg.min_pixels,
-            drop_novel_images=cfg.drop_novel_images, train_set=cfg.pascal_train_set,
-            coco_split=cfg.coco_split, folds_file=cfg.folds_file or None,
-            config=config_dict(cfg), echo=click.echo)
-    except (StoreError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    for what, values in (("--shot", cfg.shots), ("--fold", cfg.folds or ()),
+                         ("--seed", cfg.seeds or ())):
+        low = 1 if what == "--shot" else 0
+        bad = [v for v in values if v < low]
+        if bad:
+            raise click.UsageError(f"{what} must be an int >= {low}, got {bad[0]}")
+    build_episodes(
+        cfg.dataset, cache_dir=cfg.cache_dir, folds=cfg.folds, shots=cfg.shots,
+        seeds=cfg.seeds, protocol=cfg.protocol, n_episodes=cfg.episodes,
+        min_pixels=cfg.min_pixels, drop_novel_images=cfg.drop_novel_images,
+        train_set=cfg.pascal_train_set, coco_split=cfg.coco_split, folds_file=cfg.folds_file,
+        config=config_dict(cfg), echo=click.echo)

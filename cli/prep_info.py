@@ -10,7 +10,9 @@ SHOW_FAILURES = 5
 
 
 def _is_store(path: Path) -> bool:
-    return (path / "zarr.json").is_file() and (path / "ids.json").is_file()
+    from pipeline.store import is_store
+
+    return is_store(path)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -21,8 +23,12 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def store_lines(path: Path) -> list[str]:
-    """Summary of one store: parameters, counts, failures, size; per-class counts for masks."""
+def store_lines(path: Path, *, all_failures: bool = False) -> list[str]:
+    """Summary of one store: parameters, counts, failures, size; per-class counts for masks.
+
+    Counts cover the finished shards only (an interrupted store's other rows hold the
+    sizes of its layout, not results); ``all_failures`` lists every failure, not the first 5.
+    """
     from pipeline.store import ShardedStore
 
     store = ShardedStore.open(path)
@@ -34,7 +40,9 @@ def store_lines(path: Path) -> list[str]:
         lines.append(f"method:     {attrs.get('method')}  backend: {attrs.get('backend')}")
     lines += [f"params:     {json.dumps(s['params'], sort_keys=True)}",
               f"root:       {attrs.get('root')}",
-              f"images:     {s['images']} ({s['images_written']} written, {s['failures']} failed)",
+              f"images:     {s['images']} ({s['images_written']} written, {s['failures']} failed"
+              + ("" if store.complete else f", {s['images'] - s['images_in_done_shards']} "
+                                           f"not computed yet") + ")",
               f"shards:     {s['shards_done']} done, {store.shard_size} images per shard"
               + ("" if store.complete else "  INCOMPLETE: re-run the command below to resume"),
               f"on disk:    {_fmt_bytes(s['bytes_on_disk'])} "
@@ -43,7 +51,7 @@ def store_lines(path: Path) -> list[str]:
               f"created:    {s['created']}"]
     if s["kind"] == "superpixels" and "n_segments" in attrs.get("extras", []):
         n = store.extra("n_segments")
-        ok = n[store.hw[:, 0] > 0]
+        ok = n[store.finished_rows() & (store.hw[:, 0] > 0)]
         if ok.size:
             lines.append(f"segments:   mean {ok.mean():.1f}, min {ok.min()}, max {ok.max()}")
     if s["kind"] == "masks" and "class_pixels" in attrs.get("extras", []):
@@ -57,36 +65,39 @@ def store_lines(path: Path) -> list[str]:
             lines.append(f"  {c:3d} {name:<20s} {int(counts[c])}")
     failures = store.failures
     if failures:
-        lines.append(f"failures ({len(failures)}, first {min(len(failures), SHOW_FAILURES)}):")
-        lines += [f"  {f['id']}: {f['reason']}" for f in failures[:SHOW_FAILURES]]
+        shown = failures if all_failures else failures[:SHOW_FAILURES]
+        lines.append(f"failures ({len(failures)}"
+                     + ("):" if len(shown) == len(failures) else f", first {len(shown)}; "
+                        f"--failures lists all):"))
+        lines += [f"  {f['id']}: {f['reason']}" for f in shown]
     return lines
 
 
 def episodes_lines(path: Path) -> list[str]:
-    """Generic listing of an episode folder; ``pipeline.episode_stage.describe`` when it exists."""
+    """An episode folder: its folds and classes, the counts of every file
+    (:func:`pipeline.episodes.describe`) and the command that made it; a file that cannot be
+    described is listed with its arrays."""
     import numpy as np
 
+    from pipeline.episode_stage import describe
+
     lines = [f"episodes folder: {path}"]
-    for f in sorted(path.iterdir()):
-        if f.suffix == ".npz":
-            with np.load(f) as z:
-                arrays = ", ".join(f"{k} {z[k].dtype}{list(z[k].shape)}" for k in z.files)
-            lines.append(f"  {f.name}: {arrays}")
-        elif f.is_file():
-            lines.append(f"  {f.name} ({_fmt_bytes(f.stat().st_size)})")
-    try:
-        from pipeline import episode_stage as episodes
-    except ImportError:
-        episodes = None
-    describe = getattr(episodes, "describe", None)
-    if callable(describe):
+    info = json.loads((path / "folds.json").read_text())
+    for part in [path / "folds.json", *sorted(path.glob("*.npz"))]:
         try:
-            text = describe(path)
-        except Exception as e:  # noqa: BLE001 - the generic listing above still stands
-            text = f"(pipeline.episode_stage.describe could not read it: {type(e).__name__}: {e})"
-        if text:
-            lines.append("")
-            lines += text if isinstance(text, list) else str(text).splitlines()
+            lines += describe(part).splitlines()
+        except Exception as e:  # noqa: BLE001 - a foreign or older file: list what it holds
+            if part.suffix == ".npz":
+                with np.load(part) as z:
+                    arrays = ", ".join(f"{k} {z[k].dtype}{list(z[k].shape)}" for k in z.files)
+                lines.append(f"{part.name}: not an episode file ({type(e).__name__}: {e}); "
+                             f"arrays: {arrays}")
+            else:
+                lines.append(f"{part.name}: could not be read ({type(e).__name__}: {e})")
+    if info.get("command"):
+        lines.append(f"command:    {info['command']}")
+    if info.get("created"):
+        lines.append(f"created:    {info['created']}")
     return lines
 
 
@@ -108,11 +119,13 @@ def folder_lines(path: Path) -> list[str]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("store_or_dir", type=click.Path(exists=True, path_type=Path))
-def info(store_or_dir: Path):
+@click.option("--failures", "all_failures", is_flag=True,
+              help=f"List every failed image of a store (default: the first {SHOW_FAILURES}).")
+def info(store_or_dir: Path, all_failures: bool):
     """Print what a store (.zarr), an episode folder or a cache folder holds."""
     path = store_or_dir
     if _is_store(path):
-        lines = store_lines(path)
+        lines = store_lines(path, all_failures=all_failures)
     elif path.is_dir() and (path / "folds.json").is_file():
         lines = episodes_lines(path)
     elif path.is_dir():

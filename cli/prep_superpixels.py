@@ -10,6 +10,10 @@ import sys
 
 import click
 
+from pipeline.config import format_command
+
+SHOW_FAILURES = 5
+
 SCHEDULER_HELP = ("threads (default), processes, sync, or a dask.distributed scheduler address "
                   "(tcp://HOST:PORT; progress is then per shard and the store must be on a "
                   "filesystem every worker sees).")
@@ -46,37 +50,33 @@ def stage_options(fn):
 
 
 def resolve(cls, kwargs: dict, section: str):
-    from pipeline.config import resolve_config
+    """The command's config: defaults < ``--config`` TOML ``[section]`` < ``QGNET_*`` < flags,
+    every value converted and range-checked by its field (:func:`pipeline.config.resolve_config`;
+    a bad value is a :class:`~pipeline.errors.ConfigError`, shown as one line by cli/_errors.py)."""
+    from pipeline.config import resolve_config, validate_dataset_name
 
     config_file = kwargs.pop("config_file", None)
-    try:
-        return resolve_config(cls, cli=kwargs, config_file=config_file, section=section)
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        raise click.ClickException(str(e)) from None
+    cfg = resolve_config(cls, cli=kwargs, config_file=config_file, section=section)
+    validate_dataset_name(cfg.dataset)
+    return cfg
 
 
 def run_and_report(build, *, max_failures: int):
-    """Call ``build()`` -> (store, report); print the summary; non-zero exit on errors or on
-    more failures than allowed."""
-    from pipeline.errors import DatasetError
-    from pipeline.store import StoreError
-
-    if max_failures < 0:
-        raise click.ClickException(f"--max-failures must be >= 0, got {max_failures}")
+    """Call ``build()`` -> (store, report); print the summary; non-zero exit on more failures
+    than allowed. Errors are the wrapper's (cli/_errors.py): project errors as one line."""
     try:
         store, report = build()
     except KeyboardInterrupt as e:
         click.echo(f"\n{e or 'interrupted'}; re-run the same command to resume", err=True)
         sys.exit(130)
-    except (ValueError, StoreError, DatasetError, RuntimeError, KeyError) as e:
-        raise click.ClickException(str(e).strip("'\"")) from None
     for line in report.lines():
         click.echo(line)
     failures = store.failures if report.failures else []
-    for f in failures[:5]:
+    for f in failures[:SHOW_FAILURES]:
         click.echo(f"  failed: {f['id']}: {f['reason']}")
-    if len(failures) > 5:
-        click.echo(f"  ... {len(failures) - 5} more (qgnet-prep info {store.path})")
+    if len(failures) > SHOW_FAILURES:
+        click.echo(f"  ... {len(failures) - SHOW_FAILURES} more: "
+                   f"{format_command('qgnet-prep', 'info', '--failures', store.path)}")
     if report.failures > max_failures:
         raise click.ClickException(f"{report.failures} image(s) failed, more than --max-failures "
                                    f"{max_failures}; the store is complete but lacks them "

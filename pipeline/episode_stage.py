@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from pipeline.config import option
 from pipeline.episodes import (
     DEFAULT_MIN_PIXELS,
     DEFAULT_SEED,
@@ -44,24 +45,25 @@ from pipeline.episodes import (
     training_list,
     usable_classes,
 )
+from pipeline.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class EpisodesConfig:
-    """Options of ``qgnet-prep episodes`` (empty tuples / 0 mean "the protocol's default")."""
+    """Options of ``qgnet-prep episodes``; ``None`` = not set: the protocol's default."""
 
-    dataset: str = ""
-    cache_dir: str = ""
-    folds: tuple = ()              # default: every fold
-    shots: tuple = (1, 5)
-    seeds: tuple = ()              # default: 321 (pfenet), 0 (hsnet)
-    episodes: int = 0              # default: 1000; 20,000 for COCO with pfenet
+    dataset: str | None = None
+    cache_dir: str | None = None
+    folds: tuple[int, ...] | None = None      # default: every fold
+    shots: tuple[int, ...] = (1, 5)
+    seeds: tuple[int, ...] | None = None      # default: 321 (pfenet), 0 (hsnet)
+    episodes: int | None = option(None, min=1)  # default: 1000; 20,000 for COCO with pfenet
     protocol: str = "pfenet"
-    min_pixels: int = 2048
+    min_pixels: int = option(2048, min=1)
     drop_novel_images: bool = False
     pascal_train_set: str = "train"
     coco_split: str = "interleaved"
-    folds_file: str = ""
+    folds_file: str | None = None
 
 
 # ========================================================================================
@@ -79,9 +81,9 @@ def train_split_name(dataset_name: str, train_set: str | None = None) -> str:
         return "train"
     if train_set == "aug":
         if dataset_name != "pascal":
-            raise ValueError(f"the 'aug' training set exists for PASCAL only, not {dataset_name!r}")
+            raise ConfigError(f"the 'aug' training set exists for PASCAL only, not {dataset_name!r}")
         return "aug"
-    raise ValueError(f"train_set must be 'train' or 'aug', got {train_set!r}")
+    raise ConfigError(f"train_set must be 'train' or 'aug', got {train_set!r}")
 
 
 def train_list_name(fold: int, *, train_set: str | None = None,
@@ -116,8 +118,9 @@ def _load_npz(path: Path) -> dict[str, Any]:
 # ========================================================================================
 
 def _masks_command(dataset: str, split: str, cache_dir) -> str:
-    extra = f" --cache-dir {cache_dir}" if cache_dir else ""
-    return f"qgnet-prep masks --dataset {dataset} --split {split}{extra}"
+    from pipeline.mask_stage import build_command
+
+    return build_command(dataset, split, cache_dir=cache_dir or None)
 
 
 def _locate_masks(dataset: str, split: str, cache_dir) -> Path:
@@ -128,26 +131,18 @@ def _locate_masks(dataset: str, split: str, cache_dir) -> Path:
 
 
 def _open_masks(dataset: str, split: str, cache_dir):
-    from pipeline.store import ShardedStore, StoreError
+    from pipeline.store import ShardedStore
 
     path = _locate_masks(dataset, split, cache_dir)
-    store = ShardedStore.open(path, kind="masks", hint=_masks_command(dataset, split, cache_dir))
-    if not store.complete:
-        raise StoreError(f"mask store {path} is incomplete ({store.summary()['shards_done']} "
-                         f"shards); finish it with: {_masks_command(dataset, split, cache_dir)}")
-    return store
+    return ShardedStore.open_complete(path, "masks", _masks_command(dataset, split, cache_dir),
+                                      what="mask store")
 
 
 def _episodes_command(dataset: str, cache_dir, **opts) -> str:
-    parts = [f"qgnet-prep episodes --dataset {dataset}"]
-    for k, v in opts.items():
-        if v is True:
-            parts.append(f"--{k.replace('_', '-')}")
-        elif v is not None and v is not False:  # seed 0 is a value
-            parts.append(f"--{k.replace('_', '-')} {v}")
-    if cache_dir:
-        parts.append(f"--cache-dir {cache_dir}")
-    return " ".join(parts)
+    from pipeline.config import format_command
+
+    return format_command("qgnet-prep", "episodes", dataset=dataset, **opts,
+                          cache_dir=cache_dir or None)
 
 
 def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None = None,
@@ -176,7 +171,7 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     from pipeline.config import episodes_dir, provenance, write_json_atomic
 
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     tsplit = train_split_name(dataset, train_set)
     train_store = _open_masks(dataset, tsplit, cache_dir)
     val_store = _open_masks(dataset, "val", cache_dir)
@@ -186,11 +181,11 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     tcp, vcp = train_store.extra("class_pixels"), val_store.extra("class_pixels")
     for s, cp in ((train_store, tcp), (val_store, vcp)):
         if cp.shape != (s.n, c + 1):
-            raise ValueError(f"{s.path}: class_pixels has shape {cp.shape}, expected "
-                             f"({s.n}, {c + 1}); rebuild it with "
-                             f"{_masks_command(dataset, s.attrs.get('split'), cache_dir)}")
+            raise ConfigError(f"{s.path}: class_pixels has shape {cp.shape}, expected "
+                              f"({s.n}, {c + 1}); rebuild it with "
+                              f"{_masks_command(dataset, s.attrs.get('split'), cache_dir)}")
     if int(train_store.attrs.get("num_classes", c)) != c:
-        raise ValueError(f"{train_store.path} and {val_store.path} disagree on the number of classes")
+        raise ConfigError(f"{train_store.path} and {val_store.path} disagree on the number of classes")
     check_disjoint(train_store.ids, val_store.ids, names=(tsplit, "val"))
     if folds_file is None and dataset not in ("pascal", "coco") and attrs.get("root"):
         cand = Path(attrs["root"]) / FOLDS_FILE_NAME
@@ -198,7 +193,7 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     n_f = NUM_FOLDS if dataset in ("pascal", "coco") else num_folds(folds_file=folds_file)
     fold_list = list(range(n_f)) if not folds else [int(f) for f in folds]
     seeds = list(seeds) if seeds else [default_seed(protocol)]
-    e = int(n_episodes or default_episode_count(dataset, protocol))
+    e = int(default_episode_count(dataset, protocol) if n_episodes is None else n_episodes)
 
     def name(k: int) -> str:
         return names[k - 1] if 0 < k <= len(names) else str(k)
@@ -293,10 +288,10 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
 
 def _check_current(data: dict, path: Path, dataset: str, split: str, cache_dir, command: str,
                    fold: int) -> None:
-    from pipeline.store import StoreError
+    from pipeline.store import StoreError, read_ids
 
     store = _locate_masks(dataset, split, cache_dir)
-    current = ids_hash(json.loads((store / "ids.json").read_text()))
+    current = ids_hash(read_ids(store))
     if data.get("ids_hash") != current:
         raise StoreError(f"{path} was built from another version of the mask store {store} "
                          f"(its image ids changed); rebuild the episodes with: {command}")

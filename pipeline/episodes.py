@@ -48,6 +48,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from pipeline.errors import ConfigError
+
 DEFAULT_MIN_PIXELS = 2 * 32 * 32  # 2048: PFENet's (Shaban's) small-object rule
 DEFAULT_SEED = 321  # PFENet / QGNet val seed
 HSNET_SEED = 0
@@ -103,27 +105,27 @@ def parse_folds_file(path: str | os.PathLike, class_names: Sequence[str] | None 
             if re.fullmatch(r"\d+", tok):
                 cid = int(tok)
                 if not 1 <= cid <= c:
-                    raise ValueError(f"{path}:{lineno}: class id {cid} is outside 1..{c}")
+                    raise ConfigError(f"{path}:{lineno}: class id {cid} is outside 1..{c}")
             elif tok in lookup:
                 cid = lookup[tok]
             else:
                 known = f"; known names: {', '.join(names)}" if names else " (no class names known)"
-                raise ValueError(f"{path}:{lineno}: unknown class {tok!r}{known}")
+                raise ConfigError(f"{path}:{lineno}: unknown class {tok!r}{known}")
             if cid in ids:
-                raise ValueError(f"{path}:{lineno}: class {tok!r} is listed twice")
+                raise ConfigError(f"{path}:{lineno}: class {tok!r} is listed twice")
             if cid in owner:
-                raise ValueError(f"{path}:{lineno}: class {tok!r} is already a test class of fold "
-                                 f"{owner[cid]}; folds must be disjoint")
+                raise ConfigError(f"{path}:{lineno}: class {tok!r} is already a test class of fold "
+                                  f"{owner[cid]}; folds must be disjoint")
             ids.append(cid)
         fold = len(folds)
         for cid in ids:
             owner[cid] = fold
         if len(ids) >= c:
-            raise ValueError(f"{path}:{lineno}: fold {fold} tests every class; none is left "
-                             f"for training")
+            raise ConfigError(f"{path}:{lineno}: fold {fold} tests every class; none is left "
+                              f"for training")
         folds.append(np.array(sorted(ids), dtype=np.int64))
     if not folds:
-        raise ValueError(f"{path} lists no fold; write one line of test classes per fold")
+        raise ConfigError(f"{path} lists no fold; write one line of test classes per fold")
     return folds
 
 
@@ -173,39 +175,39 @@ def fold_classes(dataset_name: str, num_classes: int, fold: int, *,
     all_classes = np.arange(1, num_classes + 1, dtype=np.int64)
     if dataset_name == "pascal":
         if num_classes != 20:
-            raise ValueError(f"PASCAL-5i needs 20 classes, the store has {num_classes}")
+            raise ConfigError(f"PASCAL-5i needs 20 classes, the store has {num_classes}")
         _check_fold(fold, NUM_FOLDS, "PASCAL-5i")
         test = np.arange(5 * fold + 1, 5 * fold + 6, dtype=np.int64)
     elif dataset_name == "coco":
         if num_classes != 80:
-            raise ValueError(f"COCO-20i needs 80 classes, the store has {num_classes}")
+            raise ConfigError(f"COCO-20i needs 80 classes, the store has {num_classes}")
         _check_fold(fold, NUM_FOLDS, "COCO-20i")
         if coco_split == "interleaved":
             test = all_classes[(all_classes - 1) % 4 == fold]
         elif coco_split == "contiguous":
             test = np.arange(20 * fold + 1, 20 * fold + 21, dtype=np.int64)
         else:
-            raise ValueError(f"coco_split must be one of {COCO_SPLITS}, got {coco_split!r}")
+            raise ConfigError(f"coco_split must be one of {COCO_SPLITS}, got {coco_split!r}")
     elif folds_file is not None:
         folds = parse_folds_file(folds_file, class_names, num_classes=num_classes)
         _check_fold(fold, len(folds), str(folds_file))
         test = folds[fold]
     else:
         if num_classes < 2:
-            raise ValueError(f"dataset {dataset_name!r} has {num_classes} class(es); few-shot "
-                             f"folds need at least 2")
+            raise ConfigError(f"dataset {dataset_name!r} has {num_classes} class(es); few-shot "
+                              f"folds need at least 2")
         _check_fold(fold, NUM_FOLDS, f"{dataset_name} (interleaved)")
         test = all_classes[(all_classes - 1) % 4 == fold]
         if len(test) == 0:
-            raise ValueError(f"fold {fold} of {dataset_name!r} has no test class with only "
-                             f"{num_classes} classes; write a {FOLDS_FILE_NAME} with fewer folds")
+            raise ConfigError(f"fold {fold} of {dataset_name!r} has no test class with only "
+                              f"{num_classes} classes; write a {FOLDS_FILE_NAME} with fewer folds")
     train = np.setdiff1d(all_classes, test)
     return test, train
 
 
 def _check_fold(fold: int, n: int, what: str) -> None:
     if not 0 <= fold < n:
-        raise ValueError(f"fold {fold} does not exist for {what}: folds are 0..{n - 1}")
+        raise ConfigError(f"fold {fold} does not exist for {what}: folds are 0..{n - 1}")
 
 
 def split_kind(dataset_name: str, *, coco_split: str = "interleaved",
@@ -319,10 +321,10 @@ def check_disjoint(train_ids: Iterable[str], val_ids: Iterable[str], *,
     overlap = sorted(set(train_ids) & set(val_ids))
     if overlap:
         head = ", ".join(overlap[:5]) + (" ..." if len(overlap) > 5 else "")
-        raise ValueError(f"the {names[0]} and {names[1]} splits share {len(overlap)} image(s) "
-                         f"({head}); few-shot evaluation needs disjoint splits. Rebuild the "
-                         f"mask stores from disjoint lists (PASCAL: VOC val must be removed "
-                         f"from the training set)")
+        raise ConfigError(f"the {names[0]} and {names[1]} splits share {len(overlap)} image(s) "
+                          f"({head}); few-shot evaluation needs disjoint splits. Rebuild the "
+                          f"mask stores from disjoint lists (PASCAL: VOC val must be removed "
+                          f"from the training set)")
 
 
 # ========================================================================================
@@ -384,10 +386,10 @@ def sample_episodes(class_pixels: np.ndarray, test_classes: Iterable[int], *, sh
     ([0, 1, 2, 3], True)
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if shot < 1 or n_episodes < 1 or min_pixels < 1:
-        raise ValueError(f"shot, n_episodes and min_pixels must be >= 1, got {shot}, "
-                         f"{n_episodes}, {min_pixels}")
+        raise ConfigError(f"shot, n_episodes and min_pixels must be >= 1, got {shot}, "
+                          f"{n_episodes}, {min_pixels}")
     if query_mode is None:
         query_mode = "walk" if protocol == "pfenet" else ("class" if dataset_name == "coco"
                                                          else "pairs")
@@ -406,8 +408,8 @@ def sample_episodes(class_pixels: np.ndarray, test_classes: Iterable[int], *, sh
                       f"(>= {min_pixels} px) and are left out of the {shot}-shot episodes: "
                       f"{detail}", EpisodeWarning, stacklevel=2)
     if able.size == 0:
-        raise ValueError(f"no test class of {test.tolist()} has {shot + 1} images with >= "
-                         f"{min_pixels} pixels: no {shot}-shot episode can be formed")
+        raise ConfigError(f"no test class of {test.tolist()} has {shot + 1} images with >= "
+                          f"{min_pixels} pixels: no {shot}-shot episode can be formed")
     rng = np.random.Generator(np.random.PCG64(seed))
     # class lists: images where the class is usable, one sorted segment per class (rank r)
     ua = usable[:, able - 1]  # N x A

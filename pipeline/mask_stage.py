@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import mask_store_path, provenance
-from pipeline.errors import IGNORE
+from pipeline.config import format_command, mask_store_path, option, provenance
+from pipeline.errors import IGNORE, ConfigError
 from pipeline.runner import RunReport, build_store, dataset_source
-from pipeline.store import ShardedStore, StoreError
+from pipeline.store import ShardedStore
 
 #: an image "has" a class when at least this many pixels show it (``qgnet-prep info``).
 MIN_CLASS_PIXELS = 2048
@@ -31,23 +31,32 @@ class MaskConfig:
     dataset: str = "demo"
     root: str | None = None
     split: str = "train"
-    workers: int = 2
+    workers: int = option(2, min=1)
     scheduler: str = "threads"
-    limit: int | None = None
+    limit: int | None = option(None, min=1)
     cache_dir: str | None = None
     out: str | None = None
     overwrite: bool = False
-    max_failures: int = 0
-    shard_size: int | None = None
+    max_failures: int = option(0, min=0)
+    shard_size: int | None = option(None, min=1)
     progress: bool = True
 
 
 def mask_map(dataset, image_id: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The mask (H x W uint8) and ``{"class_pixels": (C+1,) int64}`` of one image."""
+    """The mask (H x W uint8) and ``{"class_pixels": (C+1,) int64}`` of one image.
+
+    The image itself is decoded too (and thrown away): a truncated JPEG whose header still
+    reads must become a failure here, so that the episode builder never lists it and
+    few-shot training never samples it.
+    """
     c = dataset.num_classes
+    image = np.asarray(dataset.load_image(image_id))  # raises ImageReadError when it can't decode
     mask = np.asarray(dataset.load_mask(image_id))
     if mask.ndim != 2:
         raise ValueError(f"mask has shape {mask.shape}, expected H x W")
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image is {image.shape[0]} x {image.shape[1]} but its mask is "
+                         f"{mask.shape[0]} x {mask.shape[1]}")
     if mask.dtype != np.uint8:
         if mask.size and (mask.min() < 0 or mask.max() > 255):
             raise ValueError(f"mask values {mask.min()}..{mask.max()} do not fit uint8")
@@ -59,9 +68,11 @@ def mask_map(dataset, image_id: str) -> tuple[np.ndarray, dict[str, np.ndarray]]
     return mask, {"class_pixels": counts.astype(np.int64)}
 
 
-def build_command(dataset: str, split: str, limit: int | None = None) -> str:
-    cmd = f"qgnet-prep masks --dataset {dataset} --split {split}"
-    return cmd + (f" --limit {limit}" if limit is not None else "")
+def build_command(dataset: str, split: str, limit: int | None = None,
+                  cache_dir: str | Path | None = None) -> str:
+    """The ``qgnet-prep masks`` command that builds this store (quoted in messages)."""
+    return format_command("qgnet-prep", "masks", dataset=dataset, split=split, limit=limit,
+                          cache_dir=cache_dir)
 
 
 def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = None,
@@ -76,7 +87,7 @@ def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = 
     store made with other settings at the path).
     """
     if limit is not None and int(limit) < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
     limit = None if limit is None else int(limit)
     name, ds, data_root = dataset_source(dataset, root, cache_dir)
     path = Path(out) if out else mask_store_path(name, split, cache_dir=cache_dir)
@@ -97,15 +108,8 @@ def locate_mask_store(dataset: str, split: str, *, cache_dir: str | Path | None 
     """Path of the complete mask store of ``dataset``/``split``; :class:`StoreError` naming
     the ``qgnet-prep masks`` command when it is missing or incomplete."""
     path = mask_store_path(dataset, split, cache_dir=cache_dir)
-    command = build_command(dataset, split)
-    if cache_dir:
-        command += f" --cache-dir {cache_dir}"
-    store = ShardedStore.open(path, kind="masks", hint=command)
-    if not store.complete:
-        done = store.done
-        raise StoreError(f"mask store {path} is incomplete ({int(done.sum())}/{len(done)} shards "
-                         f"done); re-run the same command to resume: "
-                         f"{store.attrs.get('command') or command}")
+    ShardedStore.open_complete(path, "masks", build_command(dataset, split, cache_dir=cache_dir),
+                               what="mask store")
     return path
 
 

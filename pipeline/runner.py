@@ -28,7 +28,10 @@ Schedulers (``scheduler=``):
 """
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +40,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pipeline.store import ShardedStore, StoreError, auto_shard_size
+from pipeline.errors import ConfigError
+from pipeline.store import MAX_MAP_SIDE, ShardedStore, StoreError, StoreLock, auto_shard_size
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 SIZE_CHUNK = 1024          # image ids per size-reading task
@@ -47,11 +51,11 @@ SIZE_PARALLEL_FROM = 4096  # read sizes serially below this many images
 def check_scheduler(scheduler: str, workers: int) -> str:
     """Validate ``--scheduler`` / ``--workers``; returns the scheduler name."""
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"--workers must be an int >= 1, got {workers}")
     if scheduler in LOCAL_SCHEDULERS or is_address(scheduler):
         return scheduler
-    raise ValueError(f"unknown scheduler {scheduler!r}: use threads, processes, sync or a "
-                     f"dask.distributed address such as tcp://127.0.0.1:8786")
+    raise ConfigError(f"unknown scheduler {scheduler!r}: use threads, processes, sync or a "
+                      f"dask.distributed address such as tcp://127.0.0.1:8786")
 
 
 def is_address(scheduler: str) -> bool:
@@ -122,12 +126,17 @@ def compute_shard(path: str, k: int, fn: Callable, dataset, notify: Callable | N
     rows = {name: np.zeros((stop - start,) + shape, dtype) for name, (shape, dtype) in specs.items()}
     maps: list[np.ndarray | None] = []
     failures: list[dict[str, str]] = []
+    limit_hw = tuple(int(v) for v in store.map_shape)
     for j, image_id in enumerate(store.ids[start:stop]):
         m, reason = None, None
         try:
             hw = tuple(int(v) for v in dataset.image_size(image_id))
         except Exception as e:  # noqa: BLE001 - one bad image must not stop the run
             reason = "image size could not be read: " + _reason(e)
+        if reason is None and (hw[0] > limit_hw[0] or hw[1] > limit_hw[1]):
+            reason = (f"image is {hw[0]} x {hw[1]} px, larger than this store's maps "
+                      f"({limit_hw[0]} x {limit_hw[1]}; at most {MAX_MAP_SIDE} px a side, "
+                      f"pipeline.store.MAX_MAP_SIDE): downscale it, then re-run with --overwrite")
         if reason is None:
             try:
                 m, extras = fn(dataset, image_id)
@@ -223,13 +232,45 @@ def _run_local(store, fn, dataset, plan, scheduler, workers, notify):
                              scheduler=scheduler, num_workers=workers))
 
 
+def die_with_parent(parent_pid: int, *, poll_s: float = 0.5) -> None:
+    """Process initializer: end this process when ``parent_pid`` dies, even by ``kill -9``.
+
+    Without it, Dask's process-pool workers (and the progress ``Manager``) of a killed
+    ``qgnet-prep`` live on with PPID 1, writing shards that a resumed run also writes. Two
+    mechanisms: Linux's ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (immediate), and a daemon thread
+    that polls ``os.getppid()`` (every platform; also covers a parent that died before the
+    prctl call).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="qgnet-die-with-parent", daemon=True).start()
+
+
 def _run_processes(store, fn, dataset, plan, workers, bar):
     import multiprocessing
+    from multiprocessing.managers import SyncManager
 
     import dask
     from dask.multiprocessing import get_context
 
-    with multiprocessing.get_context(get_context().get_start_method()).Manager() as manager:
+    guard = functools.partial(die_with_parent, os.getpid())
+    manager = SyncManager(ctx=multiprocessing.get_context(get_context().get_start_method()))
+    manager.start(guard)
+    with manager:
         queue = manager.Queue()
         stop = threading.Event()
 
@@ -244,7 +285,8 @@ def _run_processes(store, fn, dataset, plan, workers, bar):
         reader.start()
         try:
             return list(dask.compute(*_graph(store, fn, dataset, plan, _QueueTick(queue)),
-                                     scheduler="processes", num_workers=workers))
+                                     scheduler="processes", num_workers=workers,
+                                     initializer=guard))
         finally:
             stop.set()
             reader.join()
@@ -295,8 +337,10 @@ def read_sizes(dataset, ids: Sequence[str], *, scheduler: str = "threads", worke
     else:
         import dask
 
+        guard = ({"initializer": functools.partial(die_with_parent, os.getpid())}
+                 if scheduler == "processes" else {})  # no orphans while reading sizes either
         parts = dask.compute(*[dask.delayed(_sizes_of, pure=False)(dataset, c) for c in chunks],
-                             scheduler=scheduler, num_workers=workers)
+                             scheduler=scheduler, num_workers=workers, **guard)
     return np.asarray([hw for part in parts for hw in part], dtype=np.int32).reshape(len(ids), 2)
 
 
@@ -340,11 +384,28 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
         store made from another root is refused (complete or not) without opening the
         dataset. New stores record it as the attribute ``root``.
     """
-    t0 = time.perf_counter()
     check_scheduler(scheduler, workers)
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise ConfigError(f"--limit must be an int >= 1, got {limit}")
+    if shard_size is not None and shard_size < 1:
+        raise ConfigError(f"--shard-size must be an int >= 1, got {shard_size}")
     path = Path(path)
+    with StoreLock(path, echo=_stderr):  # one writing process per store
+        return _build_store_locked(
+            dataset, split=split, limit=limit, path=path, kind=kind, maps=maps, dtype=dtype,
+            extras=extras, attrs=attrs, check=check, fn=fn, hint=hint, workers=workers,
+            scheduler=scheduler, overwrite=overwrite, shard_size=shard_size, progress=progress,
+            desc=desc, root=root)
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _build_store_locked(dataset, *, split, limit, path, kind, maps, dtype, extras, attrs, check,
+                        fn, hint, workers, scheduler, overwrite, shard_size, progress, desc,
+                        root) -> tuple[ShardedStore, RunReport]:
+    t0 = time.perf_counter()
     store = None
     if path.exists() and not overwrite:
         store = ShardedStore.open(path, mode="r+", kind=kind, hint=hint)
@@ -371,7 +432,8 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
                                     attrs={**attrs(ds), **check,
                                            "root": os.path.realpath(ds.root)},
                                     extras=extras(ds),
-                                    shard_size=shard_size or auto_shard_size(len(ids)),
+                                    shard_size=(auto_shard_size(len(ids)) if shard_size is None
+                                                else shard_size),
                                     overwrite=overwrite)
     t1 = time.perf_counter()
     try:

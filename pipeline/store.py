@@ -22,6 +22,16 @@ first deletes whatever files shard ``k`` left behind; a resumed store is then by
 to an uninterrupted one (only the group's ``command`` / ``created`` attributes differ).
 
 Readers load ``hw``, ids and side arrays whole (cheap) and read maps one chunk at a time.
+
+**Map size limit.** Maps are padded to the largest image of the store, so one huge image
+would make every map read (and the store) as large as it: an image with a side above
+:data:`MAX_MAP_SIDE` (4096 px) is refused by the stages as a failure of its own, with a
+message to downscale it, and does not enter the padding (docs/data.md).
+
+**One writer per store.** :class:`StoreLock` (``<name>.zarr.lock`` beside the store, an
+``fcntl.flock`` plus the holder's pid and host) is held by every command that writes a store:
+a second writer is refused with "store in use by pid N"; the lock of a killed process is
+released by the kernel and taken over with a message naming the dead pid.
 """
 from __future__ import annotations
 
@@ -29,8 +39,9 @@ import json
 import math
 import os
 import shutil
+import socket
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,6 +49,101 @@ from pipeline.errors import StoreError  # noqa: F401 - re-exported: callers impo
 
 DEFAULT_SHARD_SIZE = 128
 MIN_AUTO_SHARD_SIZE = 16
+#: Images with a side above this are refused by the stages (a failure record that says to
+#: downscale them): maps are padded to the largest image, so one 8000 x 8000 image among
+#: 960 x 720 frames made every map read 40x slower. 4096 covers COCO, PASCAL, CamVid, ADE.
+MAX_MAP_SIDE = 4096
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """True if ``path`` looks like a qgnet store (a Zarr group with ``ids.json``)."""
+    path = Path(path)
+    return (path / "zarr.json").is_file() and (path / "ids.json").is_file()
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    """The image ids of the store at ``path``, in store order, without opening Zarr."""
+    path = Path(path)
+    if not is_store(path):
+        raise StoreError(f"no qgnet store at {path}")
+    return json.loads((path / "ids.json").read_text())
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """``<store>.lock``, beside the store (the store folder itself is replaced on create)."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+class StoreLock:
+    """Exclusive lock of one store for one writing process: ``with StoreLock(path): ...``.
+
+    ``fcntl.flock`` on ``<store>.lock`` (released by the kernel when the holder dies, even by
+    ``kill -9``), and the file records ``pid host`` for the messages:
+
+    * held by a live process -> :class:`StoreError` "store ... in use by pid N on host H";
+    * left by a dead process (content present, but the flock is free) -> taken over, and
+      ``echo`` is told which pid held it.
+
+    The lock file is removed on release. A second ``StoreLock`` of the same store in the same
+    process (another thread) is refused too: flock locks belong to an open file.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, echo: Callable[[str], None] | None = None):
+        self.store = Path(path)
+        self.path = lock_path(path)
+        self.echo = echo
+        self._fd: int | None = None
+        self.took_over: str | None = None
+
+    def __enter__(self) -> "StoreLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise StoreError(f"store {self.store} is in use by {holder or 'another process'} "
+                                 f"(lock {self.path}); wait for it to finish, or stop it and "
+                                 f"re-run this command to resume") from None
+            # the previous holder may have removed the file between our open and flock
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_holder(fd)
+        if previous:
+            self.took_over = previous
+            if self.echo is not None:
+                self.echo(f"taking over the stale lock of {previous} on {self.store} "
+                          f"(that process is gone)")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            try:
+                self.path.unlink(missing_ok=True)  # unlink while locked: see the inode check
+            finally:
+                os.close(self._fd)  # releases the flock
+                self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    """``"pid N on host H"`` from an open lock file, or ``""`` when it is empty."""
+    text = os.pread(fd, 200, 0).decode(errors="replace").split()
+    if not text:
+        return ""
+    return f"pid {text[0]}" + (f" on host {text[1]}" if len(text) > 1 else "")
 
 
 def auto_shard_size(n: int) -> int:
@@ -114,8 +220,9 @@ class ShardedStore:
         if int(shard_size) < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         n = len(ids)
-        hmax = max(int(hw[:, 0].max()) if n else 1, 1)
-        wmax = max(int(hw[:, 1].max()) if n else 1, 1)
+        fits = (hw <= MAX_MAP_SIDE).all(axis=1)  # larger images become failures: no padding
+        hmax = max(int(hw[fits, 0].max()) if fits.any() else 1, 1)
+        wmax = max(int(hw[fits, 1].max()) if fits.any() else 1, 1)
         n_shards = max(math.ceil(n / shard_size), 1)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".creating")
@@ -159,6 +266,25 @@ class ShardedStore:
             raise StoreError(f"{path} holds {store.attrs.get('kind')!r}, expected {kind!r}")
         return store
 
+    @classmethod
+    def open_complete(cls, path: str | os.PathLike, kind: str | None = None, hint: str = "",
+                      *, what: str | None = None) -> "ShardedStore":
+        """Open a store for reading and refuse it unless every shard is done.
+
+        The one place that says "missing: create it with <hint>" and "incomplete: re-run
+        <the command that made it> to resume" (``what`` names the store in messages, e.g.
+        ``"mask store"``; default ``"<kind> store"``).
+        """
+        store = cls.open(path, kind=kind, hint=hint)
+        if not store.complete:
+            done = store.done
+            what = what or f"{kind or store.attrs.get('kind') or 'qgnet'} store"
+            command = store.attrs.get("command") or hint
+            raise StoreError(f"{what} {store.path} is incomplete ({int(done.sum())}/{len(done)} "
+                             f"shards done); re-run the same command to resume"
+                             + (f": {command}" if command else ""))
+        return store
+
     # ---------------------------------------------------------------- shape facts
     @property
     def n(self) -> int:
@@ -167,6 +293,11 @@ class ShardedStore:
     @property
     def n_shards(self) -> int:
         return int(self.attrs["n_shards"])
+
+    @property
+    def map_shape(self) -> tuple[int, int]:
+        """``(Hmax, Wmax)``: the padded size of every map (the largest image that fits)."""
+        return tuple(int(v) for v in self._maps.shape[1:])
 
     def shard_range(self, k: int) -> tuple[int, int]:
         """Image index range ``[start, stop)`` of shard ``k``."""
@@ -299,6 +430,16 @@ class ShardedStore:
                 out.extend(json.loads(f.read_text()))
         return out
 
+    def finished_rows(self, done: np.ndarray | None = None) -> np.ndarray:
+        """(N,) bool: the images of shards marked done (an interrupted store's other rows
+        hold sizes from the layout, not results)."""
+        done = self.done if done is None else done
+        rows = np.zeros(self.n, dtype=bool)
+        for k in np.flatnonzero(done):
+            start, stop = self.shard_range(int(k))
+            rows[start:stop] = True
+        return rows
+
     def nbytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
@@ -306,7 +447,8 @@ class ShardedStore:
         """What ``qgnet-prep info`` prints."""
         done = self.done
         size = self.nbytes_on_disk()
-        ok = int((self.hw[:, 0] > 0).sum())
+        finished = self.finished_rows(done)
+        ok = int((self.hw[finished, 0] > 0).sum())
         return {
             "path": str(self.path),
             "kind": self.attrs.get("kind"),
@@ -315,6 +457,7 @@ class ShardedStore:
             "params": self.attrs.get("params"),
             "images": self.n,
             "images_written": ok,
+            "images_in_done_shards": int(finished.sum()),
             "shards_done": f"{int(done.sum())}/{len(done)}",
             "failures": len(self.failures),
             "bytes_on_disk": size,

@@ -27,7 +27,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.config import provenance, superpixel_store_path
+from pipeline.config import format_command, option, provenance, superpixel_store_path
+from pipeline.errors import ConfigError
 from pipeline.runner import RunReport, build_store, dataset_source
 from pipeline.store import ShardedStore, StoreError
 
@@ -60,14 +61,14 @@ class SuperpixelConfig:
     sigma: float | None = None
     min_size: int | None = None
     backend: str = "auto"
-    workers: int = 2
+    workers: int = option(2, min=1)
     scheduler: str = "threads"
-    limit: int | None = None
+    limit: int | None = option(None, min=1)
     cache_dir: str | None = None
     out: str | None = None
     overwrite: bool = False
-    max_failures: int = 0
-    shard_size: int | None = None
+    max_failures: int = option(0, min=0)
+    shard_size: int | None = option(None, min=1)
     progress: bool = True
 
 
@@ -85,7 +86,7 @@ def _kernels():
 
 def check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"unknown superpixel method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown superpixel method {method!r}; choose one of {', '.join(METHODS)}")
     return method
 
 
@@ -112,14 +113,14 @@ def resolve_backend(method: str, backend: str = "auto") -> str:
     avail = _available(method)
     if backend == "auto":
         if not avail:
-            raise RuntimeError(f"no {method} backend is available (tried {BACKENDS[method]})")
+            raise ConfigError(f"no {method} backend is available (tried {BACKENDS[method]})")
         return avail[0]
     if backend not in BACKENDS[method]:
-        raise ValueError(f"backend {backend!r} does not implement {method}; choose auto or one "
-                         f"of {', '.join(BACKENDS[method])}")
+        raise ConfigError(f"backend {backend!r} does not implement {method}; choose auto or one "
+                          f"of {', '.join(BACKENDS[method])}")
     if backend not in avail:
-        raise ValueError(f"backend {backend!r} is not installed here; available for {method}: "
-                         f"{', '.join(avail) or 'none'} (or pass --backend auto)")
+        raise ConfigError(f"backend {backend!r} is not installed here; available for {method}: "
+                          f"{', '.join(avail) or 'none'} (or pass --backend auto)")
     return backend
 
 
@@ -143,8 +144,8 @@ def superpixel_params(method: str, params: Mapping[str, Any] | None = None, *,
     other = sorted(set(given) - set(METHOD_PARAMS[method]))
     if other:
         flags = ", ".join(FLAGS.get(k, k) for k in other)
-        raise ValueError(f"{flags} do(es) not apply to {method}; its parameters are "
-                         f"{', '.join(FLAGS[k] for k in METHOD_PARAMS[method])}")
+        raise ConfigError(f"{flags} do(es) not apply to {method}; its parameters are "
+                          f"{', '.join(FLAGS[k] for k in METHOD_PARAMS[method])}")
     out: dict[str, Any] = {}
     for name, value in {**method_defaults(method), **given}.items():
         try:
@@ -152,15 +153,15 @@ def superpixel_params(method: str, params: Mapping[str, Any] | None = None, *,
             if _TYPES[name] is int and float(given.get(name, value)) != value:
                 raise ValueError
         except (TypeError, ValueError):
-            raise ValueError(f"{FLAGS[name]} must be a {_TYPES[name].__name__}, got "
-                             f"{given.get(name)!r}") from None
+            word = "an int" if _TYPES[name] is int else "a number"
+            raise ConfigError(f"{FLAGS[name]} must be {word}, got {given.get(name)!r}") from None
         if name in _MINIMUM and value < _MINIMUM[name][0]:
-            raise ValueError(f"{FLAGS[name]} must be {_MINIMUM[name][1]}, got {value}")
+            raise ConfigError(f"{FLAGS[name]} must be {_MINIMUM[name][1]}, got {value}")
         if name in _POSITIVE and not value > 0:
-            raise ValueError(f"{FLAGS[name]} must be > 0, got {value}")
+            raise ConfigError(f"{FLAGS[name]} must be > 0, got {value}")
         out[name] = value
     if limit is not None and int(limit) < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
     out["backend"] = resolve_backend(method, backend)
     out["limit"] = None if limit is None else int(limit)
     return out
@@ -169,17 +170,16 @@ def superpixel_params(method: str, params: Mapping[str, Any] | None = None, *,
 def build_command(dataset: str, split: str, method: str, params: Mapping[str, Any] | None = None,
                   ) -> str:
     """The ``qgnet-prep superpixels`` command that builds the store of ``params``."""
-    cmd = f"qgnet-prep superpixels --dataset {dataset} --split {split} --method {method}"
+    opts: dict[str, Any] = {"dataset": dataset, "split": split, "method": method}
     if params:
         defaults = method_defaults(method)
         for name in METHOD_PARAMS[method]:
             if name in params and params[name] != defaults.get(name):
-                cmd += f" {FLAGS[name]} {params[name]}"
+                opts[name] = params[name]
         if params.get("backend") not in (None, "auto", resolve_backend(method, "auto")):
-            cmd += f" --backend {params['backend']}"
-        if params.get("limit") is not None:
-            cmd += f" --limit {params['limit']}"
-    return cmd
+            opts["backend"] = params["backend"]
+        opts["limit"] = params.get("limit")
+    return format_command("qgnet-prep", "superpixels", **opts)
 
 
 # ------------------------------------------------------------------------------ per image
@@ -313,9 +313,5 @@ def _describe(path: Path) -> str:
 
 
 def _complete_or_raise(path: Path, command: str) -> Path:
-    store = ShardedStore.open(path, kind="superpixels", hint=command)
-    if not store.complete:
-        done = store.done
-        raise StoreError(f"superpixel store {path} is incomplete ({int(done.sum())}/{len(done)} "
-                         f"shards done); re-run the same command to resume: {command}")
+    ShardedStore.open_complete(path, "superpixels", command, what="superpixel store")
     return path

@@ -334,14 +334,15 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
 
 
 def _class_names(dataset: str, cache_dir) -> dict[int, str]:
-    try:
-        from pipeline.mask_stage import locate_mask_store
-        from pipeline.store import ShardedStore
+    from pipeline.errors import QgnetError
+    from pipeline.mask_stage import locate_mask_store
+    from pipeline.store import ShardedStore
 
+    try:
         store = ShardedStore.open(locate_mask_store(dataset, "val", cache_dir=cache_dir), kind="masks")
-        return {i + 1: n for i, n in enumerate(store.attrs.get("class_names", []))}
-    except Exception:  # names are cosmetic
+    except QgnetError:  # names are cosmetic: no complete val mask store, the ids are shown
         return {}
+    return {i + 1: n for i, n in enumerate(store.attrs.get("class_names", []))}
 
 
 def result_key(result: Mapping[str, Any]) -> str:

@@ -11,15 +11,15 @@ label conventions: docs/data.md.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from pipeline.config import DATASET_NAME_RE
 from pipeline.datasets.base import Dataset
 from pipeline.datasets.coco import CocoDataset
 from pipeline.datasets.demo import DemoDataset, generate_demo
 from pipeline.datasets.folder import FolderDataset
 from pipeline.datasets.pascal import PascalDataset
-from pipeline.errors import IGNORE, DatasetError, ImageReadError
+from pipeline.errors import IGNORE, ConfigError, DatasetError, ImageReadError
 
 #: Registry name -> reader class (a plain dict; readers take ``root`` as their one argument).
 DATASETS: dict[str, type[Dataset]] = {
@@ -78,23 +78,21 @@ def dataset_root(name: str, root: str | os.PathLike | None = None, *,
 def _open_named_folder(name: str, root, *, cache_dir=None) -> Dataset:
     """Any other name is a dataset of the user's in ``folder`` layout with its own cache
     folder ``<cache root>/<name>/`` (so two folder datasets never share cached stores)."""
-    if not _NAME_RE.fullmatch(name or ""):
-        raise ValueError(f"unknown dataset {name!r}; known datasets: "
-                         f"{', '.join(sorted(DATASETS))}, or any name made of letters, digits, "
-                         f"'-', '_' and '.' together with --root DIR for your own data in "
-                         f"folder layout (docs/data.md)")
+    if not DATASET_NAME_RE.fullmatch(name or ""):
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: "
+                          f"{', '.join(sorted(DATASETS))}, or any name made of letters, digits, "
+                          f"'-', '_' and '.' together with --root DIR for your own data in "
+                          f"folder layout (docs/data.md)")
     if root is None:
         root = FolderDataset.default_root(cache_dir=cache_dir).parent.parent / name / "data"
         if not root.is_dir():
-            raise ValueError(f"unknown dataset {name!r}; known datasets: "
-                             f"{', '.join(sorted(DATASETS))}. For your own data in folder "
-                             f"layout pass --root DIR (then {name!r} names its cache folder)")
+            raise ConfigError(f"unknown dataset {name!r}; known datasets: "
+                              f"{', '.join(sorted(DATASETS))}. For your own data in folder "
+                              f"layout pass --root DIR (then {name!r} names its cache folder)")
     ds = FolderDataset(root)
     ds.name = name  # the cache key: <cache root>/<name>/
     return ds
 
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 __all__ = ["DATASETS", "IGNORE", "CocoDataset", "Dataset", "DatasetError", "DemoDataset",

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.datasets import _image
+from pipeline.errors import ConfigError
 
 
 class Dataset(ABC):
@@ -77,8 +78,8 @@ class Dataset(ABC):
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
-            raise ValueError(f"{self.name} dataset at {self.root} has no split {split!r}; "
-                             f"available splits: {', '.join(self.splits)}")
+            raise ConfigError(f"{self.name} dataset at {self.root} has no split {split!r}; "
+                              f"available splits: {', '.join(self.splits)}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, classes={self.num_classes})"

@@ -342,12 +342,15 @@ def prepare_demo(cache_dir=None, *, n_train: int = 240, n_val: int = 80, seed: i
                  overwrite: bool = False) -> Path:
     """Return ``<cache>/demo/data``, generating it first when its ``DONE`` is absent.
 
-    The data is written into a temporary sibling folder and renamed into place, so a reader
-    never sees half a dataset and two processes racing here both end with a complete one.
+    The data is written into a temporary sibling folder ``data.tmp<pid>`` and renamed into
+    place, so a reader never sees half a dataset and two processes racing here both end with
+    a complete one. The temporaries of killed runs (dead pids) are removed first.
     """
-    from pipeline.config import dataset_cache_dir
+    from pipeline.config import dataset_cache_dir, remove_stale_temporaries
 
     target = dataset_cache_dir("demo", cache_dir=cache_dir) / "data"
+    for stale in remove_stale_temporaries(target.parent, base="data"):
+        log.warning("removed %s, left by a killed run", stale)
     if (target / "DONE").is_file() and not overwrite:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

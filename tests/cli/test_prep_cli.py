@@ -128,9 +128,13 @@ def test_limit_overwrite_and_config_file(folder, tmp_path):
 @pytest.mark.parametrize("args, match", [
     (("--n-segments", -3), "--n-segments must be an integer >= 1"),
     (("--method", "slic", "--scale", 3), "--scale do(es) not apply to slic"),
-    (("--workers", 0), "--workers must be >= 1"),
+    (("--workers", 0), "Error: --workers must be an int >= 1, got 0\n"),
+    (("--shard-size", 0), "Error: --shard-size must be an int >= 1, got 0\n"),
+    (("--limit", 0), "Error: --limit must be an int >= 1, got 0\n"),
+    (("--max-failures", -1), "Error: --max-failures must be an int >= 0, got -1\n"),
     (("--scheduler", "mpi"), "unknown scheduler"),
-    (("--dataset", "no/pe"), "unknown dataset 'no/pe'"),
+    (("--dataset", "no/pe"), "--dataset must be a name made of letters"),
+    (("--dataset", "../../x"), "--dataset must be a name made of letters"),
 ])
 def test_bad_options_are_clear_errors(folder, tmp_path, args, match):
     code, out = run("superpixels", *base(folder, tmp_path), *args)
@@ -169,3 +173,85 @@ def test_info_on_episodes_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     code, out = run("info", tmp_path / "empty")
     assert code == 1 and "holds no qgnet store" in out
+
+
+# ------------------------------------------------------------------ issue 15 (prep side)
+def test_toml_and_env_values_are_typed_and_checked(folder, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[masks]\nworkers = "two"\n')
+    code, out = run("masks", "--config", bad, *base(folder, tmp_path))
+    assert code == 1 and out == f"Error: {bad}: workers must be an int, got 'two'\n"
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[masks\nworkers = 2\n")
+    code, out = run("masks", "--config", broken, *base(folder, tmp_path))
+    assert code == 1 and f"config file {broken} is not valid TOML" in out
+    assert len(out.splitlines()) == 1
+    # QGNET_SHARD_SIZE=3 arrives as the int 3 (it was the string '3')
+    monkeypatch.setenv("QGNET_SHARD_SIZE", "3")
+    code, out = run("masks", "--dataset", "folder", "--root", folder, "--cache-dir",
+                    tmp_path / "cache", "--no-progress", "--max-failures", 1)
+    assert code == 0, out
+    assert ShardedStore.open(tmp_path / "cache/folder/masks/train.zarr").shard_size == 3
+    monkeypatch.setenv("QGNET_SHARD_SIZE", "0")
+    code, out = run("masks", "--split", "val", "--dataset", "folder", "--root", folder,
+                    "--cache-dir", tmp_path / "cache", "--no-progress")
+    assert code == 1 and out == "Error: $QGNET_SHARD_SIZE must be an int >= 1, got 0\n"
+
+
+def test_read_only_cache_is_one_line(folder, tmp_path, monkeypatch):
+    """A read-only cache dir: one line naming the path (simulated: the tests run as root)."""
+    import errno
+    import os as os_mod
+
+    cache = tmp_path / "ro"
+    real_mkdir = Path.mkdir
+
+    def read_only_mkdir(self, *a, **k):
+        if str(self).startswith(str(cache)):
+            raise OSError(errno.EROFS, os_mod.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", read_only_mkdir)
+    for args in (("masks", "--dataset", "folder", "--root", folder),
+                 ("superpixels", "--dataset", "folder", "--root", folder),
+                 ("demo", "--n-train", 2, "--n-val", 1)):
+        code, out = run(*args, "--cache-dir", cache)
+        assert code == 1 and out.startswith("Error: ") and "Read-only file system" in out, out
+        assert len(out.splitlines()) == 1 and str(cache) in out
+
+
+def test_masks_verify_that_images_decode_and_info_lists_all_failures(folder, tmp_path):
+    """The truncated JPEG img003 has a readable header; masks used to pass it."""
+    for i in (5, 6, 7):  # more failures than the 5 a summary shows
+        p = folder / "images" / f"img{i:03d}.png"
+        p.write_bytes(p.read_bytes()[:60])
+    code, out = run("masks", *base(folder, tmp_path))
+    assert code == 1 and "failed: img003" in out and "4 image(s) failed" in out
+    path = tmp_path / "cache" / "folder" / "masks" / "train.zarr"
+    code, out = run("info", "--failures", path)
+    assert code == 0
+    assert [ln.split(":")[0].strip() for ln in out.splitlines() if ln.startswith("  img")] == \
+        ["img003", "img005", "img006", "img007"]
+
+
+def test_info_on_an_interrupted_store_counts_finished_shards_only(folder, tmp_path):
+    code, out = run("superpixels", "--method", "felzenszwalb", "--scale", 50, "--min-size", 10,
+                    *base(folder, tmp_path, "--max-failures", 1))
+    assert code == 0, out
+    path = Path(out.split("store: ")[1].split("\n")[0])
+    store = ShardedStore.open(path, mode="r+")
+    store._group["done"][1] = False  # as if killed before shard 1 (images 4..7) finished
+    code, out = run("info", path)
+    assert code == 0
+    assert "images:     8 (3 written, 1 failed, 4 not computed yet)" in out, out
+    assert "shards:     1/2 done" in out
+
+
+def test_stale_demo_temporary_of_a_killed_run_is_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / "demo" / f"data.tmp{dead}"
+    (stale / "images").mkdir(parents=True)
+    code, out = run("demo", "--cache-dir", tmp_path, "--n-train", 3, "--n-val", 2)
+    assert code == 0, out
+    assert not stale.exists() and (tmp_path / "demo" / "data" / "DONE").is_file()

@@ -86,3 +86,33 @@ def test_bad_options_are_usage_errors(tmp_path):
     assert r.exit_code == 1 and "folds are 0..3" in r.output
     r = CliRunner().invoke(main, ["episodes", "--dataset", "toy", "--seed", "x"])
     assert r.exit_code == 2 and "not an integer" in r.output
+
+
+def test_zero_episodes_and_escaping_names_are_refused(tmp_path):
+    """Issue 15 items 5 and 11: `--episodes 0` was silently 1000; `../../x` wrote outside."""
+    tiny_stores(tmp_path)
+    r = CliRunner().invoke(main, ["episodes", "--dataset", "toy", "--cache-dir", str(tmp_path),
+                                  "--episodes", "0"])
+    assert r.exit_code == 1 and r.output == "Error: --episodes must be an int >= 1, got 0\n"
+    r = CliRunner().invoke(main, ["episodes", "--dataset", "../../x", "--cache-dir",
+                                  str(tmp_path / "c")])
+    assert r.exit_code == 1 and "--dataset must be a name" in r.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "c").exists()
+    r = CliRunner().invoke(main, ["episodes", "--dataset", "toy", "--cache-dir", str(tmp_path),
+                                  "--shot", "0"])
+    assert r.exit_code == 2 and "--shot must be an int >= 1, got 0" in r.output
+
+
+def test_info_on_an_episodes_folder_prints_folds_counts_and_command(tmp_path):
+    """Issue 15 item 8: it printed array dtypes."""
+    tiny_stores(tmp_path)
+    r = CliRunner().invoke(main, ["episodes", "--dataset", "toy", "--cache-dir", str(tmp_path),
+                                  "--fold", "0", "--shot", "1", "--episodes", "12"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["info", str(episodes_dir("toy", cache_dir=tmp_path))])
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "fold 0: test [1, 5] (cat, boat)" in out
+    assert "test-fold0-shot1-pfenet-seed321.npz: fold 0, 1-shot, pfenet seed 321: 12 episodes" in out
+    assert "train-fold0.npz: fold 0, split train" in out and "64 images" in out
+    assert "command:" in out and "int64[" not in out

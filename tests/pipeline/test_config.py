@@ -1,4 +1,8 @@
 """Configuration flows one way: defaults < TOML file < environment < command line."""
+import dataclasses
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -6,13 +10,18 @@ import pytest
 from pipeline.config import (
     cache_root,
     config_dict,
+    dataset_cache_dir,
+    format_command,
     mask_store_path,
     params_hash,
     provenance,
+    remove_stale_temporaries,
     resolve_config,
     superpixel_store_path,
+    validate_dataset_name,
     write_json_atomic,
 )
+from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ def test_bad_inputs_name_the_source(tmp_path):
         resolve_config(Cfg, config_file=f, env={})
     with pytest.raises(ValueError, match="QGNET_EPOCHS"):
         resolve_config(Cfg, env={"QGNET_EPOCHS": "many"})
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         resolve_config(Cfg, config_file=tmp_path / "missing.toml", env={})
 
 
@@ -76,3 +85,85 @@ def test_provenance_and_atomic_json(tmp_path):
     write_json_atomic(tmp_path / "x" / "c.json", config_dict(Cfg()))
     text = (tmp_path / "x" / "c.json").read_text()
     assert '"bins": [' in text and not list((tmp_path / "x").glob("*.tmp*"))
+
+
+@dataclass(frozen=True)
+class Typed:
+    shard_size: int | None = dataclasses.field(default=None, metadata={"min": 1})
+    workers: int = dataclasses.field(default=2, metadata={"min": 1})
+    limit: int | None = None
+    scale: float = 1.0
+    shots: tuple[int, ...] = (1, 5)
+    out: str | None = None
+
+
+def test_env_and_toml_values_take_the_fields_type(tmp_path):
+    # issue 11: QGNET_SHARD_SIZE=64 used to arrive as the string '64'
+    cfg = resolve_config(Typed, env={"QGNET_SHARD_SIZE": "64", "QGNET_SCALE": "3",
+                                     "QGNET_SHOTS": "1,2", "QGNET_LIMIT": ""})
+    assert cfg.shard_size == 64 and isinstance(cfg.shard_size, int)
+    assert cfg.scale == 3.0 and cfg.shots == (1, 2) and cfg.limit is None
+    f = tmp_path / "c.toml"
+    f.write_text("scale = 2\nshots = [5]\nout = 'x'\n")
+    cfg = resolve_config(Typed, config_file=f, env={})
+    assert (cfg.scale, cfg.shots, cfg.out) == (2.0, (5,), "x") and isinstance(cfg.scale, float)
+
+
+def test_wrong_type_in_toml_names_the_file_and_option(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('workers = "two"\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: workers must be an int, got 'two'"):
+        resolve_config(Typed, config_file=f, env={})
+    with pytest.raises(ConfigError, match=r"\$QGNET_WORKERS must be an int, got 'abc'"):
+        resolve_config(Typed, env={"QGNET_WORKERS": "abc"})
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    f = tmp_path / "broken.toml"
+    f.write_text("workers = = 2\n")
+    with pytest.raises(ConfigError, match=r"broken.toml is not valid TOML"):
+        resolve_config(Typed, config_file=f, env={})
+
+
+def test_ranges_name_the_one_wrong_option(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--shard-size must be an int >= 1, got 0$"):
+        resolve_config(Typed, cli={"shard_size": 0, "workers": 2}, env={})
+    with pytest.raises(ConfigError, match=r"QGNET_WORKERS must be an int >= 1, got 0"):
+        resolve_config(Typed, env={"QGNET_WORKERS": "0"})
+    assert resolve_config(Typed, cli={"shard_size": 1}, env={}).shard_size == 1
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/path", "a/b", "..", ".hidden", "", "-x",
+                                  "a b"])
+def test_dataset_names_that_escape_the_cache_are_refused(tmp_path, name):
+    with pytest.raises(ConfigError, match="--dataset must be a name"):
+        validate_dataset_name(name)
+    with pytest.raises(ConfigError):
+        dataset_cache_dir(name, cache_dir=tmp_path)
+
+
+def test_plain_dataset_names_pass():
+    for name in ("demo", "camvid", "my-data_v1.2", "COCO"):
+        assert validate_dataset_name(name) == name
+
+
+def test_format_command_quotes_for_the_shell():
+    cmd = format_command("qgnet-prep", "masks", dataset="my data", split="train", limit=None,
+                         overwrite=True, fold=[0, 1])
+    assert cmd == "qgnet-prep masks --dataset 'my data' --split train --overwrite --fold 0 --fold 1"
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / f"data.tmp{dead}").mkdir()
+    (tmp_path / f"data.tmp{dead}" / "x.png").write_bytes(b"1")
+    (tmp_path / f"last.pt.tmp{dead}").write_bytes(b"1")
+    (tmp_path / f"data.tmp{os.getppid()}").mkdir()  # a live process: kept
+    (tmp_path / "data.tmpx").mkdir()                # not ours: kept
+    removed = remove_stale_temporaries(tmp_path, base="data")
+    assert [p.name for p in removed] == [f"data.tmp{dead}"]
+    assert (tmp_path / f"last.pt.tmp{dead}").exists()
+    assert {p.name for p in remove_stale_temporaries(tmp_path)} == {f"last.pt.tmp{dead}"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"data.tmp{os.getppid()}",
+                                                                 "data.tmpx"])

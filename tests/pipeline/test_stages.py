@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipeline import mask_stage, runner, superpixel_stage
 from pipeline.datasets.base import Dataset
-from pipeline.errors import ImageReadError
+from pipeline.errors import ConfigError, ImageReadError
 from pipeline.mask_stage import build_mask_store, locate_mask_store
 from pipeline.store import ShardedStore, StoreError
 from pipeline.superpixel_stage import build_superpixel_store, locate_superpixel_store
@@ -406,13 +406,14 @@ def test_other_params_at_same_path_are_refused(fake_kernels, toy, tmp_path):
     (dict(backend="fast-slic", method="felzenszwalb"), "does not implement felzenszwalb"),
     (dict(backend="fast-slic"), "not installed"),
     (dict(limit=0), "--limit must be >= 1"),
-    (dict(workers=0), "--workers must be >= 1"),
+    (dict(workers=0), "--workers must be an int >= 1, got 0"),
+    (dict(shard_size=0), "--shard-size must be an int >= 1, got 0"),  # was: silently 16
     (dict(scheduler="mpi"), "unknown scheduler"),
 ])
 def test_bad_options(fake_kernels, toy, tmp_path, kw, match):
     args = dict(split="train", method="slic", out=tmp_path / "x.zarr", progress=False)
     args.update(kw)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):  # one line on the command line
         build_superpixel_store(toy, **args)
 
 

@@ -19,7 +19,7 @@ class EpisodesConfig:
     cache_dir: str = ""
     folds: tuple = ()              # default: every fold
     shots: tuple = (1, 5)
-    seeds: tuple = ()              # default: 321 (pfenet), 0 (hsnet)
+    seeds: tuple = ()              # default: 321 (pfenet) or 0 (hsnet), plus 123 (validation)
     episodes: int = 0              # default: 1000; 20,000 for COCO with pfenet
     protocol: str = "pfenet"
     min_pixels: int = 2048
@@ -50,7 +50,8 @@ def _ints(values, what: str) -> tuple[int, ...]:
 @click.option("--fold", "folds", multiple=True, help="Fold(s) to build; default all. Repeatable or 0,1.")
 @click.option("--shot", "shots", multiple=True, help="Shot(s); default 1 and 5. Repeatable or 1,5.")
 @click.option("--seed", "seeds", multiple=True,
-              help="Episode seed(s), one file per seed; default 321 (pfenet) or 0 (hsnet).")
+              help="Episode seed(s), one file per seed; default 321 (pfenet) or 0 (hsnet) for testing, plus "
+                   "123 for validation during training.")
 @click.option("--episodes", type=int, help="Episodes per file; default 1000 (COCO pfenet: 20000).")
 @click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]), help="Test-episode protocol.")
 @click.option("--min-pixels", type=int, help="Pixels a class needs in an image to count (2048).")

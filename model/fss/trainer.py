@@ -249,6 +249,7 @@ def train_fss(cfg: FssConfig) -> Path:
             best, best_step = miou, step_i
         writer.write(kind="val", step=step_i, epoch=step_i / spe, miou=miou, fb_iou=fb,
                      val_loss=r["loss"], episodes=r["meter"].n_episodes,
+                     val_file=Path(str(val_eps["path"])).name,
                      per_class=r["meter"].summary()["per_class"], best_miou=best)
         log.info("val step %d: mIoU %.4f FB-IoU %.4f loss %.4f (best %.4f at %d)", step_i, miou, fb,
                  r["loss"], best, best_step)

@@ -213,3 +213,34 @@ def test_evaluator_oracle_end_to_end(sized, crop):
     assert (inter[:, 1] / union[:, 1] >= 0.99).all()  # every episode, not just the mean
     if crop == 473:  # the feature-grid guided map; at 97 the grid is 13 x 13 cells
         assert run["guided"]["iou"]["0.5"] >= 0.99
+
+
+def test_evaluation_does_not_sync_per_episode(sized):
+    """No ``.item()`` / ``int()`` / ``float()`` of a tensor per episode or batch
+    (``aten._local_scalar_dense``, a host sync on CUDA): the count does not grow with the
+    number of episodes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from model.fss.evaluate import run_episodes, test_loader
+    from pipeline.episodes import load_test_episodes
+
+    class CountScalars(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                CountScalars.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    eps = load_test_episodes("folder", 0, 1, cache_dir=sized["cache"])
+    counts = {}
+    for limit in (3, 8):  # one batch vs three batches of up to 3 episodes
+        loader = test_loader(eps, dataset="folder", crop=97, root=sized["root"],
+                             cache_dir=sized["cache"], batch_size=3, limit=limit)
+        CountScalars.calls = 0
+        with CountScalars():
+            r = run_episodes(ImageOracle(), loader, classes=np.asarray(eps["test_classes"]).tolist(),
+                             device=torch.device("cpu"))
+        assert r["episodes"] == limit and r["meter"].n_episodes == limit
+        counts[limit] = CountScalars.calls
+    assert counts[3] == counts[8] <= 2  # per run (the loss), not per episode or batch

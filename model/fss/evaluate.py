@@ -147,7 +147,8 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
     """Score every episode of ``loader`` (a :class:`model.fss.data.TestEpisodes` loader).
 
     Returns ``meter`` (FewShotMeter), ``loss`` (mean validation loss on the canvas label),
-    ``episodes``, ``seconds`` (after the first batch), ``episodes_per_s``, ``per_episode``
+    ``episodes``, ``seconds`` (after the first batch; the whole run when there is only
+    one batch), ``episodes_per_s``, ``per_episode``
     (this rank's episodes: ``episode`` (E,) row of the episode file, ``cls`` (E,), ``inter``
     and ``union`` (E x 2, columns background / foreground, pixels at the original
     resolution), and with ``regions`` the RegionMeters ``guided`` and ``prior`` (prior: None
@@ -160,7 +161,7 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
     guided, prior = (RegionMeter(), RegionMeter()) if regions else (None, None)
     confs, cls_list, ep_list = [], [], []  # device N x 2 x 2 per batch; CPU class / episode ids
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n, n_timed, t0 = 0, 0, None
+    n, n_timed, t0, t_start = 0, 0, None, time.perf_counter()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -191,7 +192,10 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
             bar.update(k)
     conf = torch.cat(confs).cpu().numpy() if confs else np.zeros((0, 2, 2), np.int64)  # the sync
     loss = float(loss_sum) / n if n else float("nan")
-    secs = time.perf_counter() - t0 if t0 is not None else 0.0
+    t_end = time.perf_counter()
+    secs = t_end - t0 if t0 is not None else 0.0
+    if n_timed == 0 and n:  # a single batch: time it whole (warm-up included)
+        n_timed, secs = n, t_end - t_start
     if bar is not None:
         bar.close()
     cls_arr = torch.cat(cls_list).numpy().astype(np.int64) if cls_list else np.zeros(0, np.int64)

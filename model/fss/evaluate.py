@@ -38,7 +38,13 @@ from model.regions import RegionMeter
 log = logging.getLogger("qgnet.fss")
 
 TRAINABLE_PREFIXES = ("backbone.", "prior_backbone.")
-DEFAULT_BATCH = 4  # episodes per forward at evaluation (the counts do not depend on it)
+GPU_BATCH = 4  # episodes per forward on CUDA (the counts do not depend on it)
+
+
+def default_batch(device) -> int:
+    """Episodes per forward: 4 on CUDA; 1 on CPU, where batching measured slower
+    (docs/benchmarks.md, "Evaluator: batched and sync-free")."""
+    return GPU_BATCH if torch.device(device).type == "cuda" else 1
 
 
 # ---------------------------------------------------------------------------- model I/O
@@ -219,7 +225,7 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
 
 
 def test_loader(episodes: Mapping[str, Any], *, dataset: str, crop: int, root=None, cache_dir=None,
-                limit: int | None = None, batch_size: int = DEFAULT_BATCH, workers: int = 0,
+                limit: int | None = None, batch_size: int = 1, workers: int = 0,
                 rank: int = 0, world: int = 1, pin_memory: bool = False):
     """DataLoader over fixed episodes (this rank's share under DDP); ``pin_memory`` on CUDA."""
     from torch.utils.data import DataLoader, Subset
@@ -247,7 +253,7 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
              seeds: Iterable[int] = (321,), protocol: str = "pfenet",
              n_episodes: int | None = None, root: str | None = None, cache_dir: str | None = None,
              crop: int | None = None, device: str = "auto", amp: bool = True,
-             batch_size: int = DEFAULT_BATCH, workers: int = 0, progress: bool = True,
+             batch_size: int | None = None, workers: int = 0, progress: bool = True,
              out_dir: str | Path | None = None, write: bool = True,
              regions: bool = False, per_episode: bool = False) -> dict[str, Any]:
     """Evaluate a model or a checkpoint on fixed test episodes, one run per seed.
@@ -265,6 +271,8 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     out_dir : path, optional
         Where results.json / results.md go (default: next to the checkpoint; nothing is
         written for a bare model without ``out_dir``).
+    batch_size : int, optional
+        Episodes per forward; default :func:`default_batch` (4 on CUDA, 1 on CPU).
     per_episode : bool, default False
         Add to every run ``per_episode``: ``episode``, ``cls`` (E lists) and ``inter``,
         ``union`` (E x 2 lists, background / foreground pixel counts at the original
@@ -282,6 +290,7 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     from pipeline.episodes import load_test_episodes
 
     dev = pick_device(device)
+    batch_size = int(batch_size) if batch_size else default_batch(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     ckpt_path = None

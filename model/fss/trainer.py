@@ -239,7 +239,7 @@ def train_fss(cfg: FssConfig) -> Path:
         loader = ev.test_loader(val_eps, dataset=cfg.dataset, crop=cfg.crop, root=cfg.root,
                                 cache_dir=cfg.cache_dir, limit=cfg.val_episodes,
                                 workers=min(cfg.workers, 2), rank=dinfo.rank, world=world,
-                                pin_memory=device.type == "cuda")
+                                batch_size=ev.default_batch(device), pin_memory=device.type == "cuda")
         r = ev.run_episodes(model, loader, classes=np.asarray(val_eps["test_classes"]).tolist(),
                             device=device, amp=cfg.amp, progress=cfg.progress and dinfo.main,
                             desc="val", reduce=True)

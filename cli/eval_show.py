@@ -2,7 +2,8 @@
 
 Left to right: query, support(s) with the mask overlaid, guided region map (PFENet prior),
 prior region map (QGNet, query only), prediction, ground truth. Everything is shown at the
-original image resolution (maps and logits mapped back as in the scoring). PIL only.
+original image resolution (maps and logits mapped back by the scoring's own inverse of the
+test-time resize, :func:`model.metrics.map_to_original`). PIL only.
 """
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, thre
     import torch
 
     from model.fss.data import TestEpisodes, collate
-    from model.fss.evaluate import _map_to_orig, load_model, step
-    from model.metrics import upsample_logits
+    from model.fss.evaluate import load_model, step
+    from model.metrics import map_to_original, upsample_logits
     from model.utils import pick_device
     from pipeline.episode_stage import load_test_episodes
     from pipeline.store import StoreError
@@ -99,15 +100,16 @@ def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, thre
         c = int(batch["cls"][0])
         image, label = ds.load(int(ds.query[e]), c)
         h, w = label.shape
-        pred = upsample_logits(o["logits"][:1].float(), (h, w), padded_square=True).cpu().numpy()
+        crop = int(batch["query"].shape[-1])
+        pred = upsample_logits(o["logits"][:1], (h, w), crop=crop).cpu().numpy()
         tiles = [_tile(image, f"query #{e}: {names.get(c, c)}")]
         for k, s in enumerate(ds.support[e]):
             si, sm = ds.load(int(s), c)
             tiles.append(_tile(overlay(si, sm), f"support {k + 1}"))
-        g = _map_to_orig(o["guided_map"][:1], h, w)[0, 0].cpu().numpy()
+        g = map_to_original(o["guided_map"][:1], (h, w), crop=crop)[0, 0].cpu().numpy()
         tiles.append(_tile(heat(g), "guided region map"))
         if o.get("prior_map") is not None:
-            p = _map_to_orig(o["prior_map"][:1], h, w)[0, 0].cpu().numpy()
+            p = map_to_original(o["prior_map"][:1], (h, w), crop=crop)[0, 0].cpu().numpy()
             tiles.append(_tile(heat(p), "prior region map"))
         tiles.append(_tile(overlay(image, pred.astype(np.uint8)), "prediction"))
         tiles.append(_tile(overlay(image, label), "ground truth"))

@@ -30,7 +30,8 @@ def _ints(values, what: str) -> tuple[int, ...]:
 @click.option("--fold", "folds", multiple=True, help="Fold(s) to build; default all. Repeatable or 0,1.")
 @click.option("--shot", "shots", multiple=True, help="Shot(s); default 1 and 5. Repeatable or 1,5.")
 @click.option("--seed", "seeds", multiple=True,
-              help="Episode seed(s), one file per seed; default 321 (pfenet) or 0 (hsnet).")
+              help="Episode seed(s), one file per seed; default 321 (pfenet) or 0 (hsnet) for testing, plus "
+                   "123 for validation during training.")
 @click.option("--episodes", type=int, help="Episodes per file; default 1000 (COCO pfenet: 20000).")
 @click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]), help="Test-episode protocol.")
 @click.option("--min-pixels", type=int, help="Pixels a class needs in an image to count (2048).")

@@ -40,7 +40,8 @@ BACKBONES = ["resnet50", "resnet101", "vgg16", "efficientnet_lite0", "resnet18"]
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA (default on).")
 @click.option("--val-episodes", type=int, help="Validation episodes (default 1000; 0 = none).")
 @click.option("--val-every", type=int, help="Validate every N steps (default 0: each epoch end).")
-@click.option("--val-seed", type=int, help="Seed of the validation episode file (default 321).")
+@click.option("--val-seed", type=int, help="Seed of the validation episode file that picks best.pt (default 123, "
+                                          "not the test seed; 321 reproduces PFENet).")
 @click.option("--max-steps", type=int, help="Stop after this step (the schedule still spans --epochs).")
 @click.option("--ckpt-every", type=int, help="Also write last.pt every N steps.")
 @click.option("--log-every", type=int, help="Steps per metrics.jsonl line (default 10).")

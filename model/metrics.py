@@ -13,9 +13,16 @@ with target t and prediction p), so meters merge by addition (DDP ranks, shards 
 episodes) and the FB-IoU confusion is the sum over classes::
 
     meter = FewShotMeter(test_classes)
-    for cls, logits, label in episodes:
+    for cls, logits, label in episodes:       # logits: 1 x 2 x S x S on the test canvas
         meter.update(cls, upsample_logits(logits, size=label.shape), label)
     meter.miou(), meter.fb_iou(), meter.per_class()
+
+Scoring at the original resolution: the network sees the test canvas of
+:func:`model.fss.transforms.test_transform` (PFENet ``Resize``: the image block
+``test_size(H, W, S)`` at the top-left of an S x S canvas). :func:`map_to_original` is the
+exact inverse of that resize, for logits and region maps of any resolution covering the
+canvas; :func:`upsample_logits` adds the argmax. :func:`episode_confusions` scores a batch
+of episodes on the device without a host synchronisation.
 
 References
 ----------
@@ -31,7 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FewShotMeter", "episode_confusion", "summarise_seeds", "upsample_logits"]
+__all__ = ["FewShotMeter", "episode_confusion", "episode_confusions", "intersection_union",
+           "map_to_original", "summarise_seeds", "upsample_logits"]
 
 IGNORE_INDEX = 255
 _IOU_EPS = 1e-10  # PFENet: I / (U + 1e-10), so a class whose unions sum to 0 scores 0
@@ -125,6 +133,21 @@ class FewShotMeter:
         self.episodes[self._row[cls]] += 1
         return conf
 
+    def add(self, classes, confusions) -> FewShotMeter:
+        """Add E episodes at once: ``classes`` (E,), ``confusions`` E x 2 x 2 (e.g. from
+        :func:`episode_confusions`); returns self."""
+        classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+        conf = np.asarray(confusions, dtype=np.int64).reshape(-1, 2, 2)
+        if len(classes) != len(conf):
+            raise ValueError(f"{len(classes)} classes for {len(conf)} confusions")
+        unknown = sorted(set(classes.tolist()) - set(self._row))
+        if unknown:
+            raise ValueError(f"classes {unknown} are not among this meter's classes {self.class_ids}")
+        rows = np.array([self._row[int(c)] for c in classes], dtype=np.int64)
+        np.add.at(self.confusion, rows, conf)
+        np.add.at(self.episodes, rows, 1)
+        return self
+
     def merge(self, other: FewShotMeter) -> FewShotMeter:
         """Add another meter's counts (same classes) into this one; returns self."""
         if other.class_ids != self.class_ids:
@@ -210,29 +233,120 @@ def summarise_seeds(values: Sequence[float] | Sequence[Mapping[str, float]]) -> 
     return one(values)
 
 
-def upsample_logits(logits: torch.Tensor, size: Sequence[int], *, padded_square: bool = False) -> torch.Tensor:
-    """Prediction at the original label resolution (PFENet ``ori_resize``).
+def map_to_original(maps: torch.Tensor, size: Sequence[int], *, crop: int | None = None) -> torch.Tensor:
+    """Maps on the test canvas -> the original image grid: the inverse of ``test_transform``.
 
-    Logits are resized bilinearly (align_corners=True) and arg-maxed.
+    ``test_transform`` resizes the H x W image to the block ``(nh, nw) = test_size(H, W, S)``
+    (bilinear, half-pixel centres: block pixel i sits at original ``(i + 0.5) H / nh - 0.5``)
+    at the top-left of an S x S canvas. The inverse:
+
+    1. maps coarser than the canvas (feature-grid region maps, h' x w') are first brought to
+       S x S the way the network upsamples its own outputs (bilinear, ``align_corners=True``);
+    2. the block ``[:nh, :nw]`` is kept (the padding never reaches the original grid);
+    3. the block is resized to H x W (bilinear, half-pixel centres, i.e.
+       ``align_corners=False``), which puts every block pixel back where it came from.
+
+    PFENet's ``ori_resize`` resizes the whole S x S output to L x L (L = max(H, W),
+    ``align_corners=True``) and scores it against the label padded with 255. That is this
+    mapping up to less than one canvas pixel when the block's longer side is exactly S, but
+    PFENet floors the block to a multiple of 8 (472 x 352 for 500 x 375 at 473), which its
+    scoring then reads as a shift of up to 8 canvas pixels; see docs/fss.md.
+
+    Parameters
+    ----------
+    maps : Tensor, N x C x h x w
+        Logits or region maps covering the S x S canvas (any resolution).
+    size : (H, W)
+        The original image size (the same for the N maps).
+    crop : int, optional
+        The canvas side S; default ``w`` (maps at the canvas resolution).
+
+    Returns
+    -------
+    Tensor, float32, N x C x H x W
+    """
+    from model.fss.transforms import test_size
+
+    H, W = int(size[0]), int(size[1])
+    S = int(crop) if crop is not None else int(maps.shape[-1])
+    nh, nw = test_size(H, W, S)
+    with torch.autocast(maps.device.type, enabled=False):
+        m = maps.float()
+        if tuple(m.shape[-2:]) != (S, S):  # 1
+            m = F.interpolate(m, size=(S, S), mode="bilinear", align_corners=True)
+        m = m[..., :nh, :nw]  # 2
+        if (nh, nw) != (H, W):  # 3
+            m = F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)
+    return m
+
+
+def upsample_logits(logits: torch.Tensor, size: Sequence[int], *, crop: int | None = None,
+                    padded_square: bool = True) -> torch.Tensor:
+    """Prediction at the original label resolution: :func:`map_to_original`, then argmax.
 
     Parameters
     ----------
     logits : Tensor, N x 2 x h x w
+        On the test canvas of :func:`model.fss.transforms.test_transform`.
     size : (H, W)
         The original label size.
-    padded_square : bool, default False
-        The network input was the image resized so its longer side fits, then padded at
-        the bottom / right to a square (PFENet's ``test_Resize``). Then the logits are
-        resized to L x L, L = max(H, W), and the top-left H x W kept, which is what
-        PFENet's scoring against the label padded with 255 amounts to.
+    crop : int, optional
+        The canvas side S (default: ``w``).
+    padded_square : bool, default True
+        True: the logits are on the test canvas (the only layout the evaluator produces).
+        False: the logits cover the whole H x W frame (no canvas); plain bilinear resize.
 
     Returns
     -------
     Tensor, long: H x W when N == 1, else N x H x W
     """
     H, W = int(size[0]), int(size[1])
-    out_size = (max(H, W), max(H, W)) if padded_square else (H, W)
-    with torch.autocast(logits.device.type, enabled=False):
-        up = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=True)
-    pred = up.argmax(dim=1)[:, :H, :W]  # N x H x W
+    if padded_square:
+        up = map_to_original(logits, (H, W), crop=crop)
+    else:
+        with torch.autocast(logits.device.type, enabled=False):
+            up = F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=True)
+    pred = up.argmax(dim=1)  # N x H x W
     return pred[0] if pred.shape[0] == 1 else pred
+
+
+def episode_confusions(logits: torch.Tensor, labels: torch.Tensor, sizes, *, crop: int | None = None,
+                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """2 x 2 confusion counts of a batch of episodes, on the logits' device, no host sync.
+
+    Parameters
+    ----------
+    logits : Tensor, N x 2 x h x w, on the test canvas
+    labels : Tensor, N x H' x W', original labels (0 / 1 / ``ignore_index``) padded to the
+        batch's largest size (``model.fss.data.collate``); episode j's label is the top-left
+        ``sizes[j]``
+    sizes : N x 2 (CPU tensor, array or list) of the original (H, W)
+    crop : int, optional
+        Canvas side (default: ``w``).
+
+    Returns
+    -------
+    Tensor, N x 2 x 2, int64, on ``logits.device``: ``C[j, t, p]`` as :func:`episode_confusion`.
+    """
+    sizes = np.asarray(sizes.cpu() if isinstance(sizes, torch.Tensor) else sizes).reshape(-1, 2)
+    labels = labels.to(logits.device)
+    out = torch.zeros(len(sizes), 5, dtype=torch.int64, device=logits.device)
+    for j, (h, w) in enumerate(sizes.tolist()):
+        pred = upsample_logits(logits[j:j + 1], (h, w), crop=crop)  # H x W
+        t = labels[j, :h, :w].long()
+        idx = torch.where(t == ignore_index, 4, t * 2 + pred).reshape(-1)  # 4: ignored pixel
+        out[j].scatter_add_(0, idx, torch.ones_like(idx))
+    return out[:, :4].reshape(-1, 2, 2)
+
+
+def intersection_union(confusion) -> tuple[np.ndarray, np.ndarray]:
+    """Per-episode (intersection, union) of background and foreground from confusions.
+
+    ``confusion``: E x 2 x 2; returns two E x 2 int64 arrays, column 0 background, 1
+    foreground (PFENet's ``intersectionAndUnion`` with 2 classes).
+    """
+    c = np.asarray(confusion, dtype=np.int64).reshape(-1, 2, 2)
+    inter = np.stack([c[:, 0, 0], c[:, 1, 1]], axis=1)
+    off = c[:, 0, 1] + c[:, 1, 0]
+    union = inter + off[:, None]
+    return inter, union

@@ -7,7 +7,10 @@ threshold t, over all episodes:
     precision(t) = sum |{M >= t} n FG| / sum |{M >= t}|
     IoU(t)       = sum |{M >= t} n FG| / sum |{M >= t} u FG|
 
-FG = label == 1; pixels labelled 255 are left out of every count.
+FG = label == 1; pixels labelled 255 are left out of every count. The evaluator's maps cover
+the test canvas (``model.fss.transforms.test_transform``); with ``crop=S`` they are brought
+back to the original label with :func:`model.metrics.map_to_original`, the same inverse
+resize as the logits.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def _keys(thresholds: Sequence[float]) -> list[float]:
     return [round(float(t), 6) for t in thresholds]
 
 
-def region_counts(maps: torch.Tensor, target: torch.Tensor, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict:
+def region_counts(maps: torch.Tensor, target: torch.Tensor, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *,
+                  crop: int | None = None) -> dict:
     """Pixel counts behind :func:`region_recall`.
 
     Parameters
@@ -35,6 +39,10 @@ def region_counts(maps: torch.Tensor, target: torch.Tensor, thresholds: Sequence
     maps : Tensor, N x 1 x h x w, values in [0, 1]
     target : Tensor or ndarray, N x H x W, 0 / 1 / 255
     thresholds : sequence of float
+    crop : int, optional
+        The maps cover the S x S test canvas (S = ``crop``) of the H x W original, as the
+        network's maps do: mapped back with :func:`model.metrics.map_to_original`. Without
+        it the maps cover the label's whole frame (plain bilinear resize).
 
     Returns
     -------
@@ -45,8 +53,13 @@ def region_counts(maps: torch.Tensor, target: torch.Tensor, thresholds: Sequence
     target = torch.as_tensor(target, device=maps.device)
     if maps.dim() != 4 or maps.shape[1] != 1 or target.dim() != 3 or target.shape[0] != maps.shape[0]:
         raise ValueError(f"expected maps N x 1 x h x w and target N x H x W, got {tuple(maps.shape)} and {tuple(target.shape)}")
-    with torch.autocast(maps.device.type, enabled=False):
-        m = F.interpolate(maps.float(), size=target.shape[-2:], mode="bilinear", align_corners=True)[:, 0]  # N x H x W
+    if crop is not None:
+        from model.metrics import map_to_original
+
+        m = map_to_original(maps, target.shape[-2:], crop=crop)[:, 0]  # N x H x W
+    else:
+        with torch.autocast(maps.device.type, enabled=False):
+            m = F.interpolate(maps.float(), size=target.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
     valid = target != 255
     fg = target == 1
     th = torch.tensor(_keys(thresholds), device=m.device, dtype=m.dtype).view(-1, 1)  # T x 1
@@ -83,12 +96,13 @@ class RegionMeter:
         self.pos = np.zeros(len(self.thresholds), dtype=np.int64)
         self.episodes = 0
 
-    def update(self, maps: torch.Tensor, target) -> None:
-        """``maps``: N x 1 x h x w; ``target``: N x H x W (or H x W with N == 1)."""
+    def update(self, maps: torch.Tensor, target, *, crop: int | None = None) -> None:
+        """``maps``: N x 1 x h x w; ``target``: N x H x W (or H x W with N == 1); ``crop``:
+        the maps are on the test canvas (see :func:`region_counts`)."""
         target = torch.as_tensor(target)
         if target.dim() == 2:
             target = target.unsqueeze(0)
-        c = region_counts(maps, target, self.thresholds)
+        c = region_counts(maps, target, self.thresholds, crop=crop)
         self.fg += c["fg"]
         self.tp += c["tp"]
         self.pos += c["pos"]

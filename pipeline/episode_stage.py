@@ -32,6 +32,7 @@ from pipeline.episodes import (
     FOLDS_FILE_NAME,
     NUM_FOLDS,
     PROTOCOLS,
+    VAL_SEED,
     EpisodeWarning,
     _check_fold,
     check_disjoint,
@@ -56,7 +57,7 @@ class EpisodesConfig:
     cache_dir: str | None = None
     folds: tuple[int, ...] | None = None      # default: every fold
     shots: tuple[int, ...] = (1, 5)
-    seeds: tuple[int, ...] | None = None      # default: 321 (pfenet), 0 (hsnet)
+    seeds: tuple[int, ...] | None = None      # default: 321 (pfenet) or 0 (hsnet), plus 123 (validation)
     episodes: int | None = option(None, min=1)  # default: 1000; 20,000 for COCO with pfenet
     protocol: str = "pfenet"
     min_pixels: int = option(2048, min=1)
@@ -157,7 +158,8 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
 
     Writes ``folds.json``, one training list per fold and one test-episode file per fold,
     shot and seed into :func:`pipeline.config.episodes_dir`, and prints the counts.
-    Defaults: all folds, shots 1 and 5, seed 321 (pfenet) / 0 (hsnet), E from
+    Defaults: all folds, shots 1 and 5, seed 321 (pfenet) / 0 (hsnet) for testing plus
+    :data:`VAL_SEED` for model selection during training, E from
     :func:`default_episode_count`. Returns a summary dict (paths and counts).
 
     Raises
@@ -192,7 +194,7 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
         folds_file = cand if cand.is_file() else None
     n_f = NUM_FOLDS if dataset in ("pascal", "coco") else num_folds(folds_file=folds_file)
     fold_list = list(range(n_f)) if not folds else [int(f) for f in folds]
-    seeds = list(seeds) if seeds else [default_seed(protocol)]
+    seeds = list(seeds) if seeds else [default_seed(protocol), VAL_SEED]
     e = int(default_episode_count(dataset, protocol) if n_episodes is None else n_episodes)
 
     def name(k: int) -> str:
@@ -364,6 +366,39 @@ def load_test_episodes(dataset: str, fold: int, shot: int, *, seed: int = DEFAUL
     _check_current(data, path, dataset, "val", cache_dir, command, fold)
     data["path"] = str(path)
     return data
+
+
+def derive_test_episodes(dataset: str, fold: int, shot: int, *, seed: int,
+                         like_seed: int | None = None, protocol: str = "pfenet",
+                         cache_dir=None) -> dict[str, Any]:
+    """Load the episodes of ``seed``, writing them first if missing, with the settings of the
+    existing file of ``like_seed`` (default: the protocol's test seed): same val store,
+    test classes, episode count and ``min_pixels``; only the seed differs.
+
+    Lets the trainer validate on another seed than the test episodes (``VAL_SEED``) on a
+    cache built before that file was part of ``qgnet-prep episodes``' defaults.
+    """
+    from pipeline.config import episodes_dir
+
+    try:
+        return load_test_episodes(dataset, fold, shot, seed=seed, protocol=protocol,
+                                  cache_dir=cache_dir)
+    except FileNotFoundError:
+        like = load_test_episodes(dataset, fold, shot, protocol=protocol, cache_dir=cache_dir,
+                                  seed=default_seed(protocol) if like_seed is None else like_seed)
+    vcp = _open_masks(dataset, "val", cache_dir).extra("class_pixels")
+    test = np.asarray(like["test_classes"], dtype=np.int32)
+    ep = sample_episodes(vcp, test, shot=int(shot), n_episodes=len(like["query"]), seed=int(seed),
+                         protocol=protocol, dataset_name=dataset,
+                         min_pixels=int(like["min_pixels"]), warn=False)
+    path = episodes_dir(dataset, cache_dir=cache_dir) / episode_file_name(
+        fold, shot, seed=seed, protocol=protocol)
+    _save_npz_atomic(path, {**ep, "test_classes": test, "fold": int(fold), "shot": int(shot),
+                            "seed": int(seed), "protocol": protocol,
+                            "min_pixels": int(like["min_pixels"]), "split": "val",
+                            "ids_hash": like["ids_hash"], "dataset": dataset})
+    return load_test_episodes(dataset, fold, shot, seed=seed, protocol=protocol,
+                              cache_dir=cache_dir)
 
 
 # ========================================================================================

@@ -53,6 +53,7 @@ from pipeline.errors import ConfigError
 DEFAULT_MIN_PIXELS = 2 * 32 * 32  # 2048: PFENet's (Shaban's) small-object rule
 DEFAULT_SEED = 321  # PFENet / QGNet val seed
 HSNET_SEED = 0
+VAL_SEED = 123  # model selection during training: not the test seed (docs/fss.md)
 PROTOCOLS = ("pfenet", "hsnet")
 COCO_SPLITS = ("interleaved", "contiguous")
 DEFAULT_SHOTS = (1, 5)

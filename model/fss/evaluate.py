@@ -2,12 +2,18 @@
 
 PFENet's protocol (``test.py`` with ``ori_resize``), see docs/fss.md::
 
-    query, supports  -> test resize + pad to S x S (model.fss.transforms.test_transform)
-    logits           N x 2 x S x S -> bilinear to L x L, L = max(H, W); keep the top-left
-                     H x W (= PFENet's scoring against the label padded with 255)
+    query, supports  -> PFENet ``Resize``: longer side to S (up or down), floored to x8,
+                     top-left of an S x S canvas (model.fss.transforms.test_transform)
+    logits           N x 2 x S x S -> exact inverse of that resize to H x W, argmax
+                     (model.metrics.episode_confusions: on the device, no host sync)
     meter            per class: sum I / sum U over its episodes; mIoU = mean over the fold's
                      classes; FB-IoU = mean of fg and bg IoU summed over all episodes
     seeds            one episode file per seed -> mean and sample std over seeds
+
+Episodes are batched (``batch_size``; the counts do not depend on it), the loader pins
+memory on CUDA, and the per-episode confusions stay on the device until the end of the
+run (one host sync per run, none per episode). ``run_episodes`` returns them per episode
+(``per_episode``: class, bg/fg intersection and union) for paired comparisons.
 
 ``evaluate`` also reports episodes/s (model + data, after the first batch) and the peak
 memory (``torch.cuda.max_memory_allocated`` on GPU, the process's max RSS on CPU) and
@@ -25,14 +31,20 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from model.metrics import FewShotMeter, summarise_seeds, upsample_logits
+from model.metrics import FewShotMeter, episode_confusions, intersection_union, summarise_seeds
 from model.regions import RegionMeter
 
 log = logging.getLogger("qgnet.fss")
 
 TRAINABLE_PREFIXES = ("backbone.", "prior_backbone.")
+GPU_BATCH = 4  # episodes per forward on CUDA (the counts do not depend on it)
+
+
+def default_batch(device) -> int:
+    """Episodes per forward: 4 on CUDA; 1 on CPU, where batching measured slower
+    (docs/benchmarks.md, "Evaluator: batched and sync-free")."""
+    return GPU_BATCH if torch.device(device).type == "cuda" else 1
 
 
 # ---------------------------------------------------------------------------- model I/O
@@ -138,34 +150,28 @@ def step(model, batch: dict[str, torch.Tensor], *, device: torch.device, amp: bo
             "batch": b}
 
 
-def _orig(batch: Mapping[str, torch.Tensor], j: int) -> torch.Tensor:
-    h, w = (int(v) for v in batch["orig_hw"][j])
-    return batch["orig_label"][j, :h, :w]
-
-
-def _map_to_orig(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """A 1 x 1 x h' x w' map of the padded S x S input -> 1 x 1 x H x W of the original."""
-    side = max(h, w)
-    up = F.interpolate(m.float(), size=(side, side), mode="bilinear", align_corners=True)
-    return up[..., :h, :w]
-
-
 @torch.no_grad()
 def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device, amp: bool = True,
                  regions: bool = False, progress: bool = False, desc: str = "eval",
                  reduce: bool = False) -> dict[str, Any]:
     """Score every episode of ``loader`` (a :class:`model.fss.data.TestEpisodes` loader).
 
-    Returns ``meter`` (FewShotMeter), ``loss`` (mean validation loss on the resized label),
-    ``episodes``, ``seconds`` (after the first batch), ``episodes_per_s``, and with
-    ``regions`` the RegionMeters ``guided`` and ``prior`` (prior: None without a prior map).
-    ``reduce``: sum the counts over torch.distributed ranks (each rank ran its share).
+    Returns ``meter`` (FewShotMeter), ``loss`` (mean validation loss on the canvas label),
+    ``episodes``, ``seconds`` (after the first batch; the whole run when there is only
+    one batch), ``episodes_per_s``, ``per_episode``
+    (this rank's episodes: ``episode`` (E,) row of the episode file, ``cls`` (E,), ``inter``
+    and ``union`` (E x 2, columns background / foreground, pixels at the original
+    resolution), and with ``regions`` the RegionMeters ``guided`` and ``prior`` (prior: None
+    without a prior map). ``reduce``: sum the meter's counts over torch.distributed ranks
+    (each rank ran its share; ``per_episode`` stays per rank).
     """
     was_training = model.training
     model.eval()
     meter = FewShotMeter(classes)
     guided, prior = (RegionMeter(), RegionMeter()) if regions else (None, None)
-    losses, n, n_timed, t0 = [], 0, 0, None
+    confs, cls_list, ep_list = [], [], []  # device N x 2 x 2 per batch; CPU class / episode ids
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n, n_timed, t0, t_start = 0, 0, None, time.perf_counter()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -173,28 +179,41 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
         bar = tqdm(total=len(loader.dataset), desc=desc, unit="ep", dynamic_ncols=True, leave=False)
     for batch in loader:
         r = step(model, batch, device=device, amp=amp)
-        out = r["out"]
-        losses.append(float(r["loss"]))
-        for j in range(batch["query"].shape[0]):
-            target = _orig(batch, j)
-            h, w = target.shape
-            pred = upsample_logits(out["logits"][j:j + 1].float(), (h, w), padded_square=True)
-            meter.update(int(batch["cls"][j]), pred.cpu(), target)
-            if regions:
-                guided.update(_map_to_orig(out["guided_map"][j:j + 1], h, w).cpu(), target)
+        out, k, crop = r["out"], int(batch["query"].shape[0]), int(batch["query"].shape[-1])
+        loss_sum += r["loss"].double() * k  # stays on the device
+        confs.append(episode_confusions(out["logits"], r["batch"]["orig_label"], batch["orig_hw"],
+                                        crop=crop))
+        cls_list.append(batch["cls"].reshape(-1))
+        ep_list.append(batch["episode"].reshape(-1) if "episode" in batch else torch.arange(n, n + k))
+        if regions:  # Table 7 only: these counts sync once per episode
+            for j, (h, w) in enumerate(batch["orig_hw"].tolist()):
+                target = batch["orig_label"][j, :h, :w]
+                guided.update(out["guided_map"][j:j + 1], target, crop=crop)
                 if out.get("prior_map") is not None:
-                    prior.update(_map_to_orig(out["prior_map"][j:j + 1], h, w).cpu(), target)
-        k = batch["query"].shape[0]
+                    prior.update(out["prior_map"][j:j + 1], target, crop=crop)
         n += k
         if t0 is None:  # time from the end of the first batch (warm-up excluded)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             t0 = time.perf_counter()
         else:
             n_timed += k
         if bar is not None:
             bar.update(k)
+    conf = torch.cat(confs).cpu().numpy() if confs else np.zeros((0, 2, 2), np.int64)  # the sync
+    loss = float(loss_sum) / n if n else float("nan")
+    t_end = time.perf_counter()
+    secs = t_end - t0 if t0 is not None else 0.0
+    if n_timed == 0 and n:  # a single batch: time it whole (warm-up included)
+        n_timed, secs = n, t_end - t_start
     if bar is not None:
         bar.close()
-    secs = time.perf_counter() - t0 if t0 is not None else 0.0
+    cls_arr = torch.cat(cls_list).numpy().astype(np.int64) if cls_list else np.zeros(0, np.int64)
+    meter.add(cls_arr, conf)
+    inter, union = intersection_union(conf)
+    per_episode = {"episode": (torch.cat(ep_list).numpy().astype(np.int64) if ep_list
+                               else np.zeros(0, np.int64)),
+                   "cls": cls_arr, "inter": inter, "union": union}
     if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
         t = torch.from_numpy(np.concatenate([meter.confusion.ravel(), meter.episodes])).to(device)
         torch.distributed.all_reduce(t)
@@ -203,16 +222,16 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
         meter.confusion = t[: c * 4].reshape(c, 2, 2).astype(np.int64)
         meter.episodes = t[c * 4:].astype(np.int64)
     model.train(was_training)
-    return {"meter": meter, "loss": float(np.mean(losses)) if losses else float("nan"),
-            "episodes": n, "seconds": secs,
+    return {"meter": meter, "loss": loss, "episodes": n, "seconds": secs,
             "episodes_per_s": (n_timed / secs) if secs > 0 else float("nan"),
+            "per_episode": per_episode,
             "guided": guided, "prior": prior if (regions and prior.episodes) else None}
 
 
 def test_loader(episodes: Mapping[str, Any], *, dataset: str, crop: int, root=None, cache_dir=None,
                 limit: int | None = None, batch_size: int = 1, workers: int = 0,
-                rank: int = 0, world: int = 1):
-    """DataLoader over fixed episodes (this rank's share under DDP)."""
+                rank: int = 0, world: int = 1, pin_memory: bool = False):
+    """DataLoader over fixed episodes (this rank's share under DDP); ``pin_memory`` on CUDA."""
     from torch.utils.data import DataLoader, Subset
 
     from model.fss.data import TestEpisodes, collate
@@ -223,7 +242,7 @@ def test_loader(episodes: Mapping[str, Any], *, dataset: str, crop: int, root=No
         ds = Subset(ds, list(range(rank, len(ds), world)))
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate, generator=torch.Generator().manual_seed(0),
-                      persistent_workers=False)
+                      persistent_workers=False, pin_memory=bool(pin_memory))
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -238,9 +257,9 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
              seeds: Iterable[int] = (321,), protocol: str = "pfenet",
              n_episodes: int | None = None, root: str | None = None, cache_dir: str | None = None,
              crop: int | None = None, device: str = "auto", amp: bool = True,
-             batch_size: int = 1, workers: int = 0, progress: bool = True,
+             batch_size: int | None = None, workers: int = 0, progress: bool = True,
              out_dir: str | Path | None = None, write: bool = True,
-             regions: bool = False) -> dict[str, Any]:
+             regions: bool = False, per_episode: bool = False) -> dict[str, Any]:
     """Evaluate a model or a checkpoint on fixed test episodes, one run per seed.
 
     Parameters
@@ -256,6 +275,13 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     out_dir : path, optional
         Where results.json / results.md go (default: next to the checkpoint; nothing is
         written for a bare model without ``out_dir``).
+    batch_size : int, optional
+        Episodes per forward; default :func:`default_batch` (4 on CUDA, 1 on CPU).
+    per_episode : bool, default False
+        Add to every run ``per_episode``: ``episode``, ``cls`` (E lists) and ``inter``,
+        ``union`` (E x 2 lists, background / foreground pixel counts at the original
+        resolution), for paired bootstraps over episodes (``qgnet-eval compare``). Not
+        written to results.json.
 
     Returns
     -------
@@ -268,6 +294,7 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     from pipeline.episode_stage import load_test_episodes
 
     dev = pick_device(device)
+    batch_size = int(batch_size) if batch_size else default_batch(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     ckpt_path = None
@@ -295,13 +322,16 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     runs, eps_rates = [], []
     for ep in episodes:
         loader = test_loader(ep, dataset=dataset, crop=crop, root=root, cache_dir=cache_dir,
-                             limit=n_episodes, batch_size=batch_size, workers=workers)
+                             limit=n_episodes, batch_size=batch_size, workers=workers,
+                             pin_memory=dev.type == "cuda")
         seed = int(np.asarray(ep.get("seed", -1)))
         r = run_episodes(model, loader, classes=np.asarray(ep["test_classes"]).tolist(), device=dev,
                          amp=amp, progress=progress, desc=f"seed {seed}", regions=regions)
         s = r["meter"].summary()
         s.update(seed=seed, seconds=round(r["seconds"], 3), episodes_per_s=r["episodes_per_s"],
                  loss=r["loss"], confusion=r["meter"].state_dict())
+        if per_episode:
+            s["per_episode"] = {k: np.asarray(v).tolist() for k, v in r["per_episode"].items()}
         if regions:
             s["guided"] = r["guided"].summary()
             s["prior"] = r["prior"].summary() if r["prior"] is not None else None
@@ -329,7 +359,9 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     }
     target = Path(out_dir) if out_dir else (ckpt_path.parent if ckpt_path else None)
     if write and target is not None:
-        write_results(target, result, key="regions" if regions else None)
+        stored = {**result, "runs": [{k: v for k, v in r.items() if k != "per_episode"}
+                                     for r in result["runs"]]}
+        write_results(target, stored, key="regions" if regions else None)
     return result
 
 

@@ -16,12 +16,16 @@ from ``util/transform.py``), in this order::
                  is used even if it still fails
     Normalise    (x - 255 * mean) / (255 * std), HWC -> CHW float32
 
-Test time (PFENet ``test.py``: ``test_Resize``): an image whose longer side exceeds ``size``
-is resized so that the longer side is ``size`` and both sides are floored to a multiple of
-8; it is then placed at the top-left of a ``size x size`` canvas (image pad 0 *before*
-normalisation, label pad 255). Images that already fit are not resized. The original
-label is kept for scoring (see :func:`model.metrics.upsample_logits` with
-``padded_square=True``).
+Test time (PFENet ``test.py`` with the configs' ``resized_val: True``, i.e.
+``util/transform.py`` ``Resize``; the same for the query and every support): the longer side
+is *always* scaled to ``size`` (up or down), the shorter to ``int(side * size / longer)``,
+and both are floored to a multiple of 8 (PFENet's ``find_new_hw``: 500 x 375 at 473 ->
+352 x 472). The result is placed at the top-left of a ``size x size`` canvas (image pad 0
+*before* normalisation, as PFENet's ``back_crop = np.zeros`` ahead of ``Normalize``; label
+pad 255). The original label is kept for scoring: :func:`model.metrics.upsample_logits`
+maps the canvas back with the exact inverse of this resize (see docs/fss.md "Test-time
+resize and scoring"). PFENet's ``test_Resize`` (only used when ``resized_val`` is False)
+leaves small images unscaled; it is not the protocol and is not implemented.
 
 OpenCV conventions reproduced: bilinear resizing with half-pixel centres, nearest
 neighbour as ``floor(dst * in / out)``, rotation matrix of ``getRotationMatrix2D`` (a
@@ -254,25 +258,49 @@ def train_transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
     return normalize(img), np.ascontiguousarray(lab)
 
 
-def test_size(h: int, w: int, size: int) -> tuple[int, int]:
-    """PFENet ``test_Resize``'s ``find_new_hw``: longer side -> ``size`` when larger, both
-    sides floored to a multiple of 8; unchanged when the image already fits."""
-    if max(h, w) <= size:
-        return h, w
+TEST_MULTIPLE = 8  # PFENet ``find_new_hw`` floors both sides to a multiple of 8
+
+
+def test_size(h: int, w: int, size: int, *, multiple: int = TEST_MULTIPLE) -> tuple[int, int]:
+    """Size of the image block on the test canvas (PFENet ``Resize``'s ``find_new_hw``).
+
+    The longer side becomes ``size`` (larger and smaller images alike), the shorter
+    ``int(side * size / longer)``; both are then floored to a multiple of ``multiple``
+    (never below 1 pixel).
+
+    >>> test_size(375, 500, 473), test_size(97, 131, 473), test_size(473, 473, 473)
+    ((352, 472), (344, 472), (472, 472))
+    """
+    h, w, size = int(h), int(w), int(size)
     if h >= w:
         nh, nw = size, int(w * size / h)
     else:
         nh, nw = int(h * size / w), size
-    return (nh // 8) * 8 if nh % 8 else nh, (nw // 8) * 8 if nw % 8 else nw
+
+    def floor(n: int) -> int:
+        return max(n - n % multiple if n >= multiple else n, 1)
+
+    return floor(nh), floor(nw)
 
 
 def test_transform(image: np.ndarray, label: np.ndarray, *, size: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """PFENet's test-time resize and pad (``test_Resize``), then normalisation.
+    """The one test-time resize and pad (PFENet ``Resize``), then normalisation.
+
+    Used for queries and supports by ``qgnet-eval fss / regions / show`` and by validation
+    during training; :func:`model.metrics.upsample_logits` is its inverse for scoring.
+
+    Parameters
+    ----------
+    image : H x W x 3 uint8 (RGB)
+    label : H x W uint8 (0 / 1 / 255)
+    size : int
+        The canvas side (the training crop).
 
     Returns
     -------
-    image : 3 x size x size float32; label : size x size uint8 (255 outside the image)
+    image : 3 x size x size float32; label : size x size uint8 (255 outside the image block
+    of :func:`test_size`)
     """
     h, w = label.shape
     nh, nw = test_size(h, w, size)

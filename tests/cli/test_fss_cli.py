@@ -47,6 +47,10 @@ def test_train_then_eval_show_regions(toy):
     for name in ("config.json", "metrics.jsonl", "train.log", "best.pt", "last.pt"):
         assert (run / name).is_file(), name
     assert json.loads((run / "config.json").read_text())["lr_scale"] == 10.0
+    # best.pt is chosen on the validation seed's episodes, not on the test file (seed 321)
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [v for v in vals if v.get("kind") == "val"]
+    assert vals and {v["val_file"] for v in vals} == {"test-fold0-shot1-pfenet-seed123.npz"}
 
     # the checkpoint alone rebuilds the model (no dataset / backbone options)
     r = CliRunner().invoke(eval_fss, ["--checkpoint", str(run / "best.pt"), "--workers", "0",

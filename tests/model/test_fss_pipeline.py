@@ -1,6 +1,7 @@
 """Episodic data, evaluation and training on the tiny folder dataset of tests/conftest.py
 (``make_fss_toy``)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,53 @@ def test_ddp_two_ranks_gloo(toy):
     val = [r for r in rows if r["kind"] == "val"]
     assert len(val) == 1 and val[0]["episodes"] == 4  # both ranks' shares merged
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_batched_evaluation_equals_batch_one(toy):
+    """Episodes batched 4 per forward give the same per-episode intersections and unions
+    (and so the same meter) as one episode per forward; the counts stay on the device."""
+    from model.fss import evaluate as ev
+    from pipeline.episodes import load_test_episodes
+
+    torch.manual_seed(0)
+    model = ev.build_model({"backbone": "efficientnet_lite0", "weights": "imagenet",
+                            "use_prior_map": True, "prior": "imagenet",
+                            "prior_backbone": "efficientnet_lite0", "crop": 65})
+    eps = load_test_episodes("folder", 0, 1, cache_dir=toy["cache"])
+    classes = np.asarray(eps["test_classes"]).tolist()
+    out = {}
+    for bs in (1, 4):
+        loader = ev.test_loader(eps, dataset="folder", crop=65, cache_dir=toy["cache"], batch_size=bs)
+        out[bs] = ev.run_episodes(model, loader, classes=classes, device=torch.device("cpu"))
+    a, b = out[1]["per_episode"], out[4]["per_episode"]
+    assert a["episode"].tolist() == b["episode"].tolist() == list(range(len(eps["query"])))
+    np.testing.assert_array_equal(a["cls"], np.asarray(eps["cls"]))
+    np.testing.assert_array_equal(a["inter"], b["inter"])
+    np.testing.assert_array_equal(a["union"], b["union"])
+    assert (a["inter"] <= a["union"]).all() and a["union"].sum() > 0
+    np.testing.assert_array_equal(out[1]["meter"].confusion, out[4]["meter"].confusion)
+    assert out[1]["loss"] == pytest.approx(out[4]["loss"], rel=1e-5)
+    # the per-episode counts add up to the meter's per-class sums
+    for i, c in enumerate(out[4]["meter"].class_ids):
+        sel = b["cls"] == c
+        assert b["inter"][sel, 1].sum() == out[4]["meter"].confusion[i, 1, 1]
+
+
+def test_validation_episodes_use_another_seed_and_are_derived_when_missing(make_fss_toy):
+    """best.pt is chosen on seed VAL_SEED, not on the test seed; `qgnet-prep episodes` writes
+    that file by default, and the trainer re-derives it (identically) on older caches."""
+    from model.fss.trainer import FssConfig
+    from pipeline.config import episodes_dir
+    from pipeline.episodes import DEFAULT_SEED, VAL_SEED, derive_test_episodes, load_test_episodes
+
+    assert FssConfig().val_seed == VAL_SEED != DEFAULT_SEED
+    t = make_fss_toy("valseed", n_episodes=6)
+    built = load_test_episodes("folder", 0, 1, seed=VAL_SEED, cache_dir=t["cache"])
+    test = load_test_episodes("folder", 0, 1, seed=DEFAULT_SEED, cache_dir=t["cache"])
+    assert Path(built["path"]).name != Path(test["path"]).name and built["seed"] == VAL_SEED
+    # (on this toy every class has two usable val images, so the draws cannot differ)
+    (episodes_dir("folder", cache_dir=t["cache"]) / Path(built["path"]).name).unlink()
+    again = derive_test_episodes("folder", 0, 1, seed=VAL_SEED, cache_dir=t["cache"])
+    for k in ("query", "support", "cls", "test_classes", "skipped_classes"):
+        np.testing.assert_array_equal(again[k], built[k])
+    assert again["seed"] == VAL_SEED and again["min_pixels"] == built["min_pixels"]

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.metrics import FewShotMeter, episode_confusion, summarise_seeds, upsample_logits
+from model.metrics import (
+    FewShotMeter,
+    episode_confusion,
+    episode_confusions,
+    intersection_union,
+    summarise_seeds,
+    upsample_logits,
+)
 from model.regions import RegionMeter, region_counts, region_recall
 
 # Four episodes over classes 1 and 2 (class 3 has none). C[t, p] counts by hand:
@@ -95,13 +102,48 @@ def test_summarise_seeds():
 def test_upsample_logits_to_original_size():
     logits = torch.zeros(1, 2, 2, 2)
     logits[0, 1] = torch.tensor([[1.0, 1.0], [-2.0, -2.0]])  # fg - bg: +1 top row, -2 bottom row
-    pred = upsample_logits(logits, size=(3, 5))  # rows at 0, 0.5, 1: +1, -0.5, -2
+    # logits covering the whole frame: rows at 0, 0.5, 1 of the 2-row grid: +1, -0.5, -2
+    pred = upsample_logits(logits, size=(3, 5), padded_square=False)
     assert pred.shape == (3, 5) and pred.dtype == torch.long
     assert pred[:, 0].tolist() == [1, 0, 0] and (pred == pred[:, :1]).all()
-    # the input was a padded square: resize to 5 x 5 and keep the top 3 rows (+1, +0.25, -0.5)
-    padded = upsample_logits(logits, size=(3, 5), padded_square=True)
-    assert padded.shape == (3, 5) and padded[:, 0].tolist() == [1, 1, 0]
+    # on a 4 x 4 test canvas a 3 x 5 image is the block test_size(3, 5, 4) = 2 x 4 (rows
+    # +1, -2); the padding rows (+5) must not leak in. Block rows back to 3 rows with
+    # half-pixel centres: sources -1/6 (clamped to 0), 0.5, 7/6 (clamped to 1): +1, -0.5, -2
+    canvas = torch.zeros(1, 2, 4, 4)
+    canvas[0, 1] = torch.tensor([1.0, -2.0, 5.0, 5.0])[:, None]
+    pred = upsample_logits(canvas, size=(3, 5))
+    assert pred.shape == (3, 5) and pred[:, 0].tolist() == [1, 0, 0] and (pred == pred[:, :1]).all()
     assert upsample_logits(logits.expand(2, -1, -1, -1), size=(3, 5)).shape == (2, 3, 5)
+
+
+def test_episode_confusions_match_the_one_episode_path():
+    """The batched, sync-free counts equal episode_confusion of upsample_logits, episode by
+    episode, with labels padded to the batch's largest size as the collate pads them."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 16, 16, generator=gen)
+    sizes = [(20, 30), (9, 7), (16, 16)]
+    labels = torch.full((3, 20, 30), 255, dtype=torch.long)
+    for j, (h, w) in enumerate(sizes):
+        labels[j, :h, :w] = torch.randint(0, 2, (h, w), generator=gen)
+        labels[j, 0, :3] = 255
+    got = episode_confusions(logits, labels, torch.tensor(sizes)).numpy()
+    for j, (h, w) in enumerate(sizes):
+        want = episode_confusion(upsample_logits(logits[j:j + 1], (h, w)), labels[j, :h, :w])
+        np.testing.assert_array_equal(got[j], want)
+    inter, union = intersection_union(got)
+    c = got[0]
+    assert inter[0].tolist() == [c[0, 0], c[1, 1]]
+    assert union[0].tolist() == [c[0, 0] + c[0, 1] + c[1, 0], c[1, 1] + c[0, 1] + c[1, 0]]
+    # the meter fed at once equals the meter fed episode by episode
+    a, b = FewShotMeter([1, 2]), FewShotMeter([1, 2])
+    a.add([2, 1, 2], got)
+    for cls, conf in zip([2, 1, 2], got, strict=True):
+        b.confusion[b._row[cls]] += conf
+        b.episodes[b._row[cls]] += 1
+    np.testing.assert_array_equal(a.confusion, b.confusion)
+    assert a.episodes.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="not among"):
+        a.add([3], got[:1])
 
 
 # ---------------------------------------------------------------------------------------

@@ -51,21 +51,24 @@ def _episode_images(toy, ep, e):
 
 
 def test_predict_gives_exactly_the_mask_the_evaluator_scored(trained, monkeypatch):
+    import model.metrics as metrics
     from model.fss.evaluate import evaluate
-    from model.metrics import FewShotMeter
     from model.predict import Segmenter
     from pipeline.episode_stage import load_test_episodes
 
-    scored = []
-    original = FewShotMeter.update
+    scored = []  # every prediction the evaluator's scoring (episode_confusions) computes
+    original = metrics.upsample_logits
 
-    def spy(self, cls, pred, target):
-        scored.append(np.asarray(pred).copy())
-        return original(self, cls, pred, target)
+    def spy(*args, **kwargs):
+        pred = original(*args, **kwargs)
+        scored.append(pred.cpu().numpy().copy())
+        return pred
 
-    monkeypatch.setattr(FewShotMeter, "update", spy)
+    monkeypatch.setattr(metrics, "upsample_logits", spy)
     ep = load_test_episodes("folder", 0, 1, seed=321, cache_dir=trained["cache"])
-    evaluate(str(trained["ckpt"]), ep, device="cpu", workers=0, progress=False, write=False)
+    evaluate(str(trained["ckpt"]), ep, device="cpu", workers=0, progress=False, write=False,
+             batch_size=1)
+    monkeypatch.undo()
     assert len(scored) == 6
     fg = [float(np.mean(p)) for p in scored]
     assert all(0 < f < 1 for f in fg), fg  # not a constant prediction: equality means something

@@ -1,0 +1,128 @@
+"""Oracle scores of the test-time path of whichever code tree is on PYTHONPATH.
+
+A prediction made from the label itself goes through that tree's ``test_transform`` and
+scoring; a correct path scores ~1. Run it once per tree to get a before / after table
+(docs/fss.md "Test-time resize and scoring")::
+
+    git archive 82a5b61 | tar -x -C /tmp/old
+    PYTHONPATH=/tmp/old python bench/scoring_oracle.py synthetic      # before
+    PYTHONPATH=$PWD     python bench/scoring_oracle.py synthetic      # after
+    PYTHONPATH=$PWD     python bench/scoring_oracle.py camvid --cache-dir C --episodes 100
+
+``synthetic``: an off-centre ellipse at 9 sizes x crops 473 and 97 (the rows of the docs
+table). ``camvid``: the query labels of the first N fold-0 test episodes (seed 321) of a
+``camvid`` cache built by bench/camvid_fss.py; prints mIoU / FB-IoU (%) of the oracles,
+summed over episodes as the evaluator does. Oracles: *soft* (the label's signed distance
+through the image path, fg logit = distance) and *hard* (the canvas label, one-hot).
+Deliberately does not put its own folder on ``sys.path``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+SIZES = [(97, 131), (131, 97), (300, 400), (400, 300), (473, 473), (375, 500), (500, 375),
+         (480, 854), (854, 480)]
+
+
+def ellipse(h, w):
+    yy, xx = np.mgrid[0:h, 0:w]
+    lab = ((((yy - h * 0.55) / (h * 0.3)) ** 2 + ((xx - w * 0.45) / (w * 0.28)) ** 2) <= 1)
+    lab = lab.astype(np.uint8)
+    lab[:2] = 255
+    return lab
+
+
+def signed_distance(lab):
+    fg = lab == 1
+    return (ndimage.distance_transform_edt(fg) - ndimage.distance_transform_edt(~fg)).astype(np.float32)
+
+
+def oracle_logits(lab, crop):
+    """(hard, soft) 1 x 2 x S x S logits of the label through this tree's test_transform."""
+    from model.fss import transforms as T
+
+    h, w = lab.shape
+    _, y = T.test_transform(np.zeros((h, w, 3), np.uint8), lab, size=crop)
+    fg = torch.from_numpy((y == 1).astype(np.float32))
+    x, _ = T.test_transform(np.repeat(signed_distance(lab)[..., None], 3, axis=2), lab, size=crop)
+    d = torch.from_numpy(x[0] * T.STD[0] + T.MEAN[0])
+    return torch.stack([1 - fg, fg])[None], torch.stack([torch.zeros_like(d), d])[None]
+
+
+def confusion(logits, lab):
+    """This tree's scoring of one episode -> 2 x 2 counts."""
+    import model.metrics as M
+
+    h, w = lab.shape
+    t = torch.from_numpy(lab.astype(np.int64))
+    if hasattr(M, "episode_confusions"):  # the fixed tree: the evaluator's own function
+        return M.episode_confusions(logits, t[None], [(h, w)]).numpy()[0]
+    pred = M.upsample_logits(logits, (h, w), padded_square=True)  # the old evaluator's call
+    return M.episode_confusion(pred, t)
+
+
+def fg_iou(c):
+    return float(c[1, 1] / max(c[1, 1] + c[0, 1] + c[1, 0], 1))
+
+
+def synthetic():
+    rows = []
+    for crop in (473, 97):
+        for h, w in SIZES:
+            lab = ellipse(h, w)
+            hard, soft = oracle_logits(lab, crop)
+            rows.append({"crop": crop, "size": [h, w], "hard": fg_iou(confusion(hard, lab)),
+                         "soft": fg_iou(confusion(soft, lab))})
+            print(f"| {crop} | {h} x {w} | soft {rows[-1]['soft']:.4f} | hard {rows[-1]['hard']:.4f} |",
+                  flush=True)
+    return rows
+
+
+def camvid(cache_dir, n):
+    from pipeline.episodes import load_test_episodes
+    from pipeline.mask_stage import locate_mask_store
+    from pipeline.store import ShardedStore
+
+    eps = load_test_episodes("camvid", 0, 1, cache_dir=cache_dir)
+    store = ShardedStore.open(locate_mask_store("camvid", "val", cache_dir=cache_dir), kind="masks")
+    out = {}
+    for kind in ("hard", "soft"):
+        per_class, total = {}, np.zeros((2, 2), np.int64)
+        for q, c in zip(eps["query"][:n], eps["cls"][:n], strict=True):
+            m = store.get(int(q))
+            lab = np.where(m == 255, 255, (m == c).astype(np.uint8)).astype(np.uint8)
+            logits = oracle_logits(lab, 97)[0 if kind == "hard" else 1]
+            conf = confusion(logits, lab)
+            per_class[int(c)] = per_class.get(int(c), 0) + conf
+            total += conf
+        miou = np.mean([fg_iou(v) for v in per_class.values()])
+        bg = total[0, 0] / (total[0, 0] + total[0, 1] + total[1, 0])
+        out[kind] = {"miou": 100 * miou, "fb_iou": 100 * (fg_iou(total) + bg) / 2,
+                     "per_class": {k: 100 * fg_iou(v) for k, v in per_class.items()}}
+        print(f"camvid fold 0, {n} episodes, crop 97, {kind} oracle: mIoU {out[kind]['miou']:.2f} "
+              f"FB-IoU {out[kind]['fb_iou']:.2f} per class "
+              + ", ".join(f"{k}: {v:.2f}" for k, v in out[kind]["per_class"].items()), flush=True)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["synthetic", "camvid"])
+    p.add_argument("--cache-dir")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    res = synthetic() if a.what == "synthetic" else camvid(a.cache_dir, a.episodes)
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(res, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -84,7 +84,7 @@ def synthetic():
 
 
 def camvid(cache_dir, n):
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
     from pipeline.mask_stage import locate_mask_store
     from pipeline.store import ShardedStore
 

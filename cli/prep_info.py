@@ -75,7 +75,7 @@ def store_lines(path: Path, *, all_failures: bool = False) -> list[str]:
 
 def episodes_lines(path: Path) -> list[str]:
     """An episode folder: its folds and classes, the counts of every file
-    (:func:`pipeline.episodes.describe`) and the command that made it; a file that cannot be
+    (:func:`pipeline.episode_stage.describe`) and the command that made it; a file that cannot be
     described is listed with its arrays."""
     import numpy as np
 

@@ -179,7 +179,7 @@ def test_batched_evaluation_equals_batch_one(toy):
     """Episodes batched 4 per forward give the same per-episode intersections and unions
     (and so the same meter) as one episode per forward; the counts stay on the device."""
     from model.fss import evaluate as ev
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
 
     torch.manual_seed(0)
     model = ev.build_model({"backbone": "efficientnet_lite0", "weights": "imagenet",
@@ -210,7 +210,8 @@ def test_validation_episodes_use_another_seed_and_are_derived_when_missing(make_
     that file by default, and the trainer re-derives it (identically) on older caches."""
     from model.fss.trainer import FssConfig
     from pipeline.config import episodes_dir
-    from pipeline.episodes import DEFAULT_SEED, VAL_SEED, derive_test_episodes, load_test_episodes
+    from pipeline.episode_stage import derive_test_episodes, load_test_episodes
+    from pipeline.episodes import DEFAULT_SEED, VAL_SEED
 
     assert FssConfig().val_seed == VAL_SEED != DEFAULT_SEED
     t = make_fss_toy("valseed", n_episodes=6)

@@ -179,7 +179,7 @@ class ImageOracle(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def sized(tmp_path_factory):
-    from pipeline.episodes import build_episodes
+    from pipeline.episode_stage import build_episodes
     from pipeline.mask_stage import build_mask_store
 
     base = tmp_path_factory.mktemp("sized")
@@ -194,7 +194,7 @@ def sized(tmp_path_factory):
 @pytest.mark.parametrize("crop", CROPS)
 def test_evaluator_oracle_end_to_end(sized, crop):
     from model.fss.evaluate import evaluate
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
 
     eps = load_test_episodes("folder", 0, 1, cache_dir=sized["cache"])
     res = evaluate(ImageOracle(), eps, dataset="folder", crop=crop, root=sized["root"],
@@ -222,7 +222,7 @@ def test_evaluation_does_not_sync_per_episode(sized):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from model.fss.evaluate import run_episodes, test_loader
-    from pipeline.episodes import load_test_episodes
+    from pipeline.episode_stage import load_test_episodes
 
     class CountScalars(TorchDispatchMode):
         calls = 0

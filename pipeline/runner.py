@@ -256,6 +256,11 @@ def _run_distributed(store, fn, dataset, plan, address, bar):
     from distributed import Client, as_completed
 
     with Client(address) as client:
+        # every worker: malloc settings and kernels loaded once, before any shard (what
+        # ``dask worker --preload pipeline.dask_preload`` does at start-up; idempotent)
+        from pipeline.dask_preload import prepare
+
+        client.run(prepare)
         futures = {client.submit(compute_shard, str(store.path), k, fn, dataset, None,
                                  key=key, pure=False): k for key, k in plan.items()}
         results = []

@@ -61,7 +61,7 @@ def breakdown(ds, ids, method, backend, params):
             t3 = T()
         t4 = T()
         maps.append(lab.astype(np.uint16))
-        for k, v in zip(("header", "decode", "kernel", "connectivity"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        for k, v in zip(("header", "decode", "kernel", "connectivity"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             parts[k] += v
     codec = zarr.codecs.ZstdCodec(level=3)
     import numcodecs

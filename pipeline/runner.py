@@ -195,6 +195,9 @@ def run_shards(store: ShardedStore, fn: Callable, dataset, *, scheduler: str = "
         elif scheduler == "processes":
             results = _run_processes(store, fn, dataset, plan, workers, bar)
         else:
+            from pipeline.dask_preload import tune_malloc
+
+            tune_malloc()  # image-sized arrays reuse freed memory instead of fresh pages
             lock = threading.Lock()
 
             def tick(n: int) -> None:

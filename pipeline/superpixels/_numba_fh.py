@@ -209,7 +209,11 @@ def fh_merge(order, sorted_costs, k, min_size, height, width, forest, node, reje
     # positions j of the edges pass one did not merge, in order: only these can matter
     # later (an edge inside a component stays inside; components only grow)
     m = 0
+    touch = 0  # loads of pixels a few edges ahead: their cache misses overlap this edge's
+    ahead = 8
     for j in range(n_edges):
+        if j + ahead < n_edges:
+            touch ^= forest[order[j + ahead] >> 2]
         e = order[j]
         p = e >> 2
         a = _find_root(forest, p)
@@ -242,7 +246,8 @@ def fh_merge(order, sorted_costs, k, min_size, height, width, forest, node, reje
             node[a, 0] += node[b, 0]
     for p in range(n_pixels):
         seg[p] = _find_root(forest, p)
-    cand = np.empty(m, np.int32)
+    cand = np.empty(m + 1, np.int32)
+    cand[m] = touch  # keeps the look-ahead loads alive; sliced off below
     n_cand = 0
     for i in range(m):
         e = order[rejected[i]]

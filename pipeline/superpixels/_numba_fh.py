@@ -29,7 +29,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from .connectivity import _connected_relabel
+from .connectivity import _connected_relabel_into
 
 # edge directions: pixel p = y * W + x joins p + offset, offset = (dy * W + dx)
 _DIRS = ((0, 1), (1, 0), (1, 1), (-1, 1))  # right, down, down-right, up-right
@@ -260,14 +260,17 @@ def fh_merge(order, sorted_costs, k, min_size, height, width, forest, node, reje
 
 
 @njit(nogil=True, cache=True)
-def absorb_fragments(seg, height, width, cand, min_size):
+def absorb_fragments(seg, height, width, cand, min_size, frag, labels):
     """The contract pass. seg (H*W,) int32 segment ids; cand (M,) int32 right/down edge
     ids e = 4 p + d (d 0: p -> p + 1, d 1: p -> p + W) covering every 4-neighbour pair of
     different segments, cheapest first. Splits the segments into 4-connected fragments,
     then walks ``cand`` and joins two fragment groups when either has < ``min_size``
-    pixels. Returns ((H*W,) int32 labels 0..n-1 in raster order of first pixel, n); each
-    label is 4-connected, and has >= min_size pixels unless the image is smaller."""
-    frag, n_frag = _connected_relabel(seg, height, width, 0)  # raster-ordered fragments
+    pixels. Fills labels (H*W,) int32 with labels 0..n-1 in raster order of first pixel
+    (frag (H*W,) int32 is scratch) and returns (labels, n); each label is 4-connected, and
+    has >= min_size pixels unless the image is smaller."""
+    n_frag = _connected_relabel_into(seg, height, width, 0, frag, labels)  # raster-ordered
+    # fragments in frag; labels (both (H*W,) int32 work arrays) is the fill queue until the
+    # final pass writes the result into it
     size = np.zeros(n_frag, np.int64)
     for p in range(height * width):
         size[frag[p]] += 1
@@ -294,7 +297,6 @@ def absorb_fragments(seg, height, width, cand, min_size):
             n += 1
         else:
             new_id[f] = new_id[r]
-    labels = np.empty(height * width, np.int32)
     for p in range(height * width):
         labels[p] = new_id[frag[p]]
     return labels, n
@@ -383,8 +385,10 @@ def felzenszwalb_numba(image: np.ndarray, scale: float, sigma: float,
                     _work.get("forest", (npx,), np.int32, npx),
                     _work.get("node", (npx, 2), np.int32, npx),
                     _work.get("rejected", (max(n_edges, 1),), np.int32, npx), seg)
-    labels, n = absorb_fragments(seg, height, width, cand, int(min_size))
-    return labels.reshape(height, width), int(n)
+    labels, n = absorb_fragments(seg, height, width, cand, int(min_size),
+                                 _work.get("frag", (npx,), np.int32, npx),
+                                 _work.get("labels", (npx,), np.int32, npx))
+    return labels.reshape(height, width), int(n)  # a work array: the caller copies it
 
 
 def contract_skimage(raw: np.ndarray, image: np.ndarray, sigma: float,
@@ -394,5 +398,7 @@ def contract_skimage(raw: np.ndarray, image: np.ndarray, sigma: float,
     height, width = raw.shape
     seg = np.ascontiguousarray(raw, dtype=np.int32)
     cand = boundary_edges(seg, smooth(image, sigma))
-    labels, n = absorb_fragments(seg.ravel(), height, width, cand, int(min_size))
+    labels, n = absorb_fragments(seg.ravel(), height, width, cand, int(min_size),
+                                 np.empty(height * width, np.int32),
+                                 np.empty(height * width, np.int32))
     return labels.reshape(height, width), int(n)

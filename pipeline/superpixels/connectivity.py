@@ -22,8 +22,17 @@ from numba import njit
 def _connected_relabel(flat, height, width, min_size):
     """flat: (H*W,) int32 input labels -> ((H*W,) int32 labels 0..n-1, n)."""
     npix = height * width
-    out = np.full(npix, -1, np.int32)
+    out = np.empty(npix, np.int32)
     queue = np.empty(npix, np.int32)  # pixels of the component being filled
+    return out, _connected_relabel_into(flat, height, width, min_size, out, queue)
+
+
+@njit(nogil=True, cache=True)
+def _connected_relabel_into(flat, height, width, min_size, out, queue):
+    """``_connected_relabel`` writing into out (H*W,) int32, with queue (H*W,) int32 as
+    scratch (callers that keep work arrays between images); returns n."""
+    npix = height * width
+    out[:npix] = -1
     n = 0
     for start in range(npix):
         if out[start] >= 0:
@@ -74,7 +83,7 @@ def _connected_relabel(flat, height, width, min_size):
                 out[queue[i]] = adjacent
         else:
             n += 1
-    return out, n
+    return n
 
 
 def _as_int32(labels: np.ndarray) -> np.ndarray:

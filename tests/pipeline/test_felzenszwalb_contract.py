@@ -83,10 +83,11 @@ def test_contract_pass_known_answer():
     right = lambda y, x: 4 * (y * width + x)  # noqa: E731 - edge ids e = 4 p + d
     down = lambda y, x: 4 * (y * width + x) + 1  # noqa: E731
     cand = np.array([right(0, 1), right(2, 1), down(1, 0), down(1, 3), right(1, 1)], np.int32)
-    labels, n = F.absorb_fragments(seg.ravel(), 4, 4, cand, 8)
+    work = (np.empty(16, np.int32), np.empty(16, np.int32))
+    labels, n = F.absorb_fragments(seg.ravel(), 4, 4, cand, 8, *work)
     assert n == 2
     assert np.array_equal(labels.reshape(4, 4), np.repeat([[0] * 4, [1] * 4], 2, axis=0))
-    labels, n = F.absorb_fragments(seg.ravel(), 4, 4, cand, 4)  # nothing below 4: fragments
+    labels, n = F.absorb_fragments(seg.ravel(), 4, 4, cand, 4, *work)  # nothing below 4
     assert n == 4
 
 
@@ -96,10 +97,12 @@ def test_inline_and_generic_contract_pass_agree():
     must give the same labels."""
     img = np.ascontiguousarray(skdata.coffee()[::2, ::2])
     for scale, sigma, min_size in [(1.0, 3.0, 30), (300.0, 0.8, 200)]:
-        inline, _ = F.felzenszwalb_numba(img, scale, sigma, min_size)
+        inline = F.felzenszwalb_numba(img, scale, sigma, min_size)[0].copy()
         seg = F._work.arrays["seg"][: img.shape[0] * img.shape[1]].copy()  # the kernel's FH segments
         cand = F.boundary_edges(seg.reshape(img.shape[:2]), F.smooth(img, sigma))
-        generic, _ = F.absorb_fragments(seg, img.shape[0], img.shape[1], cand, min_size)
+        npx = img.shape[0] * img.shape[1]
+        generic, _ = F.absorb_fragments(seg, img.shape[0], img.shape[1], cand, min_size,
+                                        np.empty(npx, np.int32), np.empty(npx, np.int32))
         assert np.array_equal(inline.ravel(), generic)
 
 

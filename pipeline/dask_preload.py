@@ -8,14 +8,15 @@ too (inside the run instead of at start-up).
    (distributed's ``nanny.pre-spawn-environ``, meant to hand freed memory back to the OS).
    Setting that variable also freezes glibc's mmap threshold at 128 KiB, so every image-sized
    array (a decoded JPEG, a label map, kernel work arrays) is a fresh mmap whose pages
-   fault in again on every image: measured, decode + fast-slic + connectivity cost 1.6x
-   the CPU time of the same code in a plain process (bench/cluster.py, docs/benchmarks.md).
+   fault in again on every image: measured, decode + fast-slic + connectivity cost 1.4x
+   the CPU time of the same code in a plain process (docs/benchmarks.md section 9.4).
    :func:`tune_malloc` sets the mmap threshold back to glibc's own dynamic maximum (32 MiB)
    and the trim threshold to 128 MiB: memory a stage frees is reused by the next image
    instead of returned and faulted in again. Linux/glibc only; elsewhere a no-op.
-2. **kernels.** Imports the stages and runs every compiled kernel once on a tiny image, so
-   numba's cached machine code (and fast-slic) is loaded at worker start, not inside the
-   first shard task of every worker.
+2. **kernels.** Imports zarr (``pipeline.store``) and runs every superpixel kernel once on a
+   tiny image, so numba's cached machine code (and fast-slic) is loaded at worker start,
+   not inside the first shard task of every worker. (It imports nothing above
+   ``pipeline.runner``, which calls it.)
 """
 from __future__ import annotations
 
@@ -58,8 +59,7 @@ def warm() -> bool:
         return True
     import numpy as np
 
-    import pipeline.mask_stage  # noqa: F401 - the imports a shard task needs
-    import pipeline.superpixel_stage  # noqa: F401
+    import pipeline.store  # noqa: F401 - zarr, which every shard task needs
     from pipeline.superpixels import available_backends, felzenszwalb, slic
 
     img = np.zeros((8, 8, 3), np.uint8)

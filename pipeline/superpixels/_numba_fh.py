@@ -9,8 +9,8 @@ can differ where weights tie, and we compare with it by metrics). The order come
 SIMD sort of 64-bit keys ``float32(w) bits << 32 | e`` (float32 rounding is monotone) and a
 fix-up of the few runs whose float32 weights tie (about 2 % of the edges on photos);
 components C1, C2 merge when w < min(Int(C1) + k/|C1|, Int(C2) + k/|C2|), k = scale/255,
-the two thresholds rounded to float32 as skimage does; the smaller root index becomes the
-root; a second pass over the edges the first one rejected joins any pair with a side below
+the two thresholds rounded to float32 as skimage does (union by size with path halving:
+which pixel is the root changes no partition); a second pass over the edges the first one rejected joins any pair with a side below
 ``min_size``. Then the contract pass (``absorb_fragments``, shared with the skimage backend):
 the 8-connected segments are split into 4-connected fragments and every fragment below
 ``min_size`` is merged into a 4-neighbour by the same rule (cheapest 4-edge first), so every
@@ -191,7 +191,7 @@ def fh_merge(order, sorted_costs, k, min_size, height, width, forest, node, reje
     """Union-find over edges visited in ``order`` (costs ``sorted_costs``, same order).
 
     forest, seg (H*W,) int32, node (H*W, 2) int32 and rejected (E,) int32 are work arrays.
-    Fills seg with each pixel's segment id (the segment's first pixel in raster order) and
+    Fills seg with each pixel's segment id (its union-find root, some pixel of the segment) and
     returns cand (M,) int32: the right/down edge ids joining two different segments, in
     visiting order, for ``absorb_fragments``."""
     n_pixels = height * width

@@ -5,9 +5,10 @@
 Starts ``dask scheduler`` and two ``dask worker --nthreads 1`` processes on this machine
 (``--preload pipeline.dask_preload``, as docs/prep.md tells a user to), then builds the same
 store alternately with ``--scheduler threads --workers 2`` and ``--scheduler tcp://...``,
-twice each, in one run: the ratio is measured under the same machine load. The first
-distributed run is the "cold" one if the workers were started without the preload
-(``--no-preload``: every worker loads numba's cached kernels inside its first task).
+twice each, in one run: the ratio is measured under the same machine load. With
+``--no-preload`` the workers start bare and the runner prepares them (malloc thresholds,
+kernels) inside the first timed run; on the code before issue 14, which did not, that
+flag measured the old behaviour (0.43-0.47x threads, docs/benchmarks.md section 9.4).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ The prior-step and few-shot-eval benchmarks need a dataset with a superpixel sto
 and episodes: by default they use the built-in demo dataset, whose caches this script
 prepares first with the real ``qgnet-prep`` commands (a no-op when they exist). The
 superpixel and stage benchmarks read ../shared/data/camvid when present and scikit-image's
-sample photos otherwise. Set QGNET_BENCH_QUICK=1 for a short kernel benchmark.
+sample photos otherwise. Set QGNET_BENCH_QUICK=1 for a short kernel benchmark. Every
+script's ratios are measured against a baseline in its own run (docs/benchmarks.md).
 
 Results land in bench/results/ (JSON + Markdown); the numbers quoted in
 docs/benchmarks.md come from these scripts, with the machine and command noted there.
@@ -51,6 +52,17 @@ def main() -> int:
                            "--crop", "128", "--out", str(RESULTS / "prior_step")]),
         ("fss_eval.py", ["--dataset", "demo", "--cache-dir", cache, "--crop", "161",
                          "--out", str(RESULTS / "fss_eval.json")]),
+        # issue 14: Felzenszwalb contract, stage breakdown per method, cluster vs threads,
+        # few-shot loader per core at the paper's crop
+        ("fh_contract.py", ["--out", str(RESULTS / "fh_contract.json")]),
+        ("stage_breakdown.py", ["--method", "slic", "--out", str(RESULTS / "stage_breakdown_slic.json")]),
+        ("stage_breakdown.py", ["--method", "slic", "--backend", "numba",
+                                "--out", str(RESULTS / "stage_breakdown_slic_numba.json")]),
+        ("stage_breakdown.py", ["--method", "felzenszwalb", "--images", "100",
+                                "--out", str(RESULTS / "stage_breakdown_felzenszwalb.json")]),
+        ("cluster.py", ["--out", str(RESULTS / "cluster.json")]),
+        ("fss_loader.py", ["--dataset", "demo", "--cache-dir", cache, "--crop", "473",
+                           "--out", str(RESULTS / "fss_loader.json")]),
     ]
     failed = []
     for name, args in jobs:

@@ -204,6 +204,9 @@ def run_shards(store: ShardedStore, fn: Callable, dataset, *, scheduler: str = "
         elif scheduler == "processes":
             results = _run_processes(store, fn, dataset, plan, workers, bar)
         else:
+            from pipeline.dask_preload import tune_malloc
+
+            tune_malloc()  # image-sized arrays reuse freed memory instead of fresh pages
             lock = threading.Lock()
 
             def tick(n: int) -> None:
@@ -298,6 +301,11 @@ def _run_distributed(store, fn, dataset, plan, address, bar):
     from distributed import Client, as_completed
 
     with Client(address) as client:
+        # every worker: malloc settings and kernels loaded once, before any shard (what
+        # ``dask worker --preload pipeline.dask_preload`` does at start-up; idempotent)
+        from pipeline.dask_preload import prepare
+
+        client.run(prepare)
         futures = {client.submit(compute_shard, str(store.path), k, fn, dataset, None,
                                  key=key, pure=False): k for key, k in plan.items()}
         results = []

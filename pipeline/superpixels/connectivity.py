@@ -22,8 +22,17 @@ from numba import njit
 def _connected_relabel(flat, height, width, min_size):
     """flat: (H*W,) int32 input labels -> ((H*W,) int32 labels 0..n-1, n)."""
     npix = height * width
-    out = np.full(npix, -1, np.int32)
+    out = np.empty(npix, np.int32)
     queue = np.empty(npix, np.int32)  # pixels of the component being filled
+    return out, _connected_relabel_into(flat, height, width, min_size, out, queue)
+
+
+@njit(nogil=True, cache=True)
+def _connected_relabel_into(flat, height, width, min_size, out, queue):
+    """``_connected_relabel`` writing into out (H*W,) int32, with queue (H*W,) int32 as
+    scratch (callers that keep work arrays between images); returns n."""
+    npix = height * width
+    out[:npix] = -1
     n = 0
     for start in range(npix):
         if out[start] >= 0:
@@ -74,13 +83,16 @@ def _connected_relabel(flat, height, width, min_size):
                 out[queue[i]] = adjacent
         else:
             n += 1
-    return out, n
+    return n
 
 
 def _as_int32(labels: np.ndarray) -> np.ndarray:
-    """Any integer label map -> C-contiguous int32 with the same partition."""
+    """Any integer label map -> C-contiguous int32 with the same partition; int16, uint16,
+    uint8 and int32 maps are passed through as they are (the kernel compares values only,
+    and is compiled for each of these types), which saves two scans and a copy per image
+    for fast-slic's int16 output."""
     labels = np.asarray(labels)
-    if labels.dtype == np.int32:
+    if labels.dtype in (np.int32, np.int16, np.uint16, np.uint8):
         return np.ascontiguousarray(labels)
     if labels.size and labels.dtype.kind in "iub" and labels.min() >= -(2**31) and labels.max() < 2**31:
         return np.ascontiguousarray(labels, dtype=np.int32)
@@ -121,6 +133,4 @@ def count_components(labels: np.ndarray) -> int:
 def finalize(labels0: np.ndarray, n: int) -> np.ndarray:
     """Labels 0..n-1 (int32) -> labels 1..n as uint16, or int32 when n > 65535."""
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.int32
-    out = labels0.astype(dtype)
-    out += 1
-    return out
+    return np.add(labels0, 1, out=np.empty(labels0.shape, dtype), casting="unsafe")  # one pass

@@ -206,7 +206,8 @@ def test_numba_kernels_release_the_gil():
 
     kernels = [
         _numba_slic.rgb_to_lab, _numba_slic.grid_seeds, _numba_slic.slic_iterate,
-        _numba_fh.edge_keys, _numba_fh.sort_fixup, _numba_fh.fh_merge,
+        _numba_fh.smooth_rgb, _numba_fh.edge_keys, _numba_fh.sort_fixup, _numba_fh.fh_merge,
+        _numba_fh.absorb_fragments, _numba_fh.boundary_edges,
         connectivity._connected_relabel,
     ]
     for k in kernels:

@@ -1,0 +1,130 @@
+"""The superpixel stage on a real dask.distributed cluster against the threads scheduler.
+
+    python bench/cluster.py [--images 200] [--method slic] [--out F]
+
+Starts ``dask scheduler`` and two ``dask worker --nthreads 1`` processes on this machine
+(``--preload pipeline.dask_preload``, as docs/prep.md tells a user to), then builds the same
+store alternately with ``--scheduler threads --workers 2`` and ``--scheduler tcp://...``,
+twice each, in one run: the ratio is measured under the same machine load. With
+``--no-preload`` the workers start bare and the runner prepares them (malloc thresholds,
+kernels) inside the first timed run; on the code before issue 14, which did not, that
+flag measured the old behaviour (0.43-0.47x threads, docs/benchmarks.md section 9.4).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(preload: bool, log_dir: Path) -> tuple[str, list[subprocess.Popen]]:
+    dask = str(Path(sys.executable).with_name("dask"))
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env, cwd=ROOT,
+                              stdout=open(log_dir / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+    for i in range(2):
+        cmd = [dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+               "--memory-limit", "0"]
+        if preload:
+            cmd += ["--preload", "pipeline.dask_preload"]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(log_dir / f"worker{i}.log", "w"),
+                                      stderr=subprocess.STDOUT))
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(2, timeout=300)
+    except BaseException:
+        stop_cluster(procs)
+        raise
+    return address, procs
+
+
+def stop_cluster(procs):
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def main(argv=None):
+    from stage import make_dataset
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--method", default="slic", choices=("slic", "felzenszwalb"))
+    ap.add_argument("--no-preload", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    from pipeline.datasets import open_dataset
+    from pipeline.superpixel_stage import build_superpixel_store, resolve_backend
+    from pipeline.superpixels import segment
+
+    backend = resolve_backend(args.method, "auto")
+    work = Path(tempfile.mkdtemp(prefix="qgnet-bench-dist-"))
+    procs = []
+    rows = []
+    try:
+        source = make_dataset(work / "data", args.images)
+        ds = open_dataset("folder", work / "data")
+        segment(ds.load_image(ds.ids("train")[0]), method=args.method, backend=backend)  # warm-up
+        address, procs = start_cluster(not args.no_preload, work)
+        for rep in range(2):
+            for scheduler in ("threads", address):
+                out = work / f"{rep}-{len(rows)}.zarr"
+                store, report = build_superpixel_store(ds, split="train", method=args.method,
+                                                       backend=backend, out=out, workers=2,
+                                                       scheduler=scheduler, progress=False)
+                rows.append({"run": rep, "scheduler": "threads" if scheduler == "threads" else "distributed",
+                             "images_per_s": round(report.images_per_s, 1),
+                             "whole_call_s": round(report.seconds, 2)})
+                print(rows[-1], flush=True)
+                shutil.rmtree(out)
+    finally:
+        stop_cluster(procs)
+        shutil.rmtree(work, ignore_errors=True)
+    for rep in range(2):
+        thr = next(r for r in rows if r["run"] == rep and r["scheduler"] == "threads")
+        dist = next(r for r in rows if r["run"] == rep and r["scheduler"] == "distributed")
+        dist["ratio_vs_threads"] = round(dist["images_per_s"] / thr["images_per_s"], 2)
+    result = {"benchmark": "bench/cluster.py", "source": source, "method": args.method,
+              "backend": backend, "preload": not args.no_preload, "rows": rows,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded)",
+              "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
+    print("| run | scheduler | images/s | whole call s | x threads |")
+    print("|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['run']} | {r['scheduler']} | {r['images_per_s']} | {r['whole_call_s']} "
+              f"| {r.get('ratio_vs_threads', '')} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

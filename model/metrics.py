@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.canvas import test_size
+
 __all__ = ["FewShotMeter", "episode_confusion", "episode_confusions", "intersection_union",
            "map_to_original", "summarise_seeds", "upsample_logits"]
 
@@ -265,8 +267,6 @@ def map_to_original(maps: torch.Tensor, size: Sequence[int], *, crop: int | None
     -------
     Tensor, float32, N x C x H x W
     """
-    from model.fss.transforms import test_size
-
     H, W = int(size[0]), int(size[1])
     S = int(crop) if crop is not None else int(maps.shape[-1])
     nh, nw = test_size(H, W, S)

@@ -40,6 +40,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from model.canvas import TEST_MULTIPLE, test_size  # noqa: F401 - the test canvas, re-exported
+
 IGNORE = 255
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255  # ImageNet, 0..255 scale
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
@@ -258,29 +260,6 @@ def train_transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
     return normalize(img), np.ascontiguousarray(lab)
 
 
-TEST_MULTIPLE = 8  # PFENet ``find_new_hw`` floors both sides to a multiple of 8
-
-
-def test_size(h: int, w: int, size: int, *, multiple: int = TEST_MULTIPLE) -> tuple[int, int]:
-    """Size of the image block on the test canvas (PFENet ``Resize``'s ``find_new_hw``).
-
-    The longer side becomes ``size`` (larger and smaller images alike), the shorter
-    ``int(side * size / longer)``; both are then floored to a multiple of ``multiple``
-    (never below 1 pixel).
-
-    >>> test_size(375, 500, 473), test_size(97, 131, 473), test_size(473, 473, 473)
-    ((352, 472), (344, 472), (472, 472))
-    """
-    h, w, size = int(h), int(w), int(size)
-    if h >= w:
-        nh, nw = size, int(w * size / h)
-    else:
-        nh, nw = int(h * size / w), size
-
-    def floor(n: int) -> int:
-        return max(n - n % multiple if n >= multiple else n, 1)
-
-    return floor(nh), floor(nw)
 
 
 def test_transform(image: np.ndarray, label: np.ndarray, *, size: int

@@ -2,7 +2,8 @@
 
 Thin: parse, resolve the config (defaults < TOML ``[prior]`` < ``QGNET_*`` < command line;
 with ``--resume`` the checkpoint's config replaces the defaults, file and environment, and
-only options given on the command line override it), call
+the command line may change only the resumable options: :func:`model.checkpoint.resume_config`,
+the same rule as ``qgnet-train fss``), call
 :func:`model.prior.trainer.train_prior`. Torch is imported only when the command runs.
 
 DDP: ``torchrun --nproc-per-node 2 -m cli.train prior ...`` (every rank parses the same
@@ -76,10 +77,10 @@ def prior(config_file, **given):
     Writes config.json, metrics.jsonl, train.log, checkpoints/ and prior_extractor.pt into
     the run dir.
     """
-    from model.prior.trainer import PriorConfig, find_checkpoint, train_prior
-    from model.utils import load_checkpoint
+    from model.checkpoint import load_checkpoint, resume_config
+    from model.prior.trainer import RESUMABLE, PriorConfig, find_checkpoint, train_prior
     from pipeline.config import resolve_config
-    from pipeline.store import StoreError
+    from pipeline.errors import QgnetError
 
     cli = {k: v for k, v in given.items() if v is not None}
     try:
@@ -90,14 +91,12 @@ def prior(config_file, **given):
                 if not cli.get("out"):
                     raise click.UsageError("bare --resume needs --out RUN_DIR (or --resume PATH)")
                 where = cli["out"]
-            saved = load_checkpoint(find_checkpoint(where))["config"]
-            base = {k: v for k, v in saved.items() if k in PriorConfig.__dataclass_fields__}
-            if "out" not in cli and cli["resume"] != "auto":
-                base["out"] = saved.get("out")
-            cfg = PriorConfig(**{**base, "resume": "", "export_only": False, "max_steps": 0, **cli})
+            saved = load_checkpoint(find_checkpoint(where), kind="prior")["config"]
+            cfg = resume_config(PriorConfig, saved, cli, resumable=RESUMABLE,
+                                reset={"resume": "", "export_only": False, "max_steps": 0})
         else:
             cfg = resolve_config(PriorConfig, cli=cli, config_file=config_file, section="prior")
         run_dir = train_prior(cfg)
-    except (StoreError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (QgnetError, ValueError, FileNotFoundError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"run dir: {run_dir}")

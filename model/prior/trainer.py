@@ -32,7 +32,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,30 +41,36 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from model import checkpoint as ckpt_lib
+from model.checkpoint import (
+    CheckpointSaver,
+    WindowMeans,
+    load_checkpoint,
+    pick_rank_state,
+    remove_stale_temporaries,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    truncate_metrics,
+)
 from model.utils import (
     DistInfo,
     MetricsWriter,
     attach_file_log,
     autocast,
     init_distributed,
-    load_checkpoint,
     pick_device,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
 )
 from pipeline.config import config_dict, provenance, write_json_atomic
 
 log = logging.getLogger("qgnet.prior")
 
 CKPT_DIR = "checkpoints"
-CKPT_RE = re.compile(r"^step-(\d+)\.pt$")  # leftovers "step-N.pt.tmpPID" never match
 EXPORT_NAME = "prior_extractor.pt"
 
-# options that may differ between a run and its resumption (they do not change the math)
-RESUMABLE = {"resume", "out", "max_steps", "workers", "device", "ckpt_every", "log_every",
-             "keep_checkpoints", "export_only", "progress", "cache_dir", "root", "patch_store"}
+# options that may differ between a run and its resumption (they do not change the math);
+# the rule itself is model.checkpoint's, shared with qgnet-train fss
+RESUMABLE = ckpt_lib.RESUMABLE_COMMON | {"keep_checkpoints", "export_only", "patch_store"}
 
 
 @dataclass(frozen=True)
@@ -166,32 +171,15 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
 
 
 def find_checkpoint(where: str | os.PathLike) -> Path:
-    """A checkpoint file as given, or the newest complete ``step-*.pt`` of a run dir.
-
-    Half-written files (``*.tmp<pid>`` leftovers of a killed save) are never picked.
-    """
-    p = Path(where)
-    if p.is_file():
-        return p
-    folder = p / CKPT_DIR if (p / CKPT_DIR).is_dir() else p
-    found = sorted((int(m.group(1)), f) for f in folder.glob("step-*.pt")
-                   if (m := CKPT_RE.match(f.name)) and f.is_file())
-    if not found:
-        raise FileNotFoundError(f"no checkpoint (checkpoints/step-*.pt) in {p}; pass the run dir "
-                                f"of an earlier run or a checkpoint file to --resume, or leave "
-                                f"--resume out to start a new run")
-    return found[-1][1]
+    """A checkpoint file as given, or the newest complete ``step-*.pt`` of a run dir
+    (:func:`model.checkpoint.find_checkpoint`; ``*.tmp<pid>`` leftovers are never picked)."""
+    return ckpt_lib.find_checkpoint(where, kind="prior")
 
 
 def check_resume_config(cfg: PriorConfig, saved: dict[str, Any]) -> None:
-    """Raise if ``cfg`` differs from the checkpoint's config in an option that changes the run."""
-    now = config_dict(cfg)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-             if k not in RESUMABLE and k in saved and saved[k] != now[k]]
-    if diffs:
-        raise ValueError("cannot resume: the checkpoint was trained with other options ("
-                         + "; ".join(diffs) + "); leave them out to use the checkpoint's values, "
-                         "or start a new run with another --out")
+    """Raise if ``cfg`` differs from the checkpoint's config in an option that changes the run
+    (the resume rule of :mod:`model.checkpoint`)."""
+    ckpt_lib.check_resume(saved, config_dict(cfg), resumable=RESUMABLE)
 
 
 # ------------------------------------------------------------------------------ building
@@ -333,7 +321,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     if cfg.resume:
         where = run_dir if cfg.resume == "auto" else Path(cfg.resume)
         path = find_checkpoint(where)
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, kind="prior")
         check_resume_config(cfg, ckpt["config"])
         if cfg.export_only:
             if dinfo.main:
@@ -349,6 +337,9 @@ def train_prior(cfg: PriorConfig) -> Path:
     seed_everything(cfg.seed)
     if dinfo.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir, run_dir / CKPT_DIR)  # saves of killed runs
+        if ckpt is not None:  # the replayed steps must not appear twice
+            truncate_metrics(run_dir / "metrics.jsonl", int(ckpt["step"]))
     logger = _setup_log(run_dir / "train.log", enabled=dinfo.main)
     pairs, sampler, loader = build_data(cfg, dinfo, device=device)
     steps_per_epoch = sampler.num_samples // loader.batch_size  # drop_last
@@ -365,8 +356,7 @@ def train_prior(cfg: PriorConfig) -> Path:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, epoch, pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
-        rngs = ckpt["rng"]
-        set_rng_state(rngs[dinfo.rank] if dinfo.rank < len(rngs) else rngs[0])
+        set_rng_state(pick_rank_state(ckpt["rng"], dinfo.rank), device)
     net = model
     if dinfo.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -389,11 +379,12 @@ def train_prior(cfg: PriorConfig) -> Path:
     metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=dinfo.main)
     bar = _progress(cfg, dinfo, initial=step, total=last_step)
     skipped_total = int(ckpt.get("skipped_images", 0)) if ckpt else 0
-    window: list[dict[str, float]] = []
+    window = WindowMeans(sums=("skipped",))
+    saver = CheckpointSaver(run_dir / CKPT_DIR, kind="prior", keep=cfg.keep_checkpoints)
     t_wait = t_total = 0.0
 
     def checkpoint(reason: str) -> None:
-        rngs = _gather_rng(dinfo)
+        rngs = _gather_rng(dinfo, device)
         if not dinfo.main:
             return
         done_in_epoch = pos == steps_per_epoch
@@ -403,8 +394,7 @@ def train_prior(cfg: PriorConfig) -> Path:
                  "batch_in_epoch": 0 if done_in_epoch else pos, "rng": rngs,
                  "config": config_dict(cfg), "skipped_images": skipped_total,
                  "provenance": provenance(config_dict(cfg))}
-        path = save_checkpoint(run_dir / CKPT_DIR / f"step-{step:07d}.pt", state)
-        _prune(run_dir / CKPT_DIR, keep=cfg.keep_checkpoints)
+        path = saver.save_step(state, step)
         logger.info("checkpoint (%s): %s", reason, path)
 
     model.train()
@@ -421,16 +411,17 @@ def train_prior(cfg: PriorConfig) -> Path:
             t2 = time.perf_counter()
             t_wait, t_total, t0 = t_wait + (t1 - t0), t_total + (t2 - t0), t2
             out["skipped"] = float(batch["skipped"].sum())
-            window.append(out)
+            window.add(**out)
             if not math.isfinite(out["loss"]):
                 raise FloatingPointError(f"loss is {out['loss']} at step {step}; lower --lr "
                                          f"(now {cfg.lr}) or check the data")
             if step % cfg.log_every == 0 or step == last_step or pos == steps_per_epoch:
+                n_window = len(window)
                 rec = _reduce_window(window, dinfo)
                 skipped_total += int(rec.pop("skipped"))
                 rec = {"step": step, "epoch": epoch + pos / steps_per_epoch,
                        "lr": optimizer.param_groups[0]["lr"], **rec,
-                       "images_per_s": len(window) * cfg.batch_size / max(t_total, 1e-9),
+                       "images_per_s": n_window * cfg.batch_size / max(t_total, 1e-9),
                        "data_wait": t_wait / max(t_total, 1e-9),
                        "skipped_images": skipped_total}
                 metrics.write(**{k: round(v, 6) if isinstance(v, float) else v
@@ -446,7 +437,7 @@ def train_prior(cfg: PriorConfig) -> Path:
                                 rec["loss_local"], rec["acc_global"], rec["cos_global"],
                                 rec["cos_local"], rec["lr"], rec["images_per_s"],
                                 100 * rec["data_wait"])
-                window, t_wait, t_total = [], 0.0, 0.0
+                t_wait, t_total = 0.0, 0.0
             if bar is not None:
                 bar.update(1)
             if pos == steps_per_epoch:
@@ -473,8 +464,8 @@ def train_prior(cfg: PriorConfig) -> Path:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _gather_rng(dinfo: DistInfo) -> list[dict[str, Any]]:
-    state = rng_state()
+def _gather_rng(dinfo: DistInfo, device: torch.device) -> list[dict[str, Any]]:
+    state = rng_state(device)  # this rank's own CUDA device only (issue 13 section 5)
     if not dinfo.enabled:
         return [state]
     out: list[Any] = [None] * dinfo.world_size
@@ -482,30 +473,23 @@ def _gather_rng(dinfo: DistInfo) -> list[dict[str, Any]]:
     return out
 
 
-def _reduce_window(window: list[dict[str, float]], dinfo: DistInfo) -> dict[str, float]:
+def _reduce_window(window: WindowMeans, dinfo: DistInfo) -> dict[str, float]:
     """Means of the window's scalars (``skipped``: sum), averaged over ranks under DDP."""
-    keys = [k for k in (*SCALARS, "skipped") if k in window[0]]
-    vals = torch.tensor([sum(w[k] for w in window) / len(window) for k in keys],
-                        dtype=torch.float64)
-    if dinfo.enabled:
-        vals = vals.to("cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(vals)
-        vals = vals.cpu() / dinfo.world_size
-        vals[keys.index("skipped")] *= dinfo.world_size
-    out = dict(zip(keys, vals.tolist(), strict=True))
-    out["skipped"] = out["skipped"] * len(window)
+
+    def over_ranks(keys: list[str], vals: list[float]) -> list[float]:
+        if not dinfo.enabled:
+            return vals
+        t = torch.tensor(vals, dtype=torch.float64,
+                         device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        t = t.cpu() / dinfo.world_size
+        t[keys.index("skipped")] *= dinfo.world_size  # skipped images: summed over ranks
+        return t.tolist()
+
+    out = window.pop(reduce=over_ranks)
     for k in SCALARS:
         out.setdefault(k, float("nan"))
     return out
-
-
-def _prune(folder: Path, *, keep: int) -> None:
-    if keep <= 0:
-        return
-    found = sorted((int(m.group(1)), f) for f in folder.glob("step-*.pt")
-                   if (m := CKPT_RE.match(f.name)))
-    for _, f in found[:-keep]:
-        f.unlink(missing_ok=True)
 
 
 def _progress(cfg: PriorConfig, dinfo: DistInfo, *, initial: int, total: int):

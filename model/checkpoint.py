@@ -119,15 +119,18 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None,
                                 f"({hint})")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds pickled objects that a safe load refuses (not a qgnet checkpoint, "
-            f"or saved with whole modules); {hint}. ({_first_line(err)})") from None
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):  # a real torch file, but with arbitrary Python objects
+            raise CheckpointError(
+                f"{path} holds pickled Python objects that a safe load (weights_only) refuses: "
+                f"not a qgnet checkpoint; {hint}") from None
+        raise CheckpointError(f"{path} is not a torch checkpoint (corrupt, or another file "
+                              f"type); {hint}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, UnicodeDecodeError,
             OSError, IndexError, KeyError, AttributeError) as err:
         raise CheckpointError(
             f"{path} is not a readable torch checkpoint (corrupt, truncated or another file "
-            f"type); {hint}. ({type(err).__name__}: {_first_line(err)})") from None
+            f"type: {type(err).__name__}); {hint}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict; "
                               f"{hint}")
@@ -139,11 +142,6 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None,
                 f"not a {kind} checkpoint (no {', '.join(repr(m) for m in missing)})")
             raise CheckpointError(f"{path} is {what}; {hint}")
     return obj
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
 
 
 def find_checkpoint(where: str | os.PathLike, *, kind: str) -> Path:

@@ -251,6 +251,7 @@ def train_fss(cfg: FssConfig) -> Path:
 
     # data, checked before the run dir exists (a failed start leaves nothing behind); errors
     # name the qgnet-prep command that builds what is missing
+    meta = ev.model_meta(config_dict(cfg))  # reads the prior extractor: a bad file fails here
     check_fold(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir)
     train_list = load_training_list(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir,
                                     drop_novel_images=cfg.drop_novel_images,
@@ -271,7 +272,6 @@ def train_fss(cfg: FssConfig) -> Path:
                          f"{per_rank} per rank; lower --batch-size")
     max_iter = cfg.epochs * spe
     stop = min(cfg.max_steps, max_iter) if cfg.max_steps else max_iter
-    meta = ev.model_meta(config_dict(cfg))
 
     if dinfo.main:
         run_dir.mkdir(parents=True, exist_ok=True)

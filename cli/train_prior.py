@@ -26,11 +26,13 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
               help="Explicit superpixel store (default: located in the cache).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root.")
 @click.option("--limit", type=int, help="Only the first N images of the split.")
-@click.option("--backbone", help="Backbone: " + ", ".join(BACKBONES) + " (default resnet50).")
+@click.option("--backbone", help="Backbone: " + ", ".join(BACKBONES) + " (default resnet50; "
+                                 "demo: efficientnet_lite0).")
 @click.option("--init", help="Backbone init: imagenet (efficientnet_lite0 only), none, or PATH "
-                             "to a state dict (default imagenet).")
+                             "to a state dict (default: imagenet for efficientnet_lite0, else "
+                             "none, random as the paper).")
 @click.option("--epochs", type=int, help="Epochs (default 200); the cosine schedule spans them.")
-@click.option("--batch-size", type=int, help="Global batch size (default 256).")
+@click.option("--batch-size", type=int, help="Global batch size (default 256; demo 16).")
 @click.option("--lr", type=float, help="Base learning rate (default 0.03 x batch / 256).")
 @click.option("--schedule", type=click.Choice(["cosine", "cosine-epoch", "constant"]),
               help="cosine per step (default), cosine-epoch (MoCo), or constant.")
@@ -40,7 +42,7 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--patches-per-image", type=int, help="Patches sampled per image (default 16).")
 @click.option("--min-patch-pixels", type=int,
               help="Pixels a superpixel needs in each view to be sampled (default 0 = half a "
-                   "feature cell, 512 at stride 32; lower it for small crops).")
+                   "feature cell, 512 at stride 32; lower it for small crops; demo 96).")
 @click.option("--loss", type=click.Choice(["global", "local", "both"]), help="Loss (default both).")
 @click.option("--temperature", type=float, help="InfoNCE temperature (default 0.2).")
 @click.option("--momentum", type=float, help="Key encoder momentum (default 0.999).")
@@ -49,7 +51,7 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--shuffle", type=click.Choice(["auto", "split-bn", "ddp", "none"]),
               help="Shuffle-BN variant (default auto: ddp under torchrun, else split-bn).")
 @click.option("--split-bn-groups", type=int, help="SplitBatchNorm groups (default 8).")
-@click.option("--crop", type=int, help="Crop size of both views (default 224).")
+@click.option("--crop", type=int, help="Crop size of both views (default 224; demo 128).")
 @click.option("--scale-min", type=float, help="RandomResizedCrop minimum area (default 0.2).")
 @click.option("--workers", type=int, help="DataLoader workers (default min(8, cpus)).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto).")

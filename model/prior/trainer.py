@@ -85,12 +85,12 @@ class PriorConfig:
     patch_store: str = ""             # explicit store path ("" = locate in the cache)
     cache_dir: str = ""
     limit: int = 0                    # first N images of the split (0 = all)
-    crop: int = 224                   # RandomResizedCrop size
+    crop: int = 0                     # RandomResizedCrop size (0 = the dataset's, below)
     scale_min: float = 0.2            # RandomResizedCrop scale (scale_min, 1)
     workers: int = -1                 # DataLoader workers (-1 = min(8, cpus))
     # model
-    backbone: str = "resnet50"
-    init: str = "imagenet"            # imagenet | none | PATH to a state dict
+    backbone: str = ""                # "" = the dataset's (below)
+    init: str = ""                    # imagenet | none | PATH ("" = imagenet for lite0, else none)
     dim: int = 128
     mlp_hidden: int = 0               # 0 = the backbone's output channels (MoCo v2: 2048)
     queue_size: int = 65536
@@ -104,7 +104,7 @@ class PriorConfig:
     split_bn_groups: int = 8
     # optimisation
     epochs: int = 200
-    batch_size: int = 256             # global batch (divided among DDP ranks)
+    batch_size: int = 0               # global batch, divided among DDP ranks (0 = the dataset's)
     lr: float = 0.0                   # 0 = 0.03 x batch_size / 256
     sgd_momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -125,11 +125,28 @@ class PriorConfig:
     export_only: bool = False         # with resume: write prior_extractor.pt and stop
 
 
+# Options left at 0 / "" take the dataset's value: MoCo v2's ResNet-50 recipe (batch 256,
+# crop 224) everywhere but on the built-in demo, which gets the small CPU setup of `make demo`
+# (240 images cannot fill a batch of 256). --init "" means ImageNet weights for
+# efficientnet_lite0 (the only backbone with offline weights) and random init (the paper's,
+# as MoCo) for the others, so the defaults work offline on every built-in dataset.
+PRIOR_DEFAULTS: dict[str, Any] = dict(backbone="resnet50", crop=224, batch_size=256)
+PRIOR_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "demo": dict(backbone="efficientnet_lite0", crop=128, batch_size=16, min_patch_pixels=96),
+}
+
+
 # ------------------------------------------------------------------------------ resolution
 def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
-    """Fill the automatic values (lr, workers, out, shuffle) and validate the options."""
+    """Fill the dataset defaults and automatic values (init, lr, workers, out, shuffle) and
+    validate the options."""
     if not cfg.dataset:
         raise ValueError("--dataset is required (e.g. --dataset coco, pascal, folder or demo)")
+    defaults = {**PRIOR_DEFAULTS, **PRIOR_DATASET_DEFAULTS.get(cfg.dataset, {})}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if not getattr(cfg, k)})
+    if not cfg.init:
+        cfg = dataclasses.replace(
+            cfg, init="imagenet" if cfg.backbone == "efficientnet_lite0" else "none")
     choices = {"loss": ("global", "local", "both"), "patches": ("slic", "felzenszwalb"),
                "schedule": ("cosine", "cosine-epoch", "constant"),
                "shuffle": ("auto", "split-bn", "ddp", "none")}

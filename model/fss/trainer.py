@@ -21,7 +21,10 @@ optimiser, step, epoch, RNG states, the config, the best mIoU and ``model_meta``
 
 Exact resume: items depend only on ``(seed, epoch, position)`` (see
 :class:`model.fss.data.EpisodeSampler`), the global RNG (dropout) is restored from the
-checkpoint and DataLoader worker seeds come from a per-epoch generator.
+checkpoint and DataLoader worker seeds come from a per-epoch generator. Saving, loading,
+the resume rule (:data:`RESUMABLE`), leftovers of killed runs and the metrics truncation on
+resume are :mod:`model.checkpoint`'s (docs/checkpoints.md). Unreadable training images are
+skipped (``skipped_images`` in metrics.jsonl).
 """
 from __future__ import annotations
 

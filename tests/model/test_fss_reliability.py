@@ -158,9 +158,19 @@ def _rank_main(rank, world, port, cfg, results):
 
 
 def _two_ranks(cfg, tmp_path) -> list[str]:
+    import time
+
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank_main, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    ctx = mp.spawn(_rank_main, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:  # a rank waits in a collective the other left
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank hung: " + ", ".join(
+                (tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists()
+                else f"rank {r}: no result" for r in range(2)))
     return [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
 
 

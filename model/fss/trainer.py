@@ -342,17 +342,22 @@ def train_fss(cfg: FssConfig) -> Path:
 
     def save(name: str) -> None:
         rng = [rng_state(device)]  # this rank's own CUDA device only
+        pending = sum(r["skipped"] for r in window.rows)  # skips not logged yet
         if dinfo.enabled:
             gathered = [None] * world
             torch.distributed.all_gather_object(gathered, rng[0])
             rng = gathered
+            t = torch.tensor([pending], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            pending = float(t)
         if not dinfo.main:
             return
         saver.save_named({
             "model": ev.trainable_state(model), "optimizer": optimizer.state_dict(),
             "step": step_i, "epoch": step_i // spe, "rng": rng, "config": config_dict(cfg),
             "model_meta": meta, "best_miou": best, "best_step": best_step,
-            "skipped_images": skipped_total, "provenance": provenance(config_dict(cfg))}, name)
+            "skipped_images": skipped_total + int(round(pending)),
+            "provenance": provenance(config_dict(cfg))}, name)
 
     def reduce_ranks(keys: list[str], vals: list[float]) -> list[float]:
         if not dinfo.enabled:

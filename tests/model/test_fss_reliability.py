@@ -31,7 +31,7 @@ def _rows(run):
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_unreadable_images_are_skipped_deterministically_and_counted(make_fss_toy):
+def test_unreadable_images_are_skipped_deterministically_and_counted(make_fss_toy, monkeypatch):
     """Issue 15 item 1 (loader half): every third training image truncated to 3,000 bytes
     after masks and episodes; training runs, skips with a warning, counts the skips."""
     from model.fss.data import MAX_SUBSTITUTES, TrainEpisodes
@@ -66,6 +66,29 @@ def test_unreadable_images_are_skipped_deterministically_and_counted(make_fss_to
     assert totals == sorted(totals)  # a running total
     assert torch.load(run / "last.pt", weights_only=True)["skipped_images"] == \
         rows[-1]["skipped_images"]
+    # killed at step 5, after the step-3 checkpoint and before the step-5 log line, then
+    # resumed: the same total (the skips of steps 1-3 are neither lost nor counted twice)
+    from model.fss import evaluate as ev
+
+    real_step, calls = ev.step, []
+
+    def dies_at_step_5(*args, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    part = toy["base"] / "part"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monkeypatch.setattr(ev, "step", dies_at_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            train_fss(_cfg(toy, max_steps=10, log_every=5, ckpt_every=3, out=str(part)))
+        monkeypatch.setattr(ev, "step", real_step)
+        assert torch.load(part / "last.pt", weights_only=True)["step"] == 3
+        train_fss(_cfg(toy, max_steps=10, log_every=5, ckpt_every=3, out=str(part),
+                       resume=str(part)))
+    assert _rows(part)[-1]["skipped_images"] == rows[-1]["skipped_images"]
 
 
 def test_resume_truncates_metrics_and_removes_stale_temporaries(toy):

@@ -6,7 +6,11 @@ evaluation on fixed episodes -> Figure-5 style panels, then both mIoUs side by s
 
 Every step is the real command a user would type, printed before it runs. Steps whose
 output already exists are skipped (stores resume; finished runs are kept), so a second
-``make demo`` is quick; ``--fresh`` deletes the demo's runs and cache and starts over.
+``make demo`` is quick; a training interrupted half-way (Ctrl-C, a killed terminal) is
+continued with ``--resume`` from its last checkpoint; ``--fresh`` deletes the demo's runs
+and cache and starts over. The commands run as children that die with the demo (Linux:
+``PR_SET_PDEATHSIG``; elsewhere they are terminated when the demo exits): killing the demo
+never leaves a training running.
 Sized for a 2-core CPU (under 15 minutes: QGNet and the baseline train side by side, one
 process per core); on a GPU it just runs faster.
 """
@@ -16,6 +20,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,14 +30,51 @@ import click
 
 PROGS = {"qgnet-prep": "cli.prep", "qgnet-train": "cli.train", "qgnet-eval": "cli.evaluate",
          "qgnet-export": "cli.export", "qgnet-predict": "cli.predict"}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int):
+    """``preexec_fn`` of every child: the kernel sends it SIGTERM when the demo dies, however
+    the demo dies (Ctrl-C, ``kill``, ``kill -9``); no-op where prctl does not exist."""
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the demo died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _spawn(argv: list[str], **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", PROGS[argv[0]], *argv[1:]]
+    return subprocess.Popen(cmd, preexec_fn=_die_with_parent(os.getpid()), **kw)
+
+
+def _stop(procs) -> None:
+    """Terminate children still running (the demo is leaving early), then reap them."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _run(argv: list[str], *, log: list[tuple[str, float]]) -> None:
     shown = " ".join(shlex.quote(a) for a in argv)
     click.secho(f"\n$ {shown}", fg="cyan", bold=True)
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", PROGS[argv[0]], *argv[1:]]
-    rc = subprocess.call(cmd)
+    proc = _spawn(argv)
+    try:
+        rc = proc.wait()
+    finally:
+        _stop([proc])
     dt = time.perf_counter() - t0
     log.append((shown, dt))
     if rc != 0:
@@ -60,21 +102,23 @@ def _run_parallel(jobs: dict[str, tuple[list[str], Path]], *, log: list[tuple[st
     status line every 30 s (training steps read from the runs' metrics.jsonl)."""
     t0 = time.perf_counter()
     procs = {}
-    for name, (argv, logfile) in jobs.items():
-        shown = " ".join(shlex.quote(a) for a in argv)
-        click.secho(f"\n$ {shown} > {logfile} 2>&1 &", fg="cyan", bold=True)
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        with logfile.open("w") as out:  # the child keeps its own copy of the descriptor
-            procs[name] = (subprocess.Popen([sys.executable, "-m", PROGS[argv[0]], *argv[1:]],
-                                            stdout=out, stderr=subprocess.STDOUT), shown, logfile)
-    while running := [p for p, _, _ in procs.values() if p.poll() is None]:
-        try:
-            running[0].wait(timeout=30)  # a process still running: no busy loop once one ends
-        except subprocess.TimeoutExpired:
-            pass
-        if runs and any(p.poll() is None for p, _, _ in procs.values()):
-            state = ", ".join(f"{n} step {_last_step(r)}/{total}" for n, r in runs.items())
-            click.echo(f"  [{time.perf_counter() - t0:4.0f} s] {state}")
+    try:
+        for name, (argv, logfile) in jobs.items():
+            shown = " ".join(shlex.quote(a) for a in argv)
+            click.secho(f"\n$ {shown} > {logfile} 2>&1 &", fg="cyan", bold=True)
+            logfile.parent.mkdir(parents=True, exist_ok=True)
+            with logfile.open("a") as out:  # the child keeps its own copy of the descriptor
+                procs[name] = (_spawn(argv, stdout=out, stderr=subprocess.STDOUT), shown, logfile)
+        while running := [p for p, _, _ in procs.values() if p.poll() is None]:
+            try:
+                running[0].wait(timeout=30)  # still running: no busy loop once one ends
+            except subprocess.TimeoutExpired:
+                pass
+            if runs and any(p.poll() is None for p, _, _ in procs.values()):
+                state = ", ".join(f"{n} step {_last_step(r)}/{total}" for n, r in runs.items())
+                click.echo(f"  [{time.perf_counter() - t0:4.0f} s] {state}")
+    finally:  # Ctrl-C or an error here: no training keeps running without the demo
+        _stop([p for p, _, _ in procs.values()])
     dt = time.perf_counter() - t0
     for p, shown, logfile in procs.values():
         log.append((f"{shown}  (in parallel)", dt))
@@ -103,6 +147,12 @@ def _predict_inputs(data: Path, fold: int, *, n_queries: int = 4, min_pixels: in
     support = hits[0]
     return (data / "images" / f"{support}.png", data / "masks" / f"{support}.png", cls,
             [data / "images" / f"{n}.png" for n in hits[1:1 + n_queries]])
+def _resume_flags(what: str, path: Path | None) -> list[str]:
+    """``--resume PATH`` when an interrupted run left a checkpoint at ``path``, else []."""
+    if path is None:
+        return []
+    click.secho(f"\n# {what}: continuing the interrupted run from {path}", fg="yellow")
+    return ["--resume", str(path)]
 
 
 def _skip(what: str, path: Path, log) -> None:
@@ -117,13 +167,15 @@ def _skip(what: str, path: Path, log) -> None:
 @click.option("--fold", default=0, show_default=True)
 @click.option("--prior-steps", default=60, show_default=True, help="Prior pretraining steps.")
 @click.option("--fss-steps", default=250, show_default=True, help="Few-shot training steps per model.")
+@click.option("--fss-ckpt-every", default=50, show_default=True,
+              help="Few-shot checkpoint (last.pt) every N steps: where an interrupted demo resumes.")
 @click.option("--episodes", default=400, show_default=True, help="Test episodes.")
 @click.option("--parallel/--serial", default=True, show_default=True,
               help="Train (and evaluate) QGNet and the baseline side by side, one process per "
                    "core, or one after the other.")
 @click.option("--fresh", is_flag=True, help="Delete the demo's cache and runs first.")
 def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps: int,
-         episodes: int, parallel: bool, fresh: bool) -> None:
+         fss_ckpt_every: int, episodes: int, parallel: bool, fresh: bool) -> None:
     """Run the demo pipeline end to end and print QGNet vs the baseline."""
     t_start = time.perf_counter()
     log: list[tuple[str, float]] = []
@@ -158,7 +210,9 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
     if prior.exists():
         _skip("prior pretraining", prior, log)
     else:
-        _run(["qgnet-train", "prior", "--dataset", "demo", "--patches", "slic",
+        half_done = any((prior_dir / "checkpoints").glob("step-*.pt"))
+        _run(["qgnet-train", "prior",
+              *_resume_flags("prior pretraining", prior_dir if half_done else None), "--dataset", "demo", "--patches", "slic",
               "--backbone", "efficientnet_lite0", "--init", "imagenet", "--crop", "128",
               "--min-patch-pixels", "96", "--batch-size", "16", "--queue-size", "128",
               "--local-queue-size", "1024", "--momentum", "0.99", "--epochs", "20",
@@ -177,12 +231,15 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
         if ckpt.exists():
             _skip(f"few-shot training ({name})", ckpt, log)
         else:
+            half_done = (run / "last.pt").exists()
             train_jobs[name] = (
-                ["qgnet-train", "fss", "--dataset", "demo", "--fold", str(fold), "--shot", "1",
+                ["qgnet-train", "fss",
+                 *_resume_flags(f"few-shot training ({name})", run if half_done else None),
+                 "--dataset", "demo", "--fold", str(fold), "--shot", "1",
                  "--backbone", "efficientnet_lite0", "--weights", "imagenet", *flags,
                  "--max-steps", str(fss_steps), "--val-episodes", "0", "--workers", "1",
-                 "--threads", threads, "--log-every", "10", "--no-progress", "--out", str(run),
-                 *cache],
+                 "--threads", threads, "--log-every", "10", "--ckpt-every", str(fss_ckpt_every),
+                 "--no-progress", "--out", str(run), *cache],
                 runs_dir / "logs" / f"train-{name}.txt")
         eval_jobs[name] = (["qgnet-eval", "fss", "--checkpoint", str(ckpt), "--episodes",
                             str(episodes), "--threads", threads, "--no-progress", *cache],

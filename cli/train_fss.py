@@ -1,8 +1,9 @@
 """``qgnet-train fss``: train QGNet (or the ``--no-prior-map`` PFENet baseline) on one fold.
 
 Thin: parse, resolve the config (defaults < TOML ``[fss]`` < ``QGNET_*`` < command line;
-with ``--resume`` the checkpoint's config is the base and only options given on the
-command line override it), call :func:`model.fss.trainer.train_fss`.
+with ``--resume`` the checkpoint's config is the base and the command line may change only
+the resumable options: :func:`model.checkpoint.resume_config`, the same rule as
+``qgnet-train prior``), call :func:`model.fss.trainer.train_fss`.
 
 DDP: ``torchrun --nproc-per-node 2 -m cli.train fss ...`` (``--batch-size`` is global).
 """
@@ -35,7 +36,7 @@ BACKBONES = ["resnet50", "resnet101", "vgg16", "efficientnet_lite0", "resnet18"]
 @click.option("--scale-min", type=float, help="RandScale minimum (pascal 0.9, coco 0.8).")
 @click.option("--scale-max", type=float, help="RandScale maximum (pascal 1.1, coco 1.25).")
 @click.option("--workers", type=int, help="DataLoader workers (default 2).")
-@click.option("--threads", type=int, help="torch CPU threads (default: torch's; 1 on a shared CPU).")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default: torch's; 1 on a shared CPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device (default auto).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA (default on).")
 @click.option("--val-episodes", type=int, help="Validation episodes (default 1000; 0 = none).")
@@ -68,21 +69,23 @@ def fss(config_file, **given):
     qgnet-prep masks --dataset D --split train|val, then qgnet-prep episodes --dataset D.
     Writes config.json, metrics.jsonl, train.log, last.pt and best.pt into the run dir.
     """
-    from model.fss.trainer import FssConfig, find_checkpoint, train_fss
-    from model.utils import load_checkpoint
+    import shlex
+
+    from model.checkpoint import load_checkpoint, resume_config
+    from model.fss.trainer import RESUMABLE, FssConfig, find_checkpoint, train_fss
     from pipeline.config import resolve_config
-    from pipeline.store import StoreError
+    from pipeline.errors import QgnetError
 
     cli = {k: v for k, v in given.items() if v is not None}
     try:
         if cli.get("resume"):
-            saved = load_checkpoint(find_checkpoint(cli["resume"]))["config"]
-            base = {k: v for k, v in saved.items() if k in FssConfig.__dataclass_fields__}
-            cfg = FssConfig(**{**base, "max_steps": 0, **cli})
+            saved = load_checkpoint(find_checkpoint(cli["resume"]), kind="fss")["config"]
+            cfg = resume_config(FssConfig, saved, cli, resumable=RESUMABLE,
+                                reset={"max_steps": 0})
         else:
             cfg = resolve_config(FssConfig, cli=cli, config_file=config_file, section="fss")
         run_dir = train_fss(cfg)
-    except (StoreError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (QgnetError, ValueError, FileNotFoundError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"run dir: {run_dir}")
-    click.echo(f"evaluate with: qgnet-eval fss --checkpoint {run_dir}/best.pt")
+    click.echo(f"evaluate with: qgnet-eval fss --checkpoint {shlex.quote(str(run_dir / 'best.pt'))}")

@@ -2,7 +2,8 @@
 
 Thin: parse, resolve the config (defaults < TOML ``[prior]`` < ``QGNET_*`` < command line;
 with ``--resume`` the checkpoint's config replaces the defaults, file and environment, and
-only options given on the command line override it), call
+the command line may change only the resumable options: :func:`model.checkpoint.resume_config`,
+the same rule as ``qgnet-train fss``), call
 :func:`model.prior.trainer.train_prior`. Torch is imported only when the command runs.
 
 DDP: ``torchrun --nproc-per-node 2 -m cli.train prior ...`` (every rank parses the same
@@ -25,11 +26,13 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
               help="Explicit superpixel store (default: located in the cache).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root.")
 @click.option("--limit", type=int, help="Only the first N images of the split.")
-@click.option("--backbone", help="Backbone: " + ", ".join(BACKBONES) + " (default resnet50).")
+@click.option("--backbone", help="Backbone: " + ", ".join(BACKBONES) + " (default resnet50; "
+                                 "demo: efficientnet_lite0).")
 @click.option("--init", help="Backbone init: imagenet (efficientnet_lite0 only), none, or PATH "
-                             "to a state dict (default imagenet).")
+                             "to a state dict (default: imagenet for efficientnet_lite0, else "
+                             "none, random as the paper).")
 @click.option("--epochs", type=int, help="Epochs (default 200); the cosine schedule spans them.")
-@click.option("--batch-size", type=int, help="Global batch size (default 256).")
+@click.option("--batch-size", type=int, help="Global batch size (default 256; demo 16).")
 @click.option("--lr", type=float, help="Base learning rate (default 0.03 x batch / 256).")
 @click.option("--schedule", type=click.Choice(["cosine", "cosine-epoch", "constant"]),
               help="cosine per step (default), cosine-epoch (MoCo), or constant.")
@@ -39,7 +42,7 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--patches-per-image", type=int, help="Patches sampled per image (default 16).")
 @click.option("--min-patch-pixels", type=int,
               help="Pixels a superpixel needs in each view to be sampled (default 0 = half a "
-                   "feature cell, 512 at stride 32; lower it for small crops).")
+                   "feature cell, 512 at stride 32; lower it for small crops; demo 96).")
 @click.option("--loss", type=click.Choice(["global", "local", "both"]), help="Loss (default both).")
 @click.option("--temperature", type=float, help="InfoNCE temperature (default 0.2).")
 @click.option("--momentum", type=float, help="Key encoder momentum (default 0.999).")
@@ -48,7 +51,7 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--shuffle", type=click.Choice(["auto", "split-bn", "ddp", "none"]),
               help="Shuffle-BN variant (default auto: ddp under torchrun, else split-bn).")
 @click.option("--split-bn-groups", type=int, help="SplitBatchNorm groups (default 8).")
-@click.option("--crop", type=int, help="Crop size of both views (default 224).")
+@click.option("--crop", type=int, help="Crop size of both views (default 224; demo 128).")
 @click.option("--scale-min", type=float, help="RandomResizedCrop minimum area (default 0.2).")
 @click.option("--workers", type=int, help="DataLoader workers (default min(8, cpus)).")
 @click.option("--augment-on", type=click.Choice(["device", "cpu"]),
@@ -79,10 +82,10 @@ def prior(config_file, **given):
     Writes config.json, metrics.jsonl, train.log, checkpoints/ and prior_extractor.pt into
     the run dir.
     """
-    from model.prior.trainer import PriorConfig, find_checkpoint, train_prior
-    from model.utils import load_checkpoint
+    from model.checkpoint import load_checkpoint, resume_config
+    from model.prior.trainer import RESUMABLE, PriorConfig, find_checkpoint, train_prior
     from pipeline.config import resolve_config
-    from pipeline.store import StoreError
+    from pipeline.errors import QgnetError
 
     cli = {k: v for k, v in given.items() if v is not None}
     try:
@@ -93,14 +96,12 @@ def prior(config_file, **given):
                 if not cli.get("out"):
                     raise click.UsageError("bare --resume needs --out RUN_DIR (or --resume PATH)")
                 where = cli["out"]
-            saved = load_checkpoint(find_checkpoint(where))["config"]
-            base = {k: v for k, v in saved.items() if k in PriorConfig.__dataclass_fields__}
-            if "out" not in cli and cli["resume"] != "auto":
-                base["out"] = saved.get("out")
-            cfg = PriorConfig(**{**base, "resume": "", "export_only": False, "max_steps": 0, **cli})
+            saved = load_checkpoint(find_checkpoint(where), kind="prior")["config"]
+            cfg = resume_config(PriorConfig, saved, cli, resumable=RESUMABLE,
+                                reset={"resume": "", "export_only": False, "max_steps": 0})
         else:
             cfg = resolve_config(PriorConfig, cli=cli, config_file=config_file, section="prior")
         run_dir = train_prior(cfg)
-    except (StoreError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (QgnetError, ValueError, FileNotFoundError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"run dir: {run_dir}")

@@ -1,11 +1,10 @@
-"""Small torch utilities shared by the trainers: device, autocast, checkpoints, RNG state,
-metrics files and torch.distributed helpers."""
+"""Small torch utilities shared by the trainers: device, autocast, logs, metrics files and
+torch.distributed helpers (checkpoints and RNG state: :mod:`model.checkpoint`)."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-CHECKPOINT_VERSION = 1
+# checkpoints, seeds and RNG state live in model/checkpoint.py (one module for both
+# trainers); re-exported here for callers written before it existed
+from model.checkpoint import (  # noqa: F401
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 
 # ------------------------------------------------------------------------------ device
@@ -38,76 +46,6 @@ def autocast(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-# ------------------------------------------------------------------------------ seeds / RNG
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) RNG states as tensors/lists, safe for weights_only loads."""
-    np_state = np.random.get_state()
-    state = {
-        "python": _tuplify_to_list(random.getstate()),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_listify_to_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuplify_to_list(x):
-    if isinstance(x, tuple):
-        return [_tuplify_to_list(v) for v in x]
-    return x
-
-
-def _listify_to_tuple(x):
-    if isinstance(x, list):
-        return tuple(_listify_to_tuple(v) for v in x)
-    return x
-
-
-# ------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` (plus a version and time) atomically: temporary file, fsync, rename.
-
-    A run killed while saving leaves the previous checkpoint intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {**state, "checkpoint_version": CHECKPOINT_VERSION, "saved_at": time.time()}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; check the path, or train first")
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 # ------------------------------------------------------------------------------ logs

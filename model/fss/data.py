@@ -12,12 +12,19 @@ uniformly from the images where that class is usable (>= 2048 pixels, the traini
 ``class_images``), never the query. Every image is augmented independently
 (:func:`model.fss.transforms.train_transform`).
 
+An image that cannot be read any more (truncated or deleted after ``qgnet-prep masks``)
+does not stop training: the item is replaced by the next one of the list, deterministically
+(item ``i + 1``, ``i + 2``, ... with the same seed), with a warning; the item's ``skipped``
+counts the replacements and the trainer logs their total in metrics.jsonl
+(``skipped_images``), as the prior loader does.
+
 Every item is a flat dict of tensors; the loader's sampler hands over ``(index, seed)``
 pairs so that an item depends on its seed only (exact resume, any number of workers)::
 
     query          3 x S x S float32          label          S x S int64 (0 / 1 / 255)
     supports       K x 3 x S x S              support_masks  K x S x S int64
     cls            ()  int64 (1-based class)  query_index, support_index: store indices
+    skipped        ()  int64 (training items: unreadable episodes passed over)
 
 Test items add ``label`` (the query's binarised label after the test resize, S x S, for
 the validation loss), ``orig_label`` (at original resolution; the collate pads it with
@@ -25,6 +32,7 @@ the validation loss), ``orig_label`` (at original resolution; the collate pads i
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -32,6 +40,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from model.fss import transforms as T
+from pipeline.errors import DatasetError, ImageReadError
+
+MAX_SUBSTITUTES = 16  # consecutive unreadable training episodes before giving up
 
 
 class _StoreMixin:
@@ -69,7 +80,7 @@ class _StoreMixin:
         image = self.reader.load_image(self.store.ids[index])
         mask = self.store.get(int(index))
         if image.shape[:2] != mask.shape:
-            raise ValueError(f"image {self.store.ids[index]!r} is {image.shape[:2]} but its mask in "
+            raise ImageReadError(f"image {self.store.ids[index]!r} is {image.shape[:2]} but its mask in "
                              f"{self.store.path} is {mask.shape}; rebuild the mask store")
         if self.ignore_classes is not None and len(self.ignore_classes):
             mask = np.where(np.isin(mask, self.ignore_classes), T.IGNORE, mask).astype(mask.dtype)
@@ -142,6 +153,24 @@ class TrainEpisodes(_StoreMixin, Dataset):
 
     def __getitem__(self, item) -> dict[str, torch.Tensor]:
         i, seed = item if isinstance(item, tuple) else (item, item)
+        for skipped in range(MAX_SUBSTITUTES + 1):
+            j = (int(i) + skipped) % len(self)
+            try:
+                out = self.episode(j, int(seed))
+                break
+            except OSError as err:  # ImageReadError: truncated / missing image, size mismatch
+                warnings.warn(f"few-shot data: skipping training episode {j}: {err}",
+                              stacklevel=1)
+        else:
+            raise DatasetError(f"{MAX_SUBSTITUTES + 1} consecutive training episodes from item "
+                               f"{i} could not be read; check the images of {self.dataset_name} "
+                               f"(root {self.root or self.store.attrs.get('root')}) and rebuild "
+                               f"with qgnet-prep masks")
+        out["skipped"] = torch.tensor(skipped)
+        return out
+
+    def episode(self, i: int, seed: int) -> dict[str, torch.Tensor]:
+        """Item ``i`` drawn with ``seed`` (raises ImageReadError for an unreadable image)."""
         rng = np.random.default_rng(int(seed))
         q, c, sup = self.pick(int(i), rng)
         image, label = T.train_transform(*self.load(q, c), rng, crop=self.crop, scale=self.scale)

@@ -70,12 +70,9 @@ def prior_backbone_name(prior: str) -> str:
         raise FileNotFoundError(f"no prior extractor at {path}; train one with `qgnet-train prior` "
                                 f"(it writes prior_extractor.pt into its run dir), or pass "
                                 f"--no-prior-map for the PFENet baseline")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    name = obj.get("backbone_name") if isinstance(obj, dict) else None
-    if not name:
-        raise ValueError(f"{path} is not a prior extractor export (no 'backbone_name'); pass the "
-                         f"prior_extractor.pt written by `qgnet-train prior`")
-    return str(name)
+    from model.checkpoint import load_checkpoint
+
+    return str(load_checkpoint(path, kind="prior_export")["backbone_name"])
 
 
 def model_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,12 +107,9 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_model(checkpoint: str | Path, *, device: str | torch.device = "cpu"):
     """(model in eval mode, checkpoint dict) from a ``qgnet-train fss`` checkpoint."""
-    from model.utils import load_checkpoint
+    from model.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
-    if "model_meta" not in ckpt:
-        raise ValueError(f"{checkpoint} is not a few-shot checkpoint (no 'model_meta'); pass a "
-                         f"best.pt / last.pt written by `qgnet-train fss`")
+    ckpt = load_checkpoint(checkpoint, kind="fss")  # CheckpointError names the file
     model = build_model(ckpt["model_meta"])
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     missing = [k for k in missing if not k.startswith(TRAINABLE_PREFIXES)]

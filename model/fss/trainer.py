@@ -25,7 +25,10 @@ optimiser, step, epoch, RNG states, the config, the best mIoU and ``model_meta``
 
 Exact resume: items depend only on ``(seed, epoch, position)`` (see
 :class:`model.fss.data.EpisodeSampler`), the global RNG (dropout) is restored from the
-checkpoint and DataLoader worker seeds come from a per-epoch generator.
+checkpoint and DataLoader worker seeds come from a per-epoch generator. Saving, loading,
+the resume rule (:data:`RESUMABLE`), leftovers of killed runs and the metrics truncation on
+resume are :mod:`model.checkpoint`'s (docs/checkpoints.md). Unreadable training images are
+skipped (``skipped_images`` in metrics.jsonl).
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from model import checkpoint as ckpt_lib
+from model.checkpoint import RESUMABLE_COMMON
 from model.fss import evaluate as ev
 from model.fss.data import EpisodeSampler, TrainEpisodes, collate
 
@@ -82,7 +87,7 @@ class FssConfig:
     scale_min: float = 0.0
     scale_max: float = 0.0
     workers: int = 2
-    threads: int = 0                  # torch CPU threads (0: torch's default)
+    threads: int = 0                  # torch CPU threads (0: torch's default; --threads >= 1)
     device: str = "auto"
     amp: bool = True                  # bf16 autocast on CUDA
     val_episodes: int = 1000          # 0: no validation
@@ -101,34 +106,91 @@ class FssConfig:
     novel_pixels: str = "background"  # test-class pixels in training images: background | ignore
 
 
-def finalize_config(cfg: FssConfig) -> FssConfig:
-    """Fill the dataset defaults and check the options (ValueError says what to pass)."""
+# options that may differ between a run and its resumption (model.checkpoint's resume rule)
+RESUMABLE = RESUMABLE_COMMON | {"threads"}
+
+# option -> (smallest allowed value, what it is); checked after the dataset defaults
+_MINIMA = {"shot": (1, "support images per episode"), "crop": (9, "crop side in pixels"),
+           "batch_size": (1, "global batch"), "epochs": (1, "epochs"),
+           "workers": (0, "DataLoader workers"), "threads": (0, "torch CPU threads"),
+           "val_episodes": (0, "validation episodes"), "val_every": (0, "steps"),
+           "max_steps": (0, "steps"), "ckpt_every": (0, "steps"), "log_every": (1, "steps"),
+           "fold": (0, "fold")}
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def finalize_config(cfg: FssConfig, *, world: int = 1) -> FssConfig:
+    """Fill the dataset defaults and check the options (ConfigError names the one that is
+    wrong, its allowed range and what to pass)."""
+    from pipeline.errors import ConfigError
+
+    # TODO(rel-prep): one dataset-name check for every command -- replace by
+    # pipeline.config.validate_dataset_name(cfg.dataset) once it is in main.
+    _validate_dataset_name(cfg.dataset)
     d = DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["folder"])
     upd = {k: v for k, v in d.items() if not getattr(cfg, k)}
     cfg = dataclasses.replace(cfg, **upd)
+    for name, (low, what) in _MINIMA.items():
+        value = getattr(cfg, name)
+        if value < low:
+            default = d.get(name)
+            raise ConfigError(f"{_option(name)} {value}: must be >= {low} ({what})"
+                              + (f"; the {cfg.dataset} default is {default}"
+                                 if default is not None else ""))
     if not cfg.weights:
-        raise ValueError(f"--backbone {cfg.backbone} needs --weights PATH (a state dict, e.g. "
-                         f"PFENet's initmodel/{cfg.backbone}_v2.pth), or --weights none; only "
-                         f"efficientnet_lite0 has offline weights (--weights imagenet)")
+        raise ConfigError(f"--backbone {cfg.backbone} needs --weights PATH (a state dict, e.g. "
+                          f"PFENet's initmodel/{cfg.backbone}_v2.pth), or --weights none; only "
+                          f"efficientnet_lite0 has offline weights (--weights imagenet)")
     if cfg.use_prior_map and not cfg.prior:
-        raise ValueError("QGNet needs the prior extractor: pass --prior PATH to the "
-                         "prior_extractor.pt written by `qgnet-train prior`, or --no-prior-map "
-                         "for the PFENet baseline (or --prior imagenet: ImageNet EfficientNet-"
-                         "Lite0 as a stand-in Fp)")
+        raise ConfigError("QGNet needs the prior extractor: pass --prior PATH to the "
+                          "prior_extractor.pt written by `qgnet-train prior`, or --no-prior-map "
+                          "for the PFENet baseline (or --prior imagenet: ImageNet EfficientNet-"
+                          "Lite0 as a stand-in Fp)")
     if cfg.use_prior_map and cfg.prior != "imagenet" and not Path(cfg.prior).is_file():
         raise FileNotFoundError(f"no prior extractor at {cfg.prior}; run `qgnet-train prior` "
                                 f"(it writes prior_extractor.pt) or pass --no-prior-map")
-    if cfg.shot < 1 or cfg.crop < 9 or cfg.batch_size < 1 or cfg.epochs < 1:
-        raise ValueError(f"bad options: shot {cfg.shot}, crop {cfg.crop}, batch {cfg.batch_size}, "
-                         f"epochs {cfg.epochs}")
     if not 0 < cfg.scale_min <= cfg.scale_max:
-        raise ValueError(f"--scale-min {cfg.scale_min} / --scale-max {cfg.scale_max}: need "
-                         f"0 < min <= max")
+        raise ConfigError(f"--scale-min {cfg.scale_min} / --scale-max {cfg.scale_max}: need "
+                          f"0 < min <= max")
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide by "
+                          f"the {world} processes")
     if not cfg.out:
         tag = "qgnet" if cfg.use_prior_map else "baseline"
         cfg = dataclasses.replace(cfg, out=str(Path("runs") / "fss" / (
             f"{cfg.dataset}-fold{cfg.fold}-{cfg.shot}shot-{cfg.backbone}-{tag}")))
     return cfg
+
+
+def _validate_dataset_name(name: str) -> None:
+    """A registry name, never a path (a name like ``../x`` or ``/abs`` would put run dirs and
+    cache files outside the cache). Stand-in for rel-prep's shared check."""
+    from pipeline.errors import ConfigError
+
+    if not name or "/" in name or "\\" in name or name.startswith(".") or Path(name).is_absolute():
+        raise ConfigError(f"--dataset {name!r} is not a dataset name; pass a registry name "
+                          f"(pascal, coco, folder, demo) and give a folder's path with --root")
+
+
+def check_fold(dataset: str, fold: int, *, cache_dir: str | None) -> None:
+    """Refuse a fold the dataset does not have (folds.json of ``qgnet-prep episodes`` says how
+    many; PASCAL-5i / COCO-20i and the interleaved default have 4)."""
+    import json
+
+    from pipeline.config import episodes_dir
+    from pipeline.episodes import NUM_FOLDS
+    from pipeline.errors import ConfigError
+
+    folds_json = episodes_dir(dataset, cache_dir=cache_dir) / "folds.json"
+    n = NUM_FOLDS
+    if folds_json.is_file():
+        n = len(json.loads(folds_json.read_text()).get("folds", [])) or NUM_FOLDS
+    if not 0 <= fold < n:
+        raise ConfigError(f"--fold {fold}: the dataset {dataset} has folds 0-{n - 1}"
+                          + (f" ({folds_json})" if folds_json.is_file() else ""))
 
 
 def poly_lr(cfg: FssConfig, it: int, max_iter: int) -> float:
@@ -137,14 +199,8 @@ def poly_lr(cfg: FssConfig, it: int, max_iter: int) -> float:
 
 
 def find_checkpoint(where: str | os.PathLike) -> Path:
-    """A checkpoint file, or ``last.pt`` of a run dir."""
-    p = Path(where)
-    if p.is_dir():
-        p = p / "last.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"nothing to resume at {where}: expected a checkpoint file or a "
-                                f"run dir holding last.pt")
-    return p
+    """A checkpoint file, or ``last.pt`` of a run dir (:func:`model.checkpoint.find_checkpoint`)."""
+    return ckpt_lib.find_checkpoint(where, kind="fss")
 
 
 def _setup_log(path: Path, *, enabled: bool) -> None:
@@ -153,41 +209,59 @@ def _setup_log(path: Path, *, enabled: bool) -> None:
     attach_file_log(log, path, enabled=enabled)
 
 
+def _agree(dinfo, error: BaseException | None) -> None:
+    """Raise ``error`` of rank 0 on every rank (a run-dir refusal decided by rank 0 alone
+    left the other ranks waiting in the next collective until the NCCL timeout)."""
+    if dinfo.enabled:
+        box = [None if error is None else (type(error).__name__, str(error))]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if box[0] is not None and error is None:
+            kind, msg = box[0]
+            error = FileExistsError(msg) if kind == "FileExistsError" else RuntimeError(msg)
+    if error is not None:
+        raise error
+
+
 def train_fss(cfg: FssConfig) -> Path:
     """Train one fold; returns the run dir (see the module docstring)."""
-    from model.speed import channels_last_on_cuda, configure_cuda
-    from model.utils import (
-        MetricsWriter,
-        init_distributed,
+    from model.checkpoint import (
+        CheckpointSaver,
+        WindowMeans,
+        check_resume,
         load_checkpoint,
-        pick_device,
+        pick_rank_state,
+        remove_stale_temporaries,
         rng_state,
-        save_checkpoint,
         seed_everything,
         set_rng_state,
+        truncate_metrics,
     )
+    from model.speed import channels_last_on_cuda, configure_cuda
+    from model.utils import MetricsWriter, init_distributed, pick_device
     from pipeline.config import config_dict, provenance, write_json_atomic
     from pipeline.episode_stage import derive_test_episodes, load_training_list
 
-    cfg = finalize_config(cfg)
+    dinfo = init_distributed(cfg.device)
+    cfg = finalize_config(cfg, world=dinfo.world_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dinfo = init_distributed(cfg.device)
     device = pick_device(cfg.device)
     configure_cuda(device)  # cudnn.benchmark + TF32 matmuls, CUDA only (model.speed)
     run_dir = Path(cfg.out)
     ckpt = None
     if cfg.resume:
-        ckpt = load_checkpoint(find_checkpoint(cfg.resume))
-    elif dinfo.main and (run_dir / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue "
-                              f"it or --out NEW_DIR")
-    if dinfo.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    _setup_log(run_dir / "train.log", enabled=dinfo.main)
-    seed_everything(cfg.seed + dinfo.rank)
+        ckpt = load_checkpoint(find_checkpoint(cfg.resume), kind="fss")
+        check_resume(ckpt["config"], config_dict(cfg), resumable=RESUMABLE)
+    error = None
+    if dinfo.main and ckpt is None and (run_dir / "last.pt").exists():
+        error = FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} to "
+                                f"continue it or --out NEW_DIR")
+    _agree(dinfo, error)  # every rank raises, none waits
 
-    # data (errors name the qgnet-prep command that builds what is missing)
+    # data, checked before the run dir exists (a failed start leaves nothing behind); errors
+    # name the qgnet-prep command that builds what is missing
+    meta = ev.model_meta(config_dict(cfg))  # reads the prior extractor: a bad file fails here
+    check_fold(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir)
     train_list = load_training_list(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir,
                                     drop_novel_images=cfg.drop_novel_images,
                                     train_set=None if cfg.train_set == "train" else cfg.train_set)
@@ -200,7 +274,7 @@ def train_fss(cfg: FssConfig) -> Path:
         val_eps = derive_test_episodes(cfg.dataset, cfg.fold, cfg.shot, seed=cfg.val_seed,
                                        cache_dir=cfg.cache_dir)
     world = dinfo.world_size
-    per_rank = max(cfg.batch_size // world, 1)
+    per_rank = cfg.batch_size // world  # finalize_config checked that it divides
     spe = (len(train_ds) // world) // per_rank  # steps per epoch (drop_last)
     if spe < 1:
         raise ValueError(f"{len(train_ds)} training episodes are fewer than one batch of "
@@ -208,24 +282,32 @@ def train_fss(cfg: FssConfig) -> Path:
     max_iter = cfg.epochs * spe
     stop = min(cfg.max_steps, max_iter) if cfg.max_steps else max_iter
 
+    if dinfo.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)  # last.pt.tmp<pid> of a killed save
+        if ckpt is not None:  # the replayed steps must not appear twice in the curve
+            truncate_metrics(run_dir / "metrics.jsonl", int(ckpt["step"]))
+    _setup_log(run_dir / "train.log", enabled=dinfo.main)
+    seed_everything(cfg.seed + dinfo.rank)
+
     # model and optimiser
-    meta = ev.model_meta(config_dict(cfg))
     model = channels_last_on_cuda(ev.build_model(meta).to(device), device)  # NHWC on CUDA
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=cfg.lr * cfg.lr_scale, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    step_i, best, best_step = 0, -1.0, -1
+    step_i, best, best_step, skipped_total = 0, -1.0, -1, 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"], strict=False)
         optimizer.load_state_dict(ckpt["optimizer"])
         step_i, best, best_step = int(ckpt["step"]), float(ckpt["best_miou"]), int(ckpt["best_step"])
-        rngs = ckpt["rng"]
-        set_rng_state(rngs[min(dinfo.rank, len(rngs) - 1)])
+        skipped_total = int(ckpt.get("skipped_images", 0))
+        set_rng_state(pick_rank_state(ckpt["rng"], dinfo.rank), device)
     net = model
     if dinfo.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     writer = MetricsWriter(run_dir / "metrics.jsonl", enabled=dinfo.main)
+    saver = CheckpointSaver(run_dir, kind="fss")
     if dinfo.main:
         write_json_atomic(run_dir / "config.json", {**config_dict(cfg), "model_meta": meta,
                                                     "steps_per_epoch": spe, "max_iter": max_iter,
@@ -245,40 +327,61 @@ def train_fss(cfg: FssConfig) -> Path:
         r = ev.run_episodes(model, loader, classes=np.asarray(val_eps["test_classes"]).tolist(),
                             device=device, amp=cfg.amp, progress=cfg.progress and dinfo.main,
                             desc="val", reduce=True)
+        val_loss = r["loss"]
+        if dinfo.enabled:  # the mean over every rank's episodes, not rank 0's share
+            n_local = r["episodes"]
+            t = torch.tensor([val_loss * n_local if n_local else 0.0, float(n_local)],
+                             dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            val_loss = float(t[0] / t[1]) if t[1] > 0 else float("nan")
         miou, fb = r["meter"].miou(), r["meter"].fb_iou()
         improved = miou > best
         if improved:
             best, best_step = miou, step_i
         writer.write(kind="val", step=step_i, epoch=step_i / spe, miou=miou, fb_iou=fb,
-                     val_loss=r["loss"], episodes=r["meter"].n_episodes,
+                     val_loss=val_loss, episodes=r["meter"].n_episodes,
                      val_file=Path(str(val_eps["path"])).name,
                      per_class=r["meter"].summary()["per_class"], best_miou=best)
         log.info("val step %d: mIoU %.4f FB-IoU %.4f loss %.4f (best %.4f at %d)", step_i, miou, fb,
-                 r["loss"], best, best_step)
+                 val_loss, best, best_step)
         if improved:
-            save("best.pt")
+            save("best")
         return miou
 
     def save(name: str) -> None:
-        rng = [rng_state()]
+        rng = [rng_state(device)]  # this rank's own CUDA device only
+        pending = sum(r["skipped"] for r in window.rows)  # skips not logged yet
         if dinfo.enabled:
             gathered = [None] * world
             torch.distributed.all_gather_object(gathered, rng[0])
             rng = gathered
+            t = torch.tensor([pending], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            pending = float(t)
         if not dinfo.main:
             return
-        save_checkpoint(run_dir / name, {
+        saver.save_named({
             "model": ev.trainable_state(model), "optimizer": optimizer.state_dict(),
             "step": step_i, "epoch": step_i // spe, "rng": rng, "config": config_dict(cfg),
             "model_meta": meta, "best_miou": best, "best_step": best_step,
-            "provenance": provenance(config_dict(cfg))})
+            "skipped_images": skipped_total + int(round(pending)),
+            "provenance": provenance(config_dict(cfg))}, name)
+
+    def reduce_ranks(keys: list[str], vals: list[float]) -> list[float]:
+        if not dinfo.enabled:
+            return vals
+        t = torch.tensor(vals, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        t = (t / world).cpu()
+        t[keys.index("skipped")] *= world  # skipped images: summed over ranks
+        return t.tolist()
 
     bar = None
     if cfg.progress and dinfo.main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=stop, initial=step_i, desc="fss", unit="step", dynamic_ncols=True)
-    window: list[torch.Tensor] = []
+    window = WindowMeans(sums=("skipped",))
     t_last = time.perf_counter()
     net.train()
     while step_i < stop:
@@ -295,29 +398,29 @@ def train_fss(cfg: FssConfig) -> Path:
             lr = poly_lr(cfg, step_i + 1, max_iter)
             for g in optimizer.param_groups:
                 g["lr"] = lr
+            skipped = sum(batch.pop("skipped").tolist())  # unreadable images passed over (host)
             r = ev.step(net, batch, device=device, amp=cfg.amp, optimizer=optimizer)
             step_i += 1
             # device tensors, read on the host at log steps only (no per-step sync)
-            window.append(torch.stack([r["loss"], r["main"], r["aux"]]).float())
+            window.add(loss=r["loss"], main=r["main"], aux=r["aux"], skipped=skipped)
             if bar is not None:
                 bar.update(1)
             if step_i % cfg.log_every == 0 or step_i == stop:
                 now = time.perf_counter()
-                t = torch.stack(window).to(torch.float64).mean(0)  # t: 3 (loss, main, aux)
-                if dinfo.enabled:  # mean over ranks
-                    torch.distributed.all_reduce(t)
-                    t = t / world
-                rec = dict(zip(("loss", "main", "aux"), t.tolist(), strict=True))  # the sync
+                n_window = len(window)
+                rec = window.pop(reduce=reduce_ranks)  # the one host read of the window
                 if not math.isfinite(rec["loss"]):  # a non-finite step makes the mean non-finite
                     raise FloatingPointError(f"loss is {rec['loss']} in steps "
-                                             f"{step_i - len(window) + 1}-{step_i}; lower --lr")
+                                             f"{step_i - n_window + 1}-{step_i}; lower --lr")
+                skipped_total += int(round(rec.pop("skipped")))
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}")
                 writer.write(kind="train", step=step_i, epoch=step_i / spe, lr=lr, **rec,
-                             steps_per_s=len(window) / max(now - t_last, 1e-9))
+                             skipped_images=skipped_total,
+                             steps_per_s=n_window / max(now - t_last, 1e-9))
                 log.info("step %d/%d loss %.4f (main %.4f aux %.4f) lr %.3g", step_i, stop,
                          rec["loss"], rec["main"], rec["aux"], lr)
-                window, t_last = [], now
+                t_last = now
             if cfg.val_every and step_i % cfg.val_every == 0:
                 validate()
                 net.train()
@@ -325,15 +428,16 @@ def train_fss(cfg: FssConfig) -> Path:
                 validate()
                 net.train()
             if (cfg.ckpt_every and step_i % cfg.ckpt_every == 0) or step_i % spe == 0:
-                save("last.pt")
+                save("last")
             if step_i >= stop:
                 break
     if bar is not None:
         bar.close()
     if val_eps is not None and best_step < 0:
         validate()  # a run shorter than one validation period still gets a best.pt
-    save("last.pt")
+    save("last")
     if val_eps is None:  # no validation: the last weights are the best we know
-        save("best.pt")
-    log.info("done: %d steps, best mIoU %.4f at step %d -> %s", step_i, best, best_step, run_dir)
+        save("best")
+    log.info("done: %d steps, best mIoU %.4f at step %d, %d unreadable images skipped -> %s",
+             step_i, best, best_step, skipped_total, run_dir)
     return run_dir

@@ -39,7 +39,7 @@ def export_prior(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     from model.prior.trainer import EXPORT_NAME, PriorConfig, build_model
     from model.utils import save_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, kind="prior")
     cfg = PriorConfig(**{k: v for k, v in ckpt["config"].items()
                          if k in PriorConfig.__dataclass_fields__})
     model = build_model(cfg, weights="none")  # weights come from the checkpoint
@@ -51,7 +51,8 @@ def export_prior(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     save_checkpoint(out, {"backbone": state, "backbone_name": cfg.backbone, "dilated": False,
                           "config": ckpt["config"], "step": int(ckpt["step"]),
                           "provenance": provenance({"checkpoint": str(checkpoint),
-                                                    "step": int(ckpt["step"])})})
+                                                    "step": int(ckpt["step"])})},
+                    kind="prior_export")
     bb = build_backbone(cfg.backbone, weights=str(out), dilated=False)  # it must load
     for k, v in bb.state_dict().items():
         if k in state and not torch.equal(v, state[k]):

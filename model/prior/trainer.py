@@ -32,7 +32,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,6 +41,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from model import checkpoint as ckpt_lib
+from model.checkpoint import (
+    CheckpointSaver,
+    WindowMeans,
+    load_checkpoint,
+    pick_rank_state,
+    remove_stale_temporaries,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    truncate_metrics,
+)
 from model.prior.device_augment import DevicePrefetcher, batch_to_device
 from model.speed import configure_cuda
 from model.utils import (
@@ -50,24 +61,18 @@ from model.utils import (
     attach_file_log,
     autocast,
     init_distributed,
-    load_checkpoint,
     pick_device,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
 )
 from pipeline.config import config_dict, provenance, write_json_atomic
 
 log = logging.getLogger("qgnet.prior")
 
 CKPT_DIR = "checkpoints"
-CKPT_RE = re.compile(r"^step-(\d+)\.pt$")  # leftovers "step-N.pt.tmpPID" never match
 EXPORT_NAME = "prior_extractor.pt"
 
-# options that may differ between a run and its resumption (they do not change the math)
-RESUMABLE = {"resume", "out", "max_steps", "workers", "device", "ckpt_every", "log_every",
-             "keep_checkpoints", "export_only", "progress", "cache_dir", "root", "patch_store"}
+# options that may differ between a run and its resumption (they do not change the math);
+# the rule itself is model.checkpoint's, shared with qgnet-train fss
+RESUMABLE = ckpt_lib.RESUMABLE_COMMON | {"keep_checkpoints", "export_only", "patch_store"}
 
 
 @dataclass(frozen=True)
@@ -82,14 +87,14 @@ class PriorConfig:
     patch_store: str = ""             # explicit store path ("" = locate in the cache)
     cache_dir: str = ""
     limit: int = 0                    # first N images of the split (0 = all)
-    crop: int = 224                   # RandomResizedCrop size
+    crop: int = 0                     # RandomResizedCrop size (0 = the dataset's, below)
     scale_min: float = 0.2            # RandomResizedCrop scale (scale_min, 1)
     workers: int = -1                 # DataLoader workers (-1 = min(8, cpus))
     augment_on: str = "device"        # device (uint8 crops, photometric batched on the
                                       # training device) | cpu (whole view in the workers)
     # model
-    backbone: str = "resnet50"
-    init: str = "imagenet"            # imagenet | none | PATH to a state dict
+    backbone: str = ""                # "" = the dataset's (below)
+    init: str = ""                    # imagenet | none | PATH ("" = imagenet for lite0, else none)
     dim: int = 128
     mlp_hidden: int = 0               # 0 = the backbone's output channels (MoCo v2: 2048)
     queue_size: int = 65536
@@ -103,7 +108,7 @@ class PriorConfig:
     split_bn_groups: int = 8
     # optimisation
     epochs: int = 200
-    batch_size: int = 256             # global batch (divided among DDP ranks)
+    batch_size: int = 0               # global batch, divided among DDP ranks (0 = the dataset's)
     lr: float = 0.0                   # 0 = 0.03 x batch_size / 256
     sgd_momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -124,11 +129,28 @@ class PriorConfig:
     export_only: bool = False         # with resume: write prior_extractor.pt and stop
 
 
+# Options left at 0 / "" take the dataset's value: MoCo v2's ResNet-50 recipe (batch 256,
+# crop 224) everywhere but on the built-in demo, which gets the small CPU setup of `make demo`
+# (240 images cannot fill a batch of 256). --init "" means ImageNet weights for
+# efficientnet_lite0 (the only backbone with offline weights) and random init (the paper's,
+# as MoCo) for the others, so the defaults work offline on every built-in dataset.
+PRIOR_DEFAULTS: dict[str, Any] = dict(backbone="resnet50", crop=224, batch_size=256)
+PRIOR_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "demo": dict(backbone="efficientnet_lite0", crop=128, batch_size=16, min_patch_pixels=96),
+}
+
+
 # ------------------------------------------------------------------------------ resolution
 def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
-    """Fill the automatic values (lr, workers, out, shuffle) and validate the options."""
+    """Fill the dataset defaults and automatic values (init, lr, workers, out, shuffle) and
+    validate the options."""
     if not cfg.dataset:
         raise ValueError("--dataset is required (e.g. --dataset coco, pascal, folder or demo)")
+    defaults = {**PRIOR_DEFAULTS, **PRIOR_DATASET_DEFAULTS.get(cfg.dataset, {})}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if not getattr(cfg, k)})
+    if not cfg.init:
+        cfg = dataclasses.replace(
+            cfg, init="imagenet" if cfg.backbone == "efficientnet_lite0" else "none")
     choices = {"loss": ("global", "local", "both"), "patches": ("slic", "felzenszwalb"),
                "schedule": ("cosine", "cosine-epoch", "constant"),
                "shuffle": ("auto", "split-bn", "ddp", "none"), "augment_on": ("cpu", "device")}
@@ -170,32 +192,15 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
 
 
 def find_checkpoint(where: str | os.PathLike) -> Path:
-    """A checkpoint file as given, or the newest complete ``step-*.pt`` of a run dir.
-
-    Half-written files (``*.tmp<pid>`` leftovers of a killed save) are never picked.
-    """
-    p = Path(where)
-    if p.is_file():
-        return p
-    folder = p / CKPT_DIR if (p / CKPT_DIR).is_dir() else p
-    found = sorted((int(m.group(1)), f) for f in folder.glob("step-*.pt")
-                   if (m := CKPT_RE.match(f.name)) and f.is_file())
-    if not found:
-        raise FileNotFoundError(f"no checkpoint (checkpoints/step-*.pt) in {p}; pass the run dir "
-                                f"of an earlier run or a checkpoint file to --resume, or leave "
-                                f"--resume out to start a new run")
-    return found[-1][1]
+    """A checkpoint file as given, or the newest complete ``step-*.pt`` of a run dir
+    (:func:`model.checkpoint.find_checkpoint`; ``*.tmp<pid>`` leftovers are never picked)."""
+    return ckpt_lib.find_checkpoint(where, kind="prior")
 
 
 def check_resume_config(cfg: PriorConfig, saved: dict[str, Any]) -> None:
-    """Raise if ``cfg`` differs from the checkpoint's config in an option that changes the run."""
-    now = config_dict(cfg)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-             if k not in RESUMABLE and k in saved and saved[k] != now[k]]
-    if diffs:
-        raise ValueError("cannot resume: the checkpoint was trained with other options ("
-                         + "; ".join(diffs) + "); leave them out to use the checkpoint's values, "
-                         "or start a new run with another --out")
+    """Raise if ``cfg`` differs from the checkpoint's config in an option that changes the run
+    (the resume rule of :mod:`model.checkpoint`)."""
+    ckpt_lib.check_resume(saved, config_dict(cfg), resumable=RESUMABLE)
 
 
 # ------------------------------------------------------------------------------ building
@@ -341,7 +346,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     if cfg.resume:
         where = run_dir if cfg.resume == "auto" else Path(cfg.resume)
         path = find_checkpoint(where)
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, kind="prior")
         check_resume_config(cfg, ckpt["config"])
         if cfg.export_only:
             if dinfo.main:
@@ -357,6 +362,9 @@ def train_prior(cfg: PriorConfig) -> Path:
     seed_everything(cfg.seed)
     if dinfo.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir, run_dir / CKPT_DIR)  # saves of killed runs
+        if ckpt is not None:  # the replayed steps must not appear twice
+            truncate_metrics(run_dir / "metrics.jsonl", int(ckpt["step"]))
     logger = _setup_log(run_dir / "train.log", enabled=dinfo.main)
     pairs, sampler, loader = build_data(cfg, dinfo, device=device)
     steps_per_epoch = sampler.num_samples // loader.batch_size  # drop_last
@@ -373,8 +381,7 @@ def train_prior(cfg: PriorConfig) -> Path:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step, epoch, pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
-        rngs = ckpt["rng"]
-        set_rng_state(rngs[dinfo.rank] if dinfo.rank < len(rngs) else rngs[0])
+        set_rng_state(pick_rank_state(ckpt["rng"], dinfo.rank), device)
     net = model
     if dinfo.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -397,11 +404,12 @@ def train_prior(cfg: PriorConfig) -> Path:
     metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=dinfo.main)
     bar = _progress(cfg, dinfo, initial=step, total=last_step)
     skipped_total = int(ckpt.get("skipped_images", 0)) if ckpt else 0
-    window: list[dict[str, float]] = []
+    window = WindowMeans(sums=("skipped",))
+    saver = CheckpointSaver(run_dir / CKPT_DIR, kind="prior", keep=cfg.keep_checkpoints)
     t_wait = t_total = 0.0
 
     def checkpoint(reason: str) -> None:
-        rngs = _gather_rng(dinfo)
+        rngs = _gather_rng(dinfo, device)
         if not dinfo.main:
             return
         done_in_epoch = pos == steps_per_epoch
@@ -411,8 +419,7 @@ def train_prior(cfg: PriorConfig) -> Path:
                  "batch_in_epoch": 0 if done_in_epoch else pos, "rng": rngs,
                  "config": config_dict(cfg), "skipped_images": skipped_total,
                  "provenance": provenance(config_dict(cfg))}
-        path = save_checkpoint(run_dir / CKPT_DIR / f"step-{step:07d}.pt", state)
-        _prune(run_dir / CKPT_DIR, keep=cfg.keep_checkpoints)
+        path = saver.save_step(state, step)
         logger.info("checkpoint (%s): %s", reason, path)
 
     model.train()
@@ -428,17 +435,18 @@ def train_prior(cfg: PriorConfig) -> Path:
             step, pos = step + 1, pos + 1
             t2 = time.perf_counter()
             t_wait, t_total, t0 = t_wait + (t1 - t0), t_total + (t2 - t0), t2
-            out["skipped"] = batch["skipped"].sum()  # host tensor (the loader's)
-            window.append(out)  # device tensors: read on the host at log steps only (no sync)
+            out["skipped"] = sum(batch["skipped"].tolist())  # host count (the loader's)
+            window.add(**out)  # device tensors: read on the host at log steps only (no sync)
             if step % cfg.log_every == 0 or step == last_step or pos == steps_per_epoch:
+                n_window = len(window)
                 rec = _reduce_window(window, dinfo)
                 if not math.isfinite(rec["loss"]):  # a non-finite step makes the mean non-finite
-                    raise FloatingPointError(f"loss is {rec['loss']} in steps {step - len(window) + 1}"
+                    raise FloatingPointError(f"loss is {rec['loss']} in steps {step - n_window + 1}"
                                              f"-{step}; lower --lr (now {cfg.lr}) or check the data")
                 skipped_total += int(rec.pop("skipped"))
                 rec = {"step": step, "epoch": epoch + pos / steps_per_epoch,
                        "lr": optimizer.param_groups[0]["lr"], **rec,
-                       "images_per_s": len(window) * cfg.batch_size / max(t_total, 1e-9),
+                       "images_per_s": n_window * cfg.batch_size / max(t_total, 1e-9),
                        "data_wait": t_wait / max(t_total, 1e-9),
                        "skipped_images": skipped_total}
                 metrics.write(**{k: round(v, 6) if isinstance(v, float) else v
@@ -454,7 +462,7 @@ def train_prior(cfg: PriorConfig) -> Path:
                                 rec["loss_local"], rec["acc_global"], rec["cos_global"],
                                 rec["cos_local"], rec["lr"], rec["images_per_s"],
                                 100 * rec["data_wait"])
-                window, t_wait, t_total = [], 0.0, 0.0
+                t_wait, t_total = 0.0, 0.0
             if bar is not None:
                 bar.update(1)
             if pos == steps_per_epoch:
@@ -481,8 +489,8 @@ def train_prior(cfg: PriorConfig) -> Path:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _gather_rng(dinfo: DistInfo) -> list[dict[str, Any]]:
-    state = rng_state()
+def _gather_rng(dinfo: DistInfo, device: torch.device) -> list[dict[str, Any]]:
+    state = rng_state(device)  # this rank's own CUDA device only (issue 13 section 5)
     if not dinfo.enabled:
         return [state]
     out: list[Any] = [None] * dinfo.world_size
@@ -490,36 +498,23 @@ def _gather_rng(dinfo: DistInfo) -> list[dict[str, Any]]:
     return out
 
 
-def _reduce_window(window: list[dict[str, torch.Tensor]], dinfo: DistInfo) -> dict[str, float]:
-    """Means of the window's scalars (``skipped``: sum), averaged over ranks under DDP.
+def _reduce_window(window: WindowMeans, dinfo: DistInfo) -> dict[str, float]:
+    """Means of the window's scalars (``skipped``: sum), averaged over ranks under DDP."""
 
-    The steps' 0-d device tensors are stacked and read on the host here, once per log
-    step (the only host-device sync of the loop besides checkpoints).
-    """
-    keys = [k for k in SCALARS if k in window[0]]
-    means = torch.stack([torch.stack([w[k] for w in window]).to(torch.float64).mean()
-                         for k in keys]).cpu()  # means: K (the one sync of the window)
-    skipped = torch.stack([w["skipped"].to(torch.float64).cpu() for w in window]).mean()
-    vals, keys = torch.cat([means, skipped.reshape(1)]), [*keys, "skipped"]
-    if dinfo.enabled:
-        vals = vals.to("cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(vals)
-        vals = vals.cpu() / dinfo.world_size
-        vals[keys.index("skipped")] *= dinfo.world_size
-    out = dict(zip(keys, vals.tolist(), strict=True))
-    out["skipped"] = out["skipped"] * len(window)
+    def over_ranks(keys: list[str], vals: list[float]) -> list[float]:
+        if not dinfo.enabled:
+            return vals
+        t = torch.tensor(vals, dtype=torch.float64,
+                         device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        t = t.cpu() / dinfo.world_size
+        t[keys.index("skipped")] *= dinfo.world_size  # skipped images: summed over ranks
+        return t.tolist()
+
+    out = window.pop(reduce=over_ranks)
     for k in SCALARS:
         out.setdefault(k, float("nan"))
     return out
-
-
-def _prune(folder: Path, *, keep: int) -> None:
-    if keep <= 0:
-        return
-    found = sorted((int(m.group(1)), f) for f in folder.glob("step-*.pt")
-                   if (m := CKPT_RE.match(f.name)))
-    for _, f in found[:-keep]:
-        f.unlink(missing_ok=True)
 
 
 def _progress(cfg: PriorConfig, dinfo: DistInfo, *, initial: int, total: int):

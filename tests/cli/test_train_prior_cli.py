@@ -52,8 +52,9 @@ def test_missing_store_names_the_prep_command(tiny, tmp_path):
 
 
 def test_imagenet_init_for_resnet_explains(tmp_path):
+    # asked explicitly: the default is now random init for ResNets (issue 15 item 11)
     res = CliRunner().invoke(main, ["prior", "--dataset", "folder", "--backbone", "resnet50",
-                                    "--out", str(tmp_path / "run")])
+                                    "--init", "imagenet", "--out", str(tmp_path / "run")])
     assert res.exit_code != 0
     assert "--init PATH" in res.output and "--init none" in res.output
 

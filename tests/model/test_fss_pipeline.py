@@ -173,6 +173,17 @@ def test_ddp_two_ranks_gloo(toy):
     val = [r for r in rows if r["kind"] == "val"]
     assert len(val) == 1 and val[0]["episodes"] == 4  # both ranks' shares merged
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
+    # the logged validation loss is the mean over both ranks' episodes (issue 13 section 6),
+    # not rank 0's share: one process scoring all 4 episodes with best.pt gets the same
+    from model.fss import evaluate as ev
+    from pipeline.episode_stage import load_test_episodes
+    from pipeline.episodes import VAL_SEED
+
+    model, _ = ev.load_model(out / "best.pt")
+    eps = load_test_episodes("folder", 0, 1, seed=VAL_SEED, cache_dir=toy["cache"])
+    loader = ev.test_loader(eps, dataset="folder", crop=33, cache_dir=toy["cache"], limit=4)
+    r = ev.run_episodes(model, loader, classes=list(eps["test_classes"]), device=torch.device("cpu"))
+    assert r["episodes"] == 4 and val[0]["val_loss"] == pytest.approx(r["loss"], rel=1e-4)
 
 
 def test_batched_evaluation_equals_batch_one(toy):

@@ -348,3 +348,16 @@ def test_two_process_ddp_on_cpu(tiny, tmp_path):
     assert int(ckpt["model"]["queue.ptr"]) == 3 * 8  # keys of both ranks (4 + 4 a step)
     assert len(ckpt["rng"]) == 2  # both ranks ran and sent their RNG state
     assert (out / "prior_extractor.pt").is_file()
+
+
+def test_defaults_work_on_every_builtin_dataset():
+    """Issue 15 item 11: `qgnet-train prior --dataset D` with nothing else must pass the config
+    checks offline (it failed on resnet50 + --init imagenet)."""
+    for name in ("coco", "pascal", "folder"):
+        cfg = finalize_config(PriorConfig(dataset=name, workers=0))
+        assert (cfg.backbone, cfg.init, cfg.batch_size, cfg.crop) == ("resnet50", "none", 256, 224)
+    cfg = finalize_config(PriorConfig(dataset="demo", workers=0))
+    assert (cfg.backbone, cfg.init, cfg.batch_size, cfg.crop, cfg.min_patch_pixels) == (
+        "efficientnet_lite0", "imagenet", 16, 128, 96)
+    cfg = finalize_config(PriorConfig(dataset="demo", backbone="resnet18", batch_size=8))
+    assert (cfg.backbone, cfg.init, cfg.batch_size) == ("resnet18", "none", 8)  # given wins

@@ -1,0 +1,212 @@
+"""Few-shot training that survives what a hostile user does (issue 15, issue 13 section 6):
+images that became unreadable after ``qgnet-prep masks``, a killed run's leftovers, a resume,
+options that are wrong, and DDP refusals that every rank must raise."""
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def toy(make_fss_toy):
+    return make_fss_toy("fssrel", n_episodes=4)
+
+
+def _cfg(toy, **kw):
+    from model.fss.trainer import FssConfig
+
+    common = dict(dataset="folder", fold=0, shot=1, use_prior_map=False, crop=33, batch_size=2,
+                  epochs=2, workers=0, threads=1, val_episodes=0, log_every=1, progress=False,
+                  cache_dir=toy["cache"], device="cpu")
+    return FssConfig(**{**common, **kw})
+
+
+def _rows(run):
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_unreadable_images_are_skipped_deterministically_and_counted(make_fss_toy, monkeypatch):
+    """Issue 15 item 1 (loader half): every third training image truncated to 3,000 bytes
+    after masks and episodes; training runs, skips with a warning, counts the skips."""
+    from model.fss.data import MAX_SUBSTITUTES, TrainEpisodes
+    from model.fss.trainer import train_fss
+    from pipeline.episodes import load_training_list
+
+    toy = make_fss_toy("fsscorrupt", n_episodes=4)
+    images = sorted((Path(toy["root"]) / "images").glob("train*.png"))
+    for p in images[::3]:
+        p.write_bytes(p.read_bytes()[:3000])
+    tl = load_training_list("folder", 0, cache_dir=toy["cache"])
+    ds = TrainEpisodes(tl, shot=1, crop=33, scale=(0.9, 1.1), dataset="folder",
+                       cache_dir=toy["cache"])
+    with pytest.warns(UserWarning, match="skipping training episode"):
+        items = [ds[(i, 1000 + i)] for i in range(len(ds))]
+    skipped = [int(it["skipped"]) for it in items]
+    assert sum(skipped) > 0 and 0 in skipped and max(skipped) <= MAX_SUBSTITUTES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = [ds[(i, 1000 + i)] for i in range(len(ds))]
+    for a, b in zip(items, again, strict=True):  # deterministic: same item, same episode
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+    run = toy["base"] / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_fss(_cfg(toy, max_steps=10, out=str(run)))
+    rows = [r for r in _rows(run) if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert rows[-1]["skipped_images"] > 0
+    totals = [r["skipped_images"] for r in rows]
+    assert totals == sorted(totals)  # a running total
+    assert torch.load(run / "last.pt", weights_only=True)["skipped_images"] == \
+        rows[-1]["skipped_images"]
+    # killed at step 5, after the step-3 checkpoint and before the step-5 log line, then
+    # resumed: the same total (the skips of steps 1-3 are neither lost nor counted twice)
+    from model.fss import evaluate as ev
+
+    real_step, calls = ev.step, []
+
+    def dies_at_step_5(*args, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    part = toy["base"] / "part"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monkeypatch.setattr(ev, "step", dies_at_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            train_fss(_cfg(toy, max_steps=10, log_every=5, ckpt_every=3, out=str(part)))
+        monkeypatch.setattr(ev, "step", real_step)
+        assert torch.load(part / "last.pt", weights_only=True)["step"] == 3
+        train_fss(_cfg(toy, max_steps=10, log_every=5, ckpt_every=3, out=str(part),
+                       resume=str(part)))
+    assert _rows(part)[-1]["skipped_images"] == rows[-1]["skipped_images"]
+
+
+def test_resume_truncates_metrics_and_removes_stale_temporaries(toy):
+    """Issue 15 item 7: a killed run logged steps past its checkpoint and left a temporary."""
+    import subprocess
+    import sys
+
+    from model.fss.trainer import train_fss
+
+    run = toy["base"] / "killed"
+    train_fss(_cfg(toy, max_steps=2, out=str(run)))
+    with (run / "metrics.jsonl").open("a") as fh:  # logged after the checkpoint, then killed
+        for s in (3, 4):
+            fh.write(json.dumps({"kind": "train", "step": s, "loss": 9.0}) + "\n")
+        fh.write('{"kind": "tra')
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    stale = run / f"last.pt.tmp{p.pid}"
+    stale.write_bytes(b"\0" * 1000)
+    train_fss(_cfg(toy, max_steps=4, out=str(run), resume=str(run)))
+    steps = [r["step"] for r in _rows(run) if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]
+    assert all(r["loss"] != 9.0 for r in _rows(run))
+    assert not stale.exists()
+    assert not list(run.glob("*.tmp*"))
+
+
+def test_resume_refuses_options_that_change_the_run(toy):
+    """Issue 15 item 2: a fold-0 run resumed with another fold and crop is refused."""
+    from model.fss.trainer import train_fss
+
+    run = toy["base"] / "fold0"
+    train_fss(_cfg(toy, max_steps=1, out=str(run)))
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"cannot resume.*fold: checkpoint 0, now 1.*crop"):
+        train_fss(_cfg(toy, max_steps=2, fold=1, crop=97, out=str(run), resume=str(run)))
+    assert (run / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(shot=0), r"^--shot 0: must be >= 1 \(support images per episode\)"),
+    (dict(crop=8), r"^--crop 8: must be >= 9 \(crop side in pixels\); the folder default is 161"),
+    (dict(batch_size=-1), r"^--batch-size -1: must be >= 1"),
+    (dict(threads=-2), r"^--threads -2: must be >= 0"),
+    (dict(fold=7), r"^--fold 7: the dataset folder has folds 0-3"),
+    (dict(dataset="../x"), r"not a dataset name"),
+])
+def test_bad_options_name_one_option_and_leave_no_run_dir(toy, change, message):
+    """Issue 15 item 11: one option named with its range; nothing created on failure."""
+    from model.fss.trainer import train_fss
+
+    out = toy["base"] / "never"
+    with pytest.raises(ConfigError, match=message) as err:
+        train_fss(_cfg(toy, out=str(out), **change))
+    assert "bad options" not in str(err.value)
+    assert not out.exists()
+
+
+def test_missing_episodes_leave_no_run_dir(tmp_path):
+    from model.fss.trainer import FssConfig, train_fss
+
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="qgnet-prep episodes"):
+        train_fss(FssConfig(dataset="folder", use_prior_map=False, cache_dir=str(tmp_path),
+                            device="cpu", out=str(out)))
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- DDP refusals
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, cfg, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from model.fss.trainer import train_fss
+
+    try:
+        train_fss(cfg)
+        out = "ok"
+    except Exception as exc:  # noqa: BLE001 - the test inspects what each rank raised
+        out = f"{type(exc).__name__}: {exc}"
+    with open(os.path.join(results, f"rank{rank}.txt"), "w") as fh:
+        fh.write(out)
+    torch.distributed.destroy_process_group()
+
+
+def _two_ranks(cfg, tmp_path) -> list[str]:
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(_rank_main, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:  # a rank waits in a collective the other left
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank hung: " + ", ".join(
+                (tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists()
+                else f"rank {r}: no result" for r in range(2)))
+    return [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+
+
+@pytest.mark.ddp
+def test_ddp_refusals_are_raised_on_every_rank(toy, tmp_path):
+    """Issue 13 section 6: an occupied run dir and a global batch that does not divide by the
+    world size are refused by every rank (none waits in a collective)."""
+    out = toy["base"] / "occupied"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"x")
+    res = _two_ranks(_cfg(toy, out=str(out)), tmp_path)
+    assert all(r.startswith("FileExistsError") and "already holds a run" in r for r in res), res
+    res = _two_ranks(_cfg(toy, batch_size=3, out=str(toy["base"] / "odd")), tmp_path)
+    assert all(r.startswith("ConfigError") and "--batch-size 3" in r and "2 processes" in r
+               for r in res), res
+    assert not (toy["base"] / "odd").exists()

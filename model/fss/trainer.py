@@ -125,11 +125,10 @@ def _option(name: str) -> str:
 def finalize_config(cfg: FssConfig, *, world: int = 1) -> FssConfig:
     """Fill the dataset defaults and check the options (ConfigError names the one that is
     wrong, its allowed range and what to pass)."""
+    from pipeline.config import validate_dataset_name
     from pipeline.errors import ConfigError
 
-    # TODO(rel-prep): one dataset-name check for every command -- replace by
-    # pipeline.config.validate_dataset_name(cfg.dataset) once it is in main.
-    _validate_dataset_name(cfg.dataset)
+    validate_dataset_name(cfg.dataset)  # the one check every command runs (pipeline.config)
     d = DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["folder"])
     upd = {k: v for k, v in d.items() if not getattr(cfg, k)}
     cfg = dataclasses.replace(cfg, **upd)
@@ -163,16 +162,6 @@ def finalize_config(cfg: FssConfig, *, world: int = 1) -> FssConfig:
         cfg = dataclasses.replace(cfg, out=str(Path("runs") / "fss" / (
             f"{cfg.dataset}-fold{cfg.fold}-{cfg.shot}shot-{cfg.backbone}-{tag}")))
     return cfg
-
-
-def _validate_dataset_name(name: str) -> None:
-    """A registry name, never a path (a name like ``../x`` or ``/abs`` would put run dirs and
-    cache files outside the cache). Stand-in for rel-prep's shared check."""
-    from pipeline.errors import ConfigError
-
-    if not name or "/" in name or "\\" in name or name.startswith(".") or Path(name).is_absolute():
-        raise ConfigError(f"--dataset {name!r} is not a dataset name; pass a registry name "
-                          f"(pascal, coco, folder, demo) and give a folder's path with --root")
 
 
 def check_fold(dataset: str, fold: int, *, cache_dir: str | None) -> None:

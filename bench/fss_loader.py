@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(1)
     from model.fss.data import TestEpisodes, TrainEpisodes
-    from pipeline.episodes import load_test_episodes, load_training_list
+    from pipeline.episode_stage import load_test_episodes, load_training_list
 
     tl = load_training_list(args.dataset, args.fold, cache_dir=args.cache_dir)
     train = TrainEpisodes(tl, shot=args.shot, crop=args.crop, scale=(0.9, 1.1),

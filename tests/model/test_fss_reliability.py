@@ -36,7 +36,7 @@ def test_unreadable_images_are_skipped_deterministically_and_counted(make_fss_to
     after masks and episodes; training runs, skips with a warning, counts the skips."""
     from model.fss.data import MAX_SUBSTITUTES, TrainEpisodes
     from model.fss.trainer import train_fss
-    from pipeline.episodes import load_training_list
+    from pipeline.episode_stage import load_training_list
 
     toy = make_fss_toy("fsscorrupt", n_episodes=4)
     images = sorted((Path(toy["root"]) / "images").glob("train*.png"))
@@ -134,7 +134,7 @@ def test_resume_refuses_options_that_change_the_run(toy):
     (dict(batch_size=-1), r"^--batch-size -1: must be >= 1"),
     (dict(threads=-2), r"^--threads -2: must be >= 0"),
     (dict(fold=7), r"^--fold 7: the dataset folder has folds 0-3"),
-    (dict(dataset="../x"), r"not a dataset name"),
+    (dict(dataset="../x"), r"--dataset must be a name made of letters"),
 ])
 def test_bad_options_name_one_option_and_leave_no_run_dir(toy, change, message):
     """Issue 15 item 11: one option named with its range; nothing created on failure."""

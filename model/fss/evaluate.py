@@ -153,8 +153,10 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
     """Score every episode of ``loader`` (a :class:`model.fss.data.TestEpisodes` loader).
 
     Returns ``meter`` (FewShotMeter), ``loss`` (mean validation loss on the resized label),
-    ``episodes``, ``seconds`` (after the first batch), ``episodes_per_s``, and with
-    ``regions`` the RegionMeters ``guided`` and ``prior`` (prior: None without a prior map).
+    ``episodes``, ``seconds`` (after the first batch), ``episodes_per_s``, ``per_episode``
+    (``cls`` E and ``confusion`` E x 2 x 2 in loader order, this rank's episodes; used by
+    :mod:`model.fss.compare`), and with ``regions`` the RegionMeters ``guided`` and
+    ``prior`` (prior: None without a prior map).
     ``reduce``: sum the counts over torch.distributed ranks (each rank ran its share).
     """
     was_training = model.training
@@ -162,6 +164,7 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
     meter = FewShotMeter(classes)
     guided, prior = (RegionMeter(), RegionMeter()) if regions else (None, None)
     losses, n, n_timed, t0 = [], 0, 0, None
+    ep_cls, ep_conf = [], []  # per episode (this rank's): class id, 2 x 2 confusion
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -175,7 +178,8 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
             target = _orig(batch, j)
             h, w = target.shape
             pred = upsample_logits(out["logits"][j:j + 1].float(), (h, w), padded_square=True)
-            meter.update(int(batch["cls"][j]), pred.cpu(), target)
+            ep_conf.append(meter.update(int(batch["cls"][j]), pred.cpu(), target))
+            ep_cls.append(int(batch["cls"][j]))
             if regions:
                 guided.update(_map_to_orig(out["guided_map"][j:j + 1], h, w).cpu(), target)
                 if out.get("prior_map") is not None:
@@ -202,7 +206,9 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
     return {"meter": meter, "loss": float(np.mean(losses)) if losses else float("nan"),
             "episodes": n, "seconds": secs,
             "episodes_per_s": (n_timed / secs) if secs > 0 else float("nan"),
-            "guided": guided, "prior": prior if (regions and prior.episodes) else None}
+            "guided": guided, "prior": prior if (regions and prior.episodes) else None,
+            "per_episode": {"cls": np.asarray(ep_cls, dtype=np.int64),
+                            "confusion": np.asarray(ep_conf, dtype=np.int64).reshape(-1, 2, 2)}}
 
 
 def test_loader(episodes: Mapping[str, Any], *, dataset: str, crop: int, root=None, cache_dir=None,

@@ -86,8 +86,9 @@ def prepare_demo(cache: str, runs: Path, fold: int, episodes: int, prior_steps: 
     return prior
 
 
-def train_seed(seed: int, *, args, prior: str, runs: Path) -> dict[str, Path]:
-    """Train both models with ``seed`` side by side (skipped when best.pt exists)."""
+def train_seed(seed: int, *, args, prior: str, runs: Path, start: bool = True):
+    """Train both models with ``seed`` side by side (skipped when best.pt exists); with
+    ``start=False`` return the checkpoints and the jobs without running them."""
     models = {"baseline": ["--no-prior-map"], "qgnet": ["--prior", prior]}
     ckpts, jobs = {}, {}
     for name, flags in models.items():
@@ -102,6 +103,8 @@ def train_seed(seed: int, *, args, prior: str, runs: Path) -> dict[str, Path]:
                        "--threads", "1", "--log-every", "50", "--no-progress", "--seed", str(seed),
                        "--out", str(run_dir), "--cache-dir", args.cache_dir],
                       runs / "logs" / f"train-seed{seed}-{name}.txt")
+    if not start:
+        return ckpts, jobs
     if jobs:
         run_parallel(jobs)
     return ckpts
@@ -132,7 +135,12 @@ def main() -> None:
     ap.add_argument("--prior-steps", type=int, default=60)
     ap.add_argument("--cache-dir", default="cache")
     ap.add_argument("--runs", default="runs/seeds", type=Path)
-    ap.add_argument("--stage", choices=["all", "train", "eval"], default="all")
+    ap.add_argument("--stage", choices=["all", "train", "eval"], default="all",
+                    help="eval: score the trained seeds (each seed's compare.json is kept) and "
+                         "report over the seeds scored so far.")
+    ap.add_argument("--all-at-once", action="store_true",
+                    help="Train every seed's two models at the same time (2 x seeds processes) "
+                         "instead of one seed after the other.")
     ap.add_argument("--out", default="bench/results/seeds_demo")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -146,7 +154,17 @@ def main() -> None:
         raise SystemExit("--prior is needed for datasets other than demo")
     ckpts = {}
     t_train = time.perf_counter()
+    if args.all_at_once and args.stage != "eval":
+        jobs = {}
+        for s in seeds:
+            ckpts[s], js = train_seed(s, args=args, prior=prior, runs=runs, start=False)
+            jobs.update({f"seed{s}-{k}": v for k, v in js.items()})
+        if jobs:
+            run_parallel(jobs)
     for s in seeds:
+        if args.stage == "eval":
+            ckpts[s], _ = train_seed(s, args=args, prior=prior, runs=runs, start=False)
+            continue
         ckpts[s] = train_seed(s, args=args, prior=prior, runs=runs)
         print(f"seed {s} trained ({time.perf_counter() - t_train:.0f} s so far)", flush=True)
     t_train = time.perf_counter() - t_train
@@ -160,9 +178,19 @@ def main() -> None:
 
     per_seed = []
     for s in seeds:
-        r = compare_checkpoints(ckpts[s]["baseline"], ckpts[s]["qgnet"], seeds=[args.episode_seed],
-                                n_episodes=args.episodes, resamples=args.resamples,
-                                cache_dir=args.cache_dir, progress=False)
+        if not all(c.exists() for c in ckpts[s].values()):
+            print(f"seed {s}: not trained yet, left out", flush=True)
+            continue
+        done = runs / f"seed{s}" / "compare.json"
+        if done.exists():
+            r = json.loads(done.read_text())
+        else:
+            t_eval = time.perf_counter()
+            r = compare_checkpoints(ckpts[s]["baseline"], ckpts[s]["qgnet"], seeds=[args.episode_seed],
+                                    n_episodes=args.episodes, resamples=args.resamples,
+                                    cache_dir=args.cache_dir, workers=1, progress=False)
+            r["eval_seconds"] = round(time.perf_counter() - t_eval, 1)
+            done.write_text(json.dumps(r) + "\n")
         row = {"seed": s, "baseline_miou": r["a"]["miou"]["mean"], "qgnet_miou": r["b"]["miou"]["mean"],
                "baseline_fb_iou": r["a"]["fb_iou"]["mean"], "qgnet_fb_iou": r["b"]["fb_iou"]["mean"],
                "diff_miou": r["diff"]["miou"]["estimate"], "diff_miou_ci95": r["diff"]["miou"]["ci95"],
@@ -172,6 +200,9 @@ def main() -> None:
         print(f"seed {s}: baseline {row['baseline_miou'] * 100:.2f}  QGNet {row['qgnet_miou'] * 100:.2f}"
               f"  diff {row['diff_miou'] * 100:+.2f} [{row['diff_miou_ci95'][0] * 100:+.2f}, "
               f"{row['diff_miou_ci95'][1] * 100:+.2f}]", flush=True)
+    if not per_seed:
+        raise SystemExit("no seed is trained yet; run with --stage train first")
+    seeds = [r["seed"] for r in per_seed]
     summary = {k: t_interval([r[k] for r in per_seed])
                for k in ("baseline_miou", "qgnet_miou", "diff_miou", "diff_fb_iou")}
     result = {"dataset": args.dataset, "fold": args.fold, "seeds": seeds, "steps": args.steps,

@@ -17,9 +17,11 @@ E episodes with replacement *within each file*, score A and B on the *same* draw
 B - A; repeat R times (R >= 1,000, seeded). The 95 % interval is the 2.5 / 97.5
 percentiles of the R differences. Identical models give exactly 0 on every draw.
 
-:func:`compare_checkpoints` is the torch side: both checkpoints scored on the same fixed
-episode files with the evaluator's scoring path (:func:`model.fss.evaluate.run_episodes`,
-whose ``per_episode`` output feeds the core). ``qgnet-eval compare`` is its click shell.
+:func:`compare_results` compares two :func:`model.fss.evaluate.evaluate` results (each
+run carries its ``per_episode`` counts, also in ``results.json``), so two finished
+``qgnet-eval fss`` runs compare without scoring again (``make demo`` does this);
+:func:`compare_checkpoints` scores both checkpoints first. ``qgnet-eval compare`` is its
+click shell.
 
 References
 ----------
@@ -35,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["episode_metrics", "bootstrap_difference", "compare_checkpoints", "format_text"]
+__all__ = ["bootstrap_difference", "compare_checkpoints", "compare_results", "episode_metrics",
+           "format_text"]
 
 _EPS = 1e-10  # PFENet's I / (U + 1e-10), as model.metrics
 
@@ -160,7 +163,54 @@ def bootstrap_difference(cls, conf_a, conf_b, *, group=None, class_ids: Sequence
     return out
 
 
-# ---------------------------------------------------------------------------- torch side
+# ---------------------------------------------------------------------------- evaluator results
+def compare_results(result_a: Mapping[str, Any], result_b: Mapping[str, Any], *,
+                    resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Compare two :func:`model.fss.evaluate.evaluate` results (each run's ``per_episode``).
+
+    Both must score the same episode files (dataset, fold, shot, protocol, seeds and the
+    class of every episode agree), else ValueError.
+
+    Returns
+    -------
+    dict
+        ``a`` / ``b``: ``checkpoint``, ``use_prior_map``, ``miou`` / ``fb_iou`` ({mean, std,
+        n, values} over episode seeds, as the evaluator reports them); ``diff``:
+        :func:`bootstrap_difference` of B - A; ``per_episode``: ``cls``, ``seed``,
+        ``conf_a``, ``conf_b``; and ``dataset``, ``fold``, ``shot``, ``protocol``, ``seeds``,
+        ``episodes``.
+    """
+    for key in ("dataset", "fold", "shot", "protocol", "seeds", "episodes"):
+        if result_a.get(key) != result_b.get(key):
+            raise ValueError(f"the two results were scored on different episodes: {key} "
+                             f"{result_a.get(key)!r} vs {result_b.get(key)!r}")
+    cls, group, conf = [], [], {"a": [], "b": []}
+    for ra, rb in zip(result_a["runs"], result_b["runs"], strict=True):
+        if "per_episode" not in ra or "per_episode" not in rb:
+            raise ValueError("a result without per-episode counts (written before they were "
+                             "recorded); score the checkpoint again with qgnet-eval fss")
+        ca = np.asarray(ra["per_episode"]["cls"], dtype=np.int64)
+        if not np.array_equal(ca, np.asarray(rb["per_episode"]["cls"], dtype=np.int64)):
+            raise ValueError(f"episode classes differ for seed {ra.get('seed')}: not the same episodes")
+        cls.append(ca)
+        group.append(np.full(ca.size, int(ra.get("seed", 0))))
+        conf["a"].append(np.asarray(ra["per_episode"]["confusion"], dtype=np.int64).reshape(-1, 2, 2))
+        conf["b"].append(np.asarray(rb["per_episode"]["confusion"], dtype=np.int64).reshape(-1, 2, 2))
+    cls_all, grp = np.concatenate(cls), np.concatenate(group)
+    conf_a, conf_b = np.concatenate(conf["a"]), np.concatenate(conf["b"])
+    class_ids = sorted({int(c) for c in result_a.get("per_class", {})} | set(cls_all.tolist()))
+    diff = bootstrap_difference(cls_all, conf_a, conf_b, group=grp, class_ids=class_ids,
+                                resamples=resamples, seed=seed)
+    side = {k: {"checkpoint": r.get("checkpoint"), "use_prior_map": r.get("use_prior_map"),
+                "miou": r["miou"], "fb_iou": r["fb_iou"]}
+            for k, r in (("a", result_a), ("b", result_b))}
+    return {"dataset": result_a["dataset"], "fold": result_a["fold"], "shot": result_a["shot"],
+            "protocol": result_a["protocol"], "seeds": list(result_a["seeds"]),
+            "episodes": int(cls_all.size), **side, "diff": diff,
+            "per_episode": {"cls": cls_all.tolist(), "seed": grp.tolist(),
+                            "conf_a": conf_a.tolist(), "conf_b": conf_b.tolist()}}
+
+
 def compare_checkpoints(checkpoint_a: str | Path, checkpoint_b: str | Path, *,
                         seeds: Sequence[int] = (321,), protocol: str = "pfenet",
                         n_episodes: int | None = None, shot: int | None = None,
@@ -170,76 +220,29 @@ def compare_checkpoints(checkpoint_a: str | Path, checkpoint_b: str | Path, *,
                         workers: int = 0, progress: bool = True) -> dict[str, Any]:
     """Score two ``qgnet-train fss`` checkpoints on the same episode files and compare.
 
-    Dataset, fold and shot come from checkpoint A (B must have been trained on the same
-    dataset and fold); each model runs at its own training crop and is scored at the
-    original label resolution by the evaluator's path.
-
-    Returns
-    -------
-    dict
-        ``a`` / ``b``: ``checkpoint``, ``miou`` / ``fb_iou`` ({mean, std, n, values} over
-        episode seeds), ``runs`` (per seed); ``diff``: :func:`bootstrap_difference` of
-        B - A; ``per_episode``: ``cls``, ``seed``, ``conf_a``, ``conf_b`` as lists; and
-        ``dataset``, ``fold``, ``shot``, ``protocol``, ``seeds``, ``episodes``.
+    Each is scored by :func:`model.fss.evaluate.evaluate` (its own training crop, the
+    evaluator's scoring path, nothing written); dataset, fold and shot come from checkpoint
+    A, and B must have been trained on the same dataset and fold. Returns
+    :func:`compare_results`.
     """
-    from model.fss.evaluate import load_model, run_episodes, test_loader
-    from model.metrics import summarise_seeds
-    from model.utils import pick_device
-    from pipeline.episodes import load_test_episodes
+    from model.fss.evaluate import evaluate
+    from model.utils import load_checkpoint
     from pipeline.errors import ConfigError
 
-    dev = pick_device(device)
-    models, cfgs = [], []
-    for ck in (checkpoint_a, checkpoint_b):
-        m, ckpt = load_model(ck, device=dev)
-        models.append(m)
-        cfgs.append(dict(ckpt.get("config", {})))
-    ca, cb = cfgs
+    cfgs = [dict(load_checkpoint(ck).get("config", {})) for ck in (checkpoint_a, checkpoint_b)]
     for key in ("dataset", "fold"):
-        if ca.get(key) != cb.get(key):
+        if cfgs[0].get(key) != cfgs[1].get(key):
             raise ConfigError(f"--checkpoint {checkpoint_a} and {checkpoint_b} were trained with "
-                              f"{key} {ca.get(key)!r} and {cb.get(key)!r}; compare models of the "
-                              f"same dataset and fold")
-    dataset, fold = ca["dataset"], int(ca.get("fold", 0))
-    shot = int(shot if shot is not None else ca.get("shot", 1))
-    cache_dir = cache_dir or ca.get("cache_dir")
-    root = root or ca.get("root")
-    cls_all, grp_all, conf = [], [], {0: [], 1: []}
-    runs: dict[int, list[dict]] = {0: [], 1: []}
-    test_classes = None
-    for s in seeds:
-        ep = load_test_episodes(dataset, fold, shot, seed=int(s), protocol=protocol, cache_dir=cache_dir)
-        test_classes = [int(c) for c in np.asarray(ep["test_classes"]).tolist()]
-        per = []
-        for i, (m, cfg) in enumerate(zip(models, cfgs, strict=True)):
-            loader = test_loader(ep, dataset=dataset, crop=int(cfg["crop"]), root=root,
-                                 cache_dir=cache_dir, limit=n_episodes, batch_size=batch_size,
-                                 workers=workers)
-            r = run_episodes(m, loader, classes=test_classes, device=dev, amp=amp, progress=progress,
-                             desc=f"{'AB'[i]} seed {s}")
-            per.append(r["per_episode"])
-            summ = r["meter"].summary()
-            runs[i].append({"seed": int(s), "miou": summ["miou"], "fb_iou": summ["fb_iou"],
-                            "episodes": summ["episodes"]})
-            conf[i].append(r["per_episode"]["confusion"])
-        if not np.array_equal(per[0]["cls"], per[1]["cls"]):
-            raise RuntimeError("the two models were scored on different episodes (loader order)")
-        cls_all.append(per[0]["cls"])
-        grp_all.append(np.full(per[0]["cls"].size, int(s)))
-    cls = np.concatenate(cls_all)
-    group = np.concatenate(grp_all)
-    conf_a, conf_b = np.concatenate(conf[0]), np.concatenate(conf[1])
-    diff = bootstrap_difference(cls, conf_a, conf_b, group=group, class_ids=test_classes,
-                                resamples=resamples, seed=bootstrap_seed)
-    side = {}
-    for i, ck in enumerate((checkpoint_a, checkpoint_b)):
-        agg = summarise_seeds([{"miou": r["miou"], "fb_iou": r["fb_iou"]} for r in runs[i]])
-        side["ab"[i]] = {"checkpoint": str(ck), "use_prior_map": bool(getattr(models[i], "use_prior_map", True)),
-                         "miou": agg["miou"], "fb_iou": agg["fb_iou"], "runs": runs[i]}
-    return {"dataset": dataset, "fold": fold, "shot": shot, "protocol": protocol,
-            "seeds": [int(s) for s in seeds], "episodes": int(cls.size), **side, "diff": diff,
-            "per_episode": {"cls": cls.tolist(), "seed": group.tolist(),
-                            "conf_a": conf_a.tolist(), "conf_b": conf_b.tolist()}}
+                              f"{key} {cfgs[0].get(key)!r} and {cfgs[1].get(key)!r}; compare models "
+                              f"of the same dataset and fold")
+    shot = int(shot if shot is not None else cfgs[0].get("shot", 1))
+    cache_dir = cache_dir or cfgs[0].get("cache_dir")
+    root = root or cfgs[0].get("root")
+    results = [evaluate(ck, seeds=seeds, protocol=protocol, n_episodes=n_episodes, shot=shot,
+                        cache_dir=cache_dir, root=root, device=device, amp=amp,
+                        batch_size=batch_size, workers=workers, progress=progress, write=False)
+               for ck in (checkpoint_a, checkpoint_b)]
+    return compare_results(results[0], results[1], resamples=resamples, seed=bootstrap_seed)
 
 
 def format_text(result: Mapping[str, Any], *, names: Sequence[str] = ("A", "B")) -> str:

@@ -263,7 +263,8 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     -------
     dict
         ``miou`` / ``fb_iou`` ({mean, std, n, values} over seeds), ``per_class`` (class ->
-        {name, mean, std}), ``runs`` (one summary per seed), ``episodes_per_s``,
+        {name, mean, std}), ``runs`` (one summary per seed, with ``per_episode`` class ids
+        and 2 x 2 confusions for :mod:`model.fss.compare`), ``episodes_per_s``,
         ``peak_memory_mb``, and the settings.
     """
     from model.utils import pick_device
@@ -303,7 +304,9 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
                          amp=amp, progress=progress, desc=f"seed {seed}", regions=regions)
         s = r["meter"].summary()
         s.update(seed=seed, seconds=round(r["seconds"], 3), episodes_per_s=r["episodes_per_s"],
-                 loss=r["loss"], confusion=r["meter"].state_dict())
+                 loss=r["loss"], confusion=r["meter"].state_dict(),
+                 per_episode={"cls": r["per_episode"]["cls"].tolist(),  # model.fss.compare
+                              "confusion": r["per_episode"]["confusion"].tolist()})
         if regions:
             s["guided"] = r["guided"].summary()
             s["prior"] = r["prior"].summary() if r["prior"] is not None else None

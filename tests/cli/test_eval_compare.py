@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from cli.eval_compare import compare
 from cli.eval_fss import fss as eval_fss
 from cli.train_fss import fss as train_fss
+from model.fss.compare import episode_metrics
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,11 @@ def test_compare_matches_the_evaluator_and_itself(two_runs):
     est = res["diff"]["miou"]["estimate"]
     assert lo <= est <= hi
     assert est == pytest.approx(res["b"]["miou"]["mean"] - res["a"]["miou"]["mean"], abs=1e-9)
+    # the per-episode counts give back the evaluator's mIoU and FB-IoU
+    for key, conf in (("a", "conf_a"), ("b", "conf_b")):
+        m = episode_metrics(res["per_episode"]["cls"], res["per_episode"][conf])
+        assert m["miou"] == pytest.approx(res[key]["miou"]["mean"], abs=1e-9)
+        assert m["fb_iou"] == pytest.approx(res[key]["fb_iou"]["mean"], abs=1e-9)
 
     # each side's mIoU / FB-IoU is the one `qgnet-eval fss` reports for that checkpoint
     for key, name in (("a", "baseline"), ("b", "qgnet")):

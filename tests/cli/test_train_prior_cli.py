@@ -53,7 +53,7 @@ def test_missing_store_names_the_prep_command(tiny, tmp_path):
 
 def test_imagenet_init_for_resnet_explains(tmp_path):
     res = CliRunner().invoke(main, ["prior", "--dataset", "folder", "--backbone", "resnet50",
-                                    "--out", str(tmp_path / "run")])
+                                    "--init", "imagenet", "--out", str(tmp_path / "run")])
     assert res.exit_code != 0
     assert "--init PATH" in res.output and "--init none" in res.output
 

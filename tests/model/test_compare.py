@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from model.fss.compare import bootstrap_difference, episode_metrics
+from model.fss.compare import bootstrap_difference, compare_results, episode_metrics
 from model.metrics import FewShotMeter
 
 
@@ -115,3 +115,30 @@ def test_bad_inputs_are_rejected():
         bootstrap_difference(cls, ok, ok, group=[0])
     with pytest.raises(ValueError, match="resamples"):
         bootstrap_difference(cls, ok, ok, resamples=0)
+
+
+def _result(cls, conf, *, seed=321, **kw):
+    m = episode_metrics(cls, conf)
+    one = {"mean": m["miou"], "std": 0.0, "n": 1, "values": [m["miou"]]}
+    fb = {"mean": m["fb_iou"], "std": 0.0, "n": 1, "values": [m["fb_iou"]]}
+    r = {"dataset": "demo", "fold": 0, "shot": 1, "protocol": "pfenet", "seeds": [seed],
+         "episodes": [len(cls)], "miou": one, "fb_iou": fb, "per_class": {}, "checkpoint": "x",
+         "runs": [{"seed": seed, "per_episode": {"cls": list(map(int, cls)), "confusion": conf.tolist()}}]}
+    r.update(kw)
+    return r
+
+
+def test_compare_results_of_the_evaluator():
+    rng = np.random.default_rng(7)
+    cls, a, b = _population(rng, 120, 0.03)
+    r = compare_results(_result(cls, a), _result(cls, b), resamples=1000)
+    assert r["diff"]["miou"]["estimate"] == pytest.approx(r["b"]["miou"]["mean"] - r["a"]["miou"]["mean"])
+    assert r["episodes"] == 120 and r["seeds"] == [321]
+    with pytest.raises(ValueError, match="fold"):
+        compare_results(_result(cls, a), _result(cls, b, fold=1))
+    with pytest.raises(ValueError, match="not the same episodes"):
+        compare_results(_result(cls, a), _result(np.roll(cls, 1), b))
+    old = _result(cls, b)
+    del old["runs"][0]["per_episode"]
+    with pytest.raises(ValueError, match="score the checkpoint again"):
+        compare_results(_result(cls, a), old)

@@ -5,8 +5,6 @@ Thin: parse, call :func:`model.fss.compare.compare_checkpoints`, print the table
 """
 from __future__ import annotations
 
-import json
-
 import click
 
 from cli.eval_fss import set_threads
@@ -42,13 +40,17 @@ def compare(checkpoints, seeds, n_episodes, resamples, bootstrap_seed, shot, pro
                                  param_hint="--checkpoint")
     set_threads(threads)
     from model.fss.compare import compare_checkpoints, format_text
+    from pipeline.store import StoreError
 
     seed_list = list(seeds) or ([0] if protocol == "hsnet" else [321])
-    res = compare_checkpoints(checkpoints[0], checkpoints[1], seeds=seed_list, protocol=protocol,
-                              n_episodes=n_episodes, shot=shot, resamples=resamples,
-                              bootstrap_seed=bootstrap_seed, cache_dir=cache_dir, root=root,
-                              device=device, amp=amp, batch_size=batch_size, workers=workers,
-                              progress=progress)
+    try:
+        res = compare_checkpoints(checkpoints[0], checkpoints[1], seeds=seed_list, protocol=protocol,
+                                  n_episodes=n_episodes, shot=shot, resamples=resamples,
+                                  bootstrap_seed=bootstrap_seed, cache_dir=cache_dir, root=root,
+                                  device=device, amp=amp, batch_size=batch_size, workers=workers,
+                                  progress=progress)
+    except (StoreError, ValueError, FileNotFoundError) as exc:  # as qgnet-eval fss
+        raise click.ClickException(str(exc)) from None
     click.echo(format_text(res))
     if json_path:
         from pipeline.config import write_json_atomic

@@ -73,3 +73,14 @@ def test_compare_needs_two_checkpoints(two_runs):
     r = CliRunner().invoke(compare, ["--checkpoint", str(runs["qgnet"]), "--checkpoint",
                                      str(runs["qgnet"]), "--resamples", "10"])
     assert r.exit_code == 2 and "1000" in r.output
+
+
+def test_missing_checkpoint_and_episodes_are_one_line_errors(two_runs, tmp_path):
+    _, runs = two_runs
+    r = CliRunner().invoke(compare, ["--checkpoint", str(tmp_path / "a.pt"), "--checkpoint",
+                                     str(runs["qgnet"]), "--device", "cpu"])
+    assert r.exit_code == 1 and "a.pt" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(compare, ["--checkpoint", str(runs["baseline"]), "--checkpoint",
+                                     str(runs["qgnet"]), "--seed", "7", "--device", "cpu",
+                                     "--workers", "0"])
+    assert r.exit_code == 1 and "qgnet-prep episodes" in r.output, r.output

@@ -101,6 +101,7 @@ def train_seed(seed: int, *, args, prior: str, runs: Path, start: bool = True):
                        "--shot", "1", "--backbone", args.backbone, "--weights", args.weights, *flags,
                        "--max-steps", str(args.steps), "--val-episodes", "0", "--workers", "1",
                        "--threads", "1", "--log-every", "50", "--no-progress", "--seed", str(seed),
+                       *(["--crop", str(args.crop)] if args.crop else []),
                        "--out", str(run_dir), "--cache-dir", args.cache_dir],
                       runs / "logs" / f"train-seed{seed}-{name}.txt")
     if not start:
@@ -127,6 +128,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3", help="Training seeds, comma list.")
     ap.add_argument("--steps", type=int, default=250, help="Few-shot steps per model (demo's).")
     ap.add_argument("--episodes", type=int, default=400, help="Test episodes (demo's).")
+    ap.add_argument("--crop", type=int, default=0, help="Training crop (default: the dataset's, "
+                                                       "161 for demo).")
     ap.add_argument("--episode-seed", type=int, default=321, help="Seed of the test episode file.")
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--backbone", default="efficientnet_lite0")
@@ -206,6 +209,7 @@ def main() -> None:
     summary = {k: t_interval([r[k] for r in per_seed])
                for k in ("baseline_miou", "qgnet_miou", "diff_miou", "diff_fb_iou")}
     result = {"dataset": args.dataset, "fold": args.fold, "seeds": seeds, "steps": args.steps,
+              "crop": args.crop or "default",
               "episodes": args.episodes, "episode_seed": args.episode_seed, "prior": prior,
               "backbone": args.backbone, "per_seed": per_seed, "summary": summary,
               "train_seconds": round(t_train, 1), "total_seconds": round(time.perf_counter() - t0, 1),
@@ -219,7 +223,8 @@ def main() -> None:
 
 def format_markdown(r: dict) -> str:
     pct = lambda x: f"{x * 100:.2f}"  # noqa: E731
-    lines = [f"{r['dataset']} fold {r['fold']}, 1-shot, {r['backbone']}, {r['steps']} steps, "
+    lines = [f"{r['dataset']} fold {r['fold']}, 1-shot, {r['backbone']}, crop {r.get('crop')}, "
+             f"{r['steps']} steps, "
              f"{r['episodes']} test episodes (seed {r['episode_seed']}), training seeds {r['seeds']}", "",
              "| training seed | baseline mIoU | QGNet mIoU | QGNet - baseline (episode-bootstrap 95 % CI) |",
              "|---:|---:|---:|---|"]

@@ -240,7 +240,9 @@ def format_markdown(r: dict) -> str:
                   f"{d['mean'] * 100:+.2f} ± {d['std'] * 100:.2f} (range {d['min'] * 100:+.2f} .. "
                   f"{d['max'] * 100:+.2f}), Student-t 95 % interval of the mean "
                   f"[{d['ci95'][0] * 100:+.2f}, {d['ci95'][1] * 100:+.2f}].",
-              f"Training {r['train_seconds'] / 60:.1f} min, total {r['total_seconds'] / 60:.1f} min on {r['machine']}."]
+              (f"Training {r['train_seconds'] / 60:.1f} min, total {r['total_seconds'] / 60:.1f} min"
+               if r["train_seconds"] > 1 else "Scores read from each seed's compare.json")
+              + f" on {r['machine']}."]
     return "\n".join(lines)
 
 

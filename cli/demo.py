@@ -2,7 +2,8 @@
 
 demo dataset -> SLIC superpixels -> masks -> episodes -> prior pretraining (global + local
 InfoNCE) -> few-shot training on one fold, QGNet and the ``--no-prior-map`` baseline ->
-evaluation on fixed episodes -> Figure-5 style panels, then both mIoUs side by side.
+evaluation on fixed episodes -> Figure-5 style panels, then both mIoUs side by side and
+QGNet - baseline with its paired bootstrap 95 % CI over the episodes (model.fss.compare).
 
 Every step is the real command a user would type, printed before it runs. Steps whose
 output already exists are skipped (stores resume; finished runs are kept), so a second
@@ -258,6 +259,13 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
         data = json.loads((runs_dir / f"fss-{name}" / "results.json").read_text())
         key = next(k for k in sorted(data) if k.startswith(f"fold{fold}-1shot-pfenet-"))
         results[name] = data[key]
+    # is the gap more than episode noise? Both models scored the same episodes; the paired
+    # bootstrap (what `qgnet-eval compare` runs) reuses their per-episode counts, no rescoring
+    from model.fss.compare import compare_results
+    from pipeline.config import write_json_atomic
+
+    cmp = compare_results(results["baseline"], results["qgnet"], resamples=2000, seed=0)
+    write_json_atomic(runs_dir / "compare.json", cmp)
 
     # 8: Figure-5 panels
     panels = runs_dir / "panels"
@@ -281,6 +289,14 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
         r = results[name]
         lines.append(f"| {label} | {r['miou']['mean'] * 100:.2f} | {r['fb_iou']['mean'] * 100:.2f} "
                      f"| {max(r['episodes'])} |")
+    d = cmp["diff"]["miou"]
+    gap = (f"QGNet - baseline: {d['estimate'] * 100:+.2f} mIoU, paired bootstrap 95 % CI "
+           f"[{d['ci95'][0] * 100:+.2f}, {d['ci95'][1] * 100:+.2f}] over the {cmp['episodes']} "
+           f"episodes ({'excludes' if d['ci95'][0] > 0 or d['ci95'][1] < 0 else 'includes'} 0; "
+           f"episode noise only, one training seed: see bench/seeds.py for training noise). "
+           f"Same table: qgnet-eval compare --checkpoint {runs_dir}/fss-baseline/best.pt "
+           f"--checkpoint {runs_dir}/fss-qgnet/best.pt")
+    lines += ["", gap]
     total = time.perf_counter() - t_start
     text = "\n".join([f"# qgnet demo: fold {fold}, 1-shot, EfficientNet-Lite0 (ImageNet), CPU",
                       "", *lines, "", "Steps:", "",

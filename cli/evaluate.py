@@ -6,6 +6,8 @@ import click
 from cli._lazy import LazyGroup
 
 COMMANDS = {
+    "compare": ("cli.eval_compare:compare",
+                "Two checkpoints on the same episodes: B - A with a paired bootstrap 95 % CI."),
     "fss": ("cli.eval_fss:fss", "Evaluate a checkpoint on fixed test episodes (mIoU, FB-IoU)."),
     "regions": ("cli.eval_regions:regions",
                 "Recall of the guided and prior region maps at thresholds 0.1..0.9 (Table 7)."),

@@ -19,8 +19,12 @@ BACKBONES = ["resnet50", "resnet101", "vgg16", "efficientnet_lite0", "resnet18"]
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: the mask store's).")
 @click.option("--fold", type=int, help="Fold (default 0).")
 @click.option("--shot", type=int, help="Support images per episode (default 1).")
+@click.option("--recipe", type=click.Choice(["paper", "pfenet"]),
+              help="Dataset defaults: paper (default; COCO crop 473, ResNet-50) or pfenet (COCO "
+                   "crop 641, ResNet-101, as PFENet's configs); PASCAL is the same in both.")
 @click.option("--backbone", type=click.Choice(BACKBONES),
-              help="Feature extractor (default: resnet50 pascal, resnet101 coco, efficientnet_lite0 folder/demo).")
+              help="Feature extractor (default: resnet50 pascal/coco, efficientnet_lite0 folder/demo; "
+                   "--recipe pfenet: resnet101 coco).")
 @click.option("--weights", help="Feature extractor weights: PATH, imagenet (efficientnet_lite0) or none.")
 @click.option("--prior", help="Prior extractor: prior_extractor.pt of `qgnet-train prior`, or imagenet "
                               "(ImageNet EfficientNet-Lite0 as a stand-in Fp).")
@@ -32,7 +36,8 @@ BACKBONES = ["resnet50", "resnet101", "vgg16", "efficientnet_lite0", "resnet18"]
 @click.option("--lr", type=float, help="Base lr (pascal 0.0025, coco 0.005, folder/demo 0.0025).")
 @click.option("--lr-scale", type=float, help="Multiplier of every group's lr (default 10, PFENet's "
                                              "scale_lr: effective lr = lr x 10).")
-@click.option("--crop", type=int, help="Crop side (pascal 473, coco 641, folder/demo 161).")
+@click.option("--crop", type=int, help="Crop side (pascal 473, coco 473, folder/demo 161; "
+                                       "--recipe pfenet: coco 641).")
 @click.option("--scale-min", type=float, help="RandScale minimum (pascal 0.9, coco 0.8).")
 @click.option("--scale-max", type=float, help="RandScale maximum (pascal 1.1, coco 1.25).")
 @click.option("--workers", type=int, help="DataLoader workers (default 2).")

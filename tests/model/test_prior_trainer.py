@@ -355,9 +355,10 @@ def test_defaults_work_on_every_builtin_dataset():
     checks offline (it failed on resnet50 + --init imagenet)."""
     for name in ("coco", "pascal", "folder"):
         cfg = finalize_config(PriorConfig(dataset=name, workers=0))
-        assert (cfg.backbone, cfg.init, cfg.batch_size, cfg.crop) == ("resnet50", "none", 256, 224)
+        assert (cfg.backbone, cfg.init, cfg.batch_size, cfg.crop) == (
+            ("efficientnet_lite0", "imagenet") if name == "folder" else ("resnet50", "none")) + (256, 224)
     cfg = finalize_config(PriorConfig(dataset="demo", workers=0))
     assert (cfg.backbone, cfg.init, cfg.batch_size, cfg.crop, cfg.min_patch_pixels) == (
-        "efficientnet_lite0", "imagenet", 16, 128, 96)
+        "efficientnet_lite0", "imagenet", 64, 128, 96)
     cfg = finalize_config(PriorConfig(dataset="demo", backbone="resnet18", batch_size=8))
     assert (cfg.backbone, cfg.init, cfg.batch_size) == ("resnet18", "none", 8)  # given wins

@@ -93,8 +93,8 @@ def read_support_mask(path: Path):
               type=click.Path(dir_okay=False), help="Support image (repeat for K shots).")
 @click.option("--support-mask", "support_masks", multiple=True, required=True,
               type=click.Path(dir_okay=False),
-              help="Its mask, same size: object non-zero, 0 background, 255 ignored (one per "
-                   "--support, in the same order).")
+              help="Its mask, same size: object non-zero, 0 background, 255 ignored; a 0/255 "
+                   "mask has its object at 255 (one per --support, in the same order).")
 @click.option("--mask-value", type=click.IntRange(0, 255),
               help="The object's value in a multi-class mask (default: any non-zero value).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),

@@ -156,7 +156,8 @@ def support_label(mask: np.ndarray, *, mask_value: int | None = None,
     """An ``H x W`` support mask -> episode label (1 object, 0 background, 255 ignore).
 
     ``mask_value`` picks one class of a multi-class mask; ``None``: any non-zero value
-    except 255. Raises :class:`ConfigError` for an RGB or empty mask.
+    except 255 (ignored), or, in a mask holding only 0 and 255, the 255 pixels. Raises
+    :class:`ConfigError` for an RGB or empty mask.
     """
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[2] in (3, 4):
@@ -166,7 +167,10 @@ def support_label(mask: np.ndarray, *, mask_value: int | None = None,
         m = m[..., 0]
     if m.ndim != 2:
         raise ConfigError(f"{name}: expected an H x W mask, got shape {m.shape}")
-    if mask_value is None:
+    binary = mask_value is None and bool(np.isin(m, (0, IGNORE)).all())
+    if binary:  # a 0/255 mask (what qgnet-predict writes, what most tools save): 255 = object
+        obj = m == IGNORE
+    elif mask_value is None:
         obj = (m != 0) & (m != IGNORE)
     else:
         obj = m == int(mask_value)
@@ -176,7 +180,7 @@ def support_label(mask: np.ndarray, *, mask_value: int | None = None,
         raise ConfigError(f"{name}: {what} (values present: {values}); outline the object, or "
                           f"pick its value with --mask-value")
     out = obj.astype(np.uint8)
-    if mask_value != IGNORE:
+    if not binary and mask_value != IGNORE:
         out[m == IGNORE] = IGNORE  # ignored pixels carry no vote, as in the datasets
     return out
 

@@ -203,8 +203,11 @@ def test_support_label_rules():
     assert support_label(m, mask_value=5).tolist() == [[0, 0, 1], [255, 0, 0]]
     grey = np.repeat(m[..., None], 3, axis=2)  # an RGB file holding a grey mask is fine
     assert support_label(grey).tolist() == support_label(m).tolist()
+    # a 0/255 mask (what qgnet-predict writes): 255 is the object, not "ignore"
+    binary = np.array([[0, 255], [255, 0]], np.uint8)
+    assert support_label(binary).tolist() == [[0, 1], [1, 0]]
     with pytest.raises(ConfigError, match="no non-zero"):
-        support_label(np.full((4, 4), 255, np.uint8))
+        support_label(np.zeros((4, 4), np.uint8))
 
 
 def test_app_request_without_a_browser(trained, tmp_path):

@@ -41,7 +41,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.store import MAX_MAP_SIDE, ShardedStore, StoreError, StoreLock, auto_shard_size
+from pipeline.store import (
+    MAX_MAP_SIDE,
+    ShardedStore,
+    StoreError,
+    StoreLock,
+    auto_shard_size,
+    remove_partial_writes,
+)
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 SIZE_CHUNK = 1024          # image ids per size-reading task
@@ -399,6 +406,7 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
         raise ConfigError(f"--shard-size must be an int >= 1, got {shard_size}")
     path = Path(path)
     with StoreLock(path, echo=_stderr):  # one writing process per store
+        remove_partial_writes(path)  # chunks a killed writer left half-written
         return _build_store_locked(
             dataset, split=split, limit=limit, path=path, kind=kind, maps=maps, dtype=dtype,
             extras=extras, attrs=attrs, check=check, fn=fn, hint=hint, workers=workers,

@@ -75,6 +75,23 @@ def lock_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+def remove_partial_writes(path: str | os.PathLike) -> list[Path]:
+    """Delete the half-written chunk files a killed writer left in a store; returns them.
+
+    zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it into place,
+    so a process killed between the two leaves that file behind forever (found by
+    bench/fault_inject.py: the resumed store was otherwise byte-identical). Call it only
+    while holding the store's :class:`StoreLock`: then no live writer owns such a file.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob("*.partial") if p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
 class StoreLock:
     """Exclusive lock of one store for one writing process: ``with StoreLock(path): ...``.
 

@@ -44,6 +44,21 @@ def _wait_for(cond, timeout=60.0, what="condition"):
 
 
 # ---------------------------------------------------------------------------- item 1
+def test_half_written_chunks_of_a_killed_writer_are_removed_on_resume(tmp_path):
+    """bench/fault_inject.py found a ``<key>.<uuid>.partial`` chunk (zarr writes then renames)
+    left by a writer killed mid-write: the resumed store was identical but for that file."""
+    ds = ToyDataset(tmp_path / "data", n=4)
+    out = tmp_path / "m.zarr"
+    build_mask_store(ds, split="train", out=out, shard_size=2, progress=False)
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    stray = out / "done" / "c" / "0.b5df53ebb5104cb7a9301b3615a19d98.partial"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"half a chunk")
+    build_mask_store(ds, split="train", out=out, shard_size=2, progress=False)  # resume
+    after = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert not stray.exists() and after == before
+
+
 def test_mask_stage_records_an_image_that_does_not_decode(tmp_path):
     """A truncated JPEG whose header reads used to pass `masks` (and then kill fss training)."""
     ds = ToyDataset(tmp_path / "data", n=6, corrupt=(1, 4))

@@ -59,7 +59,8 @@ def fss(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, threa
         batch_size, out, progress):
     """Evaluate a checkpoint (PFENet protocol: scored at the original label resolution)."""
     set_threads(threads)
-    from model.fss.evaluate import evaluate, format_markdown
+    from model.fss.evaluate import evaluate
+    from model.fss.results import format_markdown
     from pipeline.store import StoreError
 
     seed_list = parse_ints(seeds) or ([0] if protocol == "hsnet" else [321])

@@ -22,6 +22,7 @@ shot, protocol and episode count, so 1- and 5-shot results sit side by side).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -35,10 +36,37 @@ from model.fss.build import load_model, step
 from model.fss.results import write_results
 from model.metrics import FewShotMeter, episode_confusions, intersection_union, summarise_seeds
 from model.regions import RegionMeter
+from pipeline.config import option
 
 log = logging.getLogger("qgnet.fss")
 
 GPU_BATCH = 4  # episodes per forward on CUDA (the counts do not depend on it)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Every option of ``qgnet-eval fss``, resolved by :func:`pipeline.config.resolve_config`
+    (defaults < TOML ``--config`` (top level or ``[eval]``) < ``QGNET_*`` < command line).
+    ``None`` is "not set": the checkpoint's training value, or the default named here."""
+
+    checkpoint: str | None = None     # best.pt / last.pt of `qgnet-train fss` (required)
+    shot: int | None = option(None, min=1)  # None: the training shot
+    protocol: str = "pfenet"          # pfenet | hsnet
+    cache_dir: str | None = None      # None: the checkpoint's
+    root: str | None = None           # None: the checkpoint's
+    device: str = "auto"              # auto | cpu | cuda
+    amp: bool = True                  # bf16 autocast on CUDA
+    workers: int = option(2, min=0)   # DataLoader workers
+    threads: int | None = None        # torch CPU threads (None: torch's)
+    n_episodes: int | None = option(None, flag="--episodes")  # first N of each file (None: all)
+    seeds: tuple[int, ...] | None = None  # None: 321 (hsnet: 0); several -> mean and std
+    batch_size: int | None = None     # None: default_batch (4 on CUDA, 1 on CPU)
+    out: str | None = None            # None: next to the checkpoint
+    progress: bool = True
+
+    def seed_list(self) -> list[int]:
+        """The episode seeds: ``seeds``, else 321 (PFENet's test seed; hsnet: 0)."""
+        return list(self.seeds) if self.seeds else ([0] if self.protocol == "hsnet" else [321])
 
 
 def default_batch(device) -> int:

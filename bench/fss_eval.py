@@ -47,6 +47,7 @@ def main(argv=None) -> dict:
 
     import torch
 
+    from model.fss import build
     from model.fss import evaluate as ev
 
     if a.threads:
@@ -56,9 +57,9 @@ def main(argv=None) -> dict:
         model = a.checkpoint
     else:
         use_prior = a.prior != "none"
-        model = ev.build_model(ev.model_meta({"backbone": a.backbone, "weights": a.weights,
-                                              "use_prior_map": use_prior, "prior": a.prior,
-                                              "crop": a.crop}))
+        model = build.build_model(build.model_meta({"backbone": a.backbone, "weights": a.weights,
+                                                    "use_prior_map": use_prior, "prior": a.prior,
+                                                    "crop": a.crop}))
     res = ev.evaluate(model, dataset=a.dataset if not a.checkpoint else None, fold=a.fold,
                       shot=a.shot, n_episodes=a.episodes, root=a.root, cache_dir=a.cache_dir,
                       crop=a.crop if not a.checkpoint else None, device=a.device,

@@ -110,7 +110,8 @@ def synthetic_prior_batch(n: int, crop: int, device: torch.device, *, seed: int 
 
 
 def prior_model(sz: dict, device: torch.device):
-    from model.prior.trainer import PriorConfig, build_model, build_optimizer
+    from model.prior.config import PriorConfig, build_model
+    from model.prior.trainer import build_optimizer
 
     cfg = PriorConfig(dataset="bench", backbone=sz["prior_backbone"], init="none",
                       crop=sz["prior_crop"], batch_size=sz["prior_batch"], lr=0.03,
@@ -281,14 +282,14 @@ def synthetic_episodes(n: int, crop: int, device: torch.device, *, shot: int = 1
 
 
 def fss_train(sz: dict, device: torch.device) -> dict:
-    from model.fss import evaluate as ev
+    from model.fss import build
 
     model = fss_model(sz, device)
     model.train()
     opt = torch.optim.SGD(model.trainable_parameters(), lr=0.025, momentum=0.9, weight_decay=1e-4)
     batch = synthetic_episodes(sz["fss_batch"], sz["fss_crop"], device)
     reset_peak(device)
-    s = timed(lambda: ev.step(model, batch, device=device, amp=True, optimizer=opt),
+    s = timed(lambda: build.step(model, batch, device=device, amp=True, optimizer=opt),
               warmup=sz["fss_warmup"], steps=sz["fss_steps"], device=device)
     return {"backbone": sz["fss_backbone"], "crop": sz["fss_crop"], "batch": sz["fss_batch"],
             "shot": 1, "steps": sz["fss_steps"], "steps_per_s": sz["fss_steps"] / s,

@@ -39,7 +39,7 @@ def _segmenter(model_path: str | None, crop: int, threads: int):
     import torch
 
     from model.backbones import build_backbone
-    from model.fss.evaluate import parse_bins
+    from model.fss.build import parse_bins
     from model.predict import Segmenter
     from model.qgnet import QGNet
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.backbones import build_backbone  # noqa: E402
+from model.backbones import build_backbone, read_prior_export  # noqa: E402
 from pipeline.store import ShardedStore  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -229,7 +229,7 @@ def main(argv=None):
         encoders[f"{args.backbone} random init (seed {extra})"] = build_backbone(
             args.backbone, weights="none", dilated=False)
     for p in args.prior:
-        blob = torch.load(p, weights_only=True)
+        blob = read_prior_export(p)
         encoders[f"{blob['backbone_name']} prior ({Path(p).parent.name}, step {blob.get('step')})"] = \
             build_backbone(blob["backbone_name"], weights=p, dilated=False)
     if args.imagenet_lite0:

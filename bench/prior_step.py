@@ -39,15 +39,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.prior.config import PriorConfig, build_model, finalize_config  # noqa: E402
 from model.prior.device_augment import DevicePrefetcher  # noqa: E402
-from model.prior.trainer import (  # noqa: E402
-    PriorConfig,
-    build_data,
-    build_model,
-    build_optimizer,
-    finalize_config,
-    train_step,
-)
+from model.prior.trainer import build_data, build_optimizer, train_step  # noqa: E402
 from model.utils import DistInfo, pick_device  # noqa: E402
 
 PATHS = ("cpu", "device")  # --augment-on values, the old path first

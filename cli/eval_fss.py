@@ -1,8 +1,10 @@
 """``qgnet-eval fss``: mIoU / FB-IoU of a checkpoint on fixed test episodes.
 
-Thin: parse, call :func:`model.fss.evaluate.evaluate`, print the table. The network
-(backbone, weights, prior extractor or ``--no-prior-map`` baseline, crop) is rebuilt from
-the checkpoint; results.json / results.md are written next to it (or into ``--out``).
+Thin: parse, resolve the config (:class:`model.fss.evaluate.EvalConfig`: defaults < TOML
+``[eval]`` < ``QGNET_*`` < command line), call :func:`model.fss.evaluate.evaluate`, print
+the table. The network (backbone, weights, prior extractor or ``--no-prior-map`` baseline,
+crop) is rebuilt from the checkpoint; results.json / results.md are written next to it (or
+into ``--out``).
 """
 from __future__ import annotations
 
@@ -18,20 +20,34 @@ def parse_ints(text: str | None) -> list[int] | None:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
-def common_options(f):
-    """Options shared by ``fss``, ``regions`` and ``show``."""
+def common_options(f=None, *, resolved: bool = False):
+    """Options shared by ``fss``, ``regions`` and ``show``.
+
+    ``resolved``: the command resolves its config (``fss``: defaults < TOML < ``QGNET_*`` <
+    command line), so no option has a click default (``None`` = not given) and
+    ``--checkpoint`` may come from the config file or the environment too."""
+    if f is None:
+        return lambda g: common_options(g, resolved=resolved)
+
+    def dflt(value, help_="", shown=None):  # a click default, or the help names it
+        if resolved:
+            return {"default": None, "help": f"{help_.rstrip('.')} (default {shown or value})."}
+        return {"default": value, "show_default": True, **({"help": help_} if help_ else {})}
+
     opts = [
-        click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
-                     help="best.pt / last.pt of `qgnet-train fss`."),
+        click.option("--checkpoint", required=not resolved, type=click.Path(dir_okay=False),
+                     help="best.pt / last.pt of `qgnet-train fss`."
+                          + (" Required." if resolved else "")),
         click.option("--shot", type=int, help="Shots (default: the training shot)."),
-        click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]), default="pfenet",
-                     show_default=True, help="Episode protocol of the episode files."),
+        click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]),
+                     **dflt("pfenet", "Episode protocol of the episode files.")),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root (default: the checkpoint's)."),
         click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: the checkpoint's)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA."),
-        click.option("--workers", type=int, default=2, show_default=True, help="DataLoader workers."),
-        click.option("--threads", type=int, default=0, help="torch CPU threads (default: torch's)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), **dflt("auto", "Device." if resolved else "")),
+        click.option("--amp/--no-amp", **dflt(True, "bf16 autocast on CUDA.", "on")),
+        click.option("--workers", type=int, **dflt(2, "DataLoader workers.")),
+        click.option("--threads", type=int, default=None if resolved else 0,
+                     help="torch CPU threads (default: torch's)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -46,7 +62,7 @@ def set_threads(threads: int) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@common_options
+@common_options(resolved=True)
 @click.option("--episodes", "n_episodes", type=int, help="First N episodes of each file (default all).")
 @click.option("--seeds", default=None, help="Episode seeds, comma-separated (default 321; hsnet: 0). "
                                             "Several -> mean and std.")
@@ -54,20 +70,27 @@ def set_threads(threads: int) -> None:
               help="Episodes per forward (default 4 on CUDA, 1 on CPU; the scores do not depend on it).")
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for results.json/.md "
                                                                "(default: next to the checkpoint).")
-@click.option("--progress/--no-progress", default=True)
-def fss(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, threads, n_episodes, seeds,
-        batch_size, out, progress):
+@click.option("--progress/--no-progress", default=None, help="tqdm progress bar (default on).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="TOML config file (top level or table [eval]).")
+def fss(config_file, **given):
     """Evaluate a checkpoint (PFENet protocol: scored at the original label resolution)."""
-    set_threads(threads)
-    from model.fss.evaluate import evaluate, format_markdown
+    from model.fss.evaluate import EvalConfig, evaluate
+    from model.fss.results import format_markdown
+    from pipeline.config import resolve_config
     from pipeline.store import StoreError
 
-    seed_list = parse_ints(seeds) or ([0] if protocol == "hsnet" else [321])
     try:
-        res = evaluate(checkpoint, shot=shot, seeds=seed_list, protocol=protocol,
-                       n_episodes=n_episodes, root=root, cache_dir=cache_dir, device=device,
-                       amp=amp, batch_size=batch_size, workers=workers, progress=progress,
-                       out_dir=out)
+        cfg = resolve_config(EvalConfig, cli=given, config_file=config_file, section="eval")
+        if not cfg.checkpoint:
+            raise click.UsageError("--checkpoint is required (or QGNET_CHECKPOINT / checkpoint "
+                                   "in --config)")
+        set_threads(cfg.threads)
+        res = evaluate(cfg.checkpoint, shot=cfg.shot, seeds=cfg.seed_list(),
+                       protocol=cfg.protocol, n_episodes=cfg.n_episodes, root=cfg.root,
+                       cache_dir=cfg.cache_dir, device=cfg.device, amp=cfg.amp,
+                       batch_size=cfg.batch_size, workers=cfg.workers, progress=cfg.progress,
+                       out_dir=cfg.out)
     except (StoreError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_markdown(res))

@@ -68,8 +68,8 @@ def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, thre
     set_threads(threads)
     import torch
 
+    from model.fss.build import load_model, step
     from model.fss.data import TestEpisodes, collate
-    from model.fss.evaluate import load_model, step
     from model.metrics import map_to_original, upsample_logits
     from model.utils import pick_device
     from pipeline.episode_stage import load_test_episodes

@@ -85,7 +85,8 @@ def prior(config_file, **given):
     the run dir.
     """
     from model.checkpoint import load_checkpoint, resume_config
-    from model.prior.trainer import RESUMABLE, PriorConfig, find_checkpoint, train_prior
+    from model.prior.config import RESUMABLE, PriorConfig
+    from model.prior.trainer import find_checkpoint, train_prior
     from pipeline.config import resolve_config
     from pipeline.errors import QgnetError
 

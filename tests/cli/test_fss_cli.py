@@ -36,6 +36,34 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     assert r.exit_code == 1 and "no checkpoint" in r.output
 
 
+def test_eval_config_sources_and_types(tmp_path, monkeypatch):
+    """qgnet-eval fss resolves EvalConfig: defaults < TOML [eval] < QGNET_* < command line,
+    every value converted by the field's type; "not set" is None."""
+    from model.fss.evaluate import EvalConfig
+    from pipeline.config import resolve_config
+    from pipeline.errors import ConfigError
+
+    d = resolve_config(EvalConfig, env={})
+    assert (d.checkpoint, d.shot, d.threads, d.seeds, d.out) == (None, None, None, None, None)
+    assert (d.protocol, d.workers, d.amp, d.seed_list()) == ("pfenet", 2, True, [321])
+    assert resolve_config(EvalConfig, cli={"protocol": "hsnet"}, env={}).seed_list() == [0]
+    toml = tmp_path / "e.toml"
+    toml.write_text('[eval]\nseeds = "1,2"\nworkers = 1\nshot = 5\n')
+    cfg = resolve_config(EvalConfig, config_file=toml, section="eval",
+                         env={"QGNET_WORKERS": "3", "QGNET_AMP": "false"}, cli={"shot": 1})
+    assert (cfg.seeds, cfg.workers, cfg.amp, cfg.shot) == ((1, 2), 3, False, 1)
+    assert resolve_config(EvalConfig, cli={"seeds": "7,8"}, env={}).seed_list() == [7, 8]
+    with pytest.raises(ConfigError, match="--shot"):
+        resolve_config(EvalConfig, cli={"shot": 0}, env={})
+    with pytest.raises(ConfigError, match=r"\$QGNET_WORKERS"):
+        resolve_config(EvalConfig, env={"QGNET_WORKERS": "two"})
+    monkeypatch.delenv("QGNET_CHECKPOINT", raising=False)
+    r = CliRunner().invoke(eval_fss, ["--device", "cpu"])
+    assert r.exit_code == 2 and "--checkpoint is required" in r.output
+    r = CliRunner().invoke(eval_fss, ["--checkpoint", "x.pt", "--seeds", "1,x"])
+    assert r.exit_code == 1 and "--seeds" in r.output
+
+
 def test_train_then_eval_show_regions(toy):
     run = toy["base"] / "run"
     r = CliRunner().invoke(train_fss, [
@@ -62,6 +90,17 @@ def test_train_then_eval_show_regions(toy):
     assert entry["shot"] == 1 and entry["episodes"] == [4]
     assert set(entry["per_class"]) == {"1", "5"} and entry["episodes_per_s"] > 0
     assert "| 1 c1 |" in (run / "results.md").read_text()
+
+    # the same evaluation configured by a TOML file and QGNET_* (EvalConfig), into --out
+    toml = toy["base"] / "eval.toml"
+    toml.write_text(f'workers = 0\n[eval]\ncheckpoint = "{run / "best.pt"}"\nseeds = [321]\n'
+                    f'device = "cpu"\nprogress = false\nworkers = 3\n')
+    r = CliRunner().invoke(eval_fss, ["--config", str(toml), "--workers", "0",
+                                      "--out", str(toy["base"] / "from-toml")],
+                           env={"QGNET_N_EPISODES": "2", "QGNET_WORKERS": "5"})
+    assert r.exit_code == 0, r.output
+    (again,) = json.loads((toy["base"] / "from-toml" / "results.json").read_text()).values()
+    assert again["episodes"] == [2] and again["seeds"] == [321] and again["device"] == "cpu"
 
     r = CliRunner().invoke(regions, ["--checkpoint", str(run / "best.pt"), "--workers", "0",
                                      "--episodes", "2", "--device", "cpu"])

@@ -365,3 +365,28 @@ def test_init_weights_is_torchvisions_scheme():
     torch.manual_seed(0)
     init_weights(net)
     assert torch.equal(net[0].weight.detach(), w)
+
+
+def test_read_prior_export_is_the_one_reader(tmp_path, resnet18_sd):
+    """The prior-export format is read in one place: by path (checked as a prior export),
+    from an already loaded object, and by the weights loader."""
+    from model.backbones import read_prior_export
+    from model.fss.build import prior_backbone_name
+    from pipeline.errors import CheckpointError
+
+    path = tmp_path / "prior_extractor.pt"
+    torch.save({"backbone": resnet18_sd, "backbone_name": "resnet18", "dilated": False,
+                "kind": "prior_export"}, path)
+    blob = read_prior_export(path, backbone_name="resnet18")
+    assert blob["backbone_name"] == "resnet18" and blob["backbone"].keys() == resnet18_sd.keys()
+    assert prior_backbone_name(str(path)) == "resnet18"
+    with pytest.raises(ValueError, match=r"holds a 'resnet18' backbone, but 'resnet50'"):
+        read_prior_export(path, backbone_name="resnet50")
+    with pytest.raises(ValueError, match=r"^x\.pt holds a 'resnet18'"):
+        read_prior_export(dict(blob), backbone_name="vgg16_bn", source="x.pt")
+    plain = tmp_path / "plain.pth"
+    torch.save(resnet18_sd, plain)  # a raw state dict is weights, not a prior export
+    with pytest.raises(CheckpointError, match="plain.pth.*prior_extractor.pt"):
+        read_prior_export(plain)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        read_prior_export(tmp_path / "nope.pt")

@@ -1,6 +1,6 @@
 """The two bin functions, one meaning each: ``parse_bins`` reads the option string,
 ``model.qgnet.resolve_bins`` sizes the bins for one feature map."""
-from model.fss.evaluate import parse_bins
+from model.fss.build import parse_bins
 from model.qgnet import resolve_bins
 
 

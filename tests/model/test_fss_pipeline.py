@@ -112,18 +112,18 @@ def test_scoring_at_original_resolution_ignores_255(toy):
 
 
 def test_a_few_steps_lower_the_loss(toy):
-    from model.fss import evaluate as ev
+    from model.fss import build
     from model.fss.data import collate
 
     torch.manual_seed(0)
     ds, _ = _train_ds(toy, shot=1)
     batch = collate([ds[(i, i)] for i in range(4)])
-    model = ev.build_model({"backbone": "efficientnet_lite0", "weights": "imagenet",
-                            "use_prior_map": True, "prior": "imagenet",
-                            "prior_backbone": "efficientnet_lite0", "crop": 65})
+    model = build.build_model({"backbone": "efficientnet_lite0", "weights": "imagenet",
+                               "use_prior_map": True, "prior": "imagenet",
+                               "prior_backbone": "efficientnet_lite0", "crop": 65})
     opt = torch.optim.SGD(model.trainable_parameters(), lr=0.025, momentum=0.9, weight_decay=1e-4)
     model.train()
-    losses = [float(ev.step(model, batch, device=torch.device("cpu"), optimizer=opt)["loss"])
+    losses = [float(build.step(model, batch, device=torch.device("cpu"), optimizer=opt)["loss"])
               for _ in range(6)]
     assert losses[-1] < losses[0]
     assert all(not p.requires_grad for p in model.backbone.parameters())
@@ -176,10 +176,11 @@ def test_ddp_two_ranks_gloo(toy):
     # the logged validation loss is the mean over both ranks' episodes (issue 13 section 6),
     # not rank 0's share: one process scoring all 4 episodes with best.pt gets the same
     from model.fss import evaluate as ev
+    from model.fss.build import load_model
     from pipeline.episode_stage import load_test_episodes
     from pipeline.episodes import VAL_SEED
 
-    model, _ = ev.load_model(out / "best.pt")
+    model, _ = load_model(out / "best.pt")
     eps = load_test_episodes("folder", 0, 1, seed=VAL_SEED, cache_dir=toy["cache"])
     loader = ev.test_loader(eps, dataset="folder", crop=33, cache_dir=toy["cache"], limit=4)
     r = ev.run_episodes(model, loader, classes=list(eps["test_classes"]), device=torch.device("cpu"))
@@ -190,12 +191,13 @@ def test_batched_evaluation_equals_batch_one(toy):
     """Episodes batched 4 per forward give the same per-episode intersections and unions
     (and so the same meter) as one episode per forward; the counts stay on the device."""
     from model.fss import evaluate as ev
+    from model.fss.build import build_model
     from pipeline.episode_stage import load_test_episodes
 
     torch.manual_seed(0)
-    model = ev.build_model({"backbone": "efficientnet_lite0", "weights": "imagenet",
-                            "use_prior_map": True, "prior": "imagenet",
-                            "prior_backbone": "efficientnet_lite0", "crop": 65})
+    model = build_model({"backbone": "efficientnet_lite0", "weights": "imagenet",
+                         "use_prior_map": True, "prior": "imagenet",
+                         "prior_backbone": "efficientnet_lite0", "crop": 65})
     eps = load_test_episodes("folder", 0, 1, cache_dir=toy["cache"])
     classes = np.asarray(eps["test_classes"]).tolist()
     out = {}

@@ -68,9 +68,9 @@ def test_unreadable_images_are_skipped_deterministically_and_counted(make_fss_to
         rows[-1]["skipped_images"]
     # killed at step 5, after the step-3 checkpoint and before the step-5 log line, then
     # resumed: the same total (the skips of steps 1-3 are neither lost nor counted twice)
-    from model.fss import evaluate as ev
+    from model.fss import build
 
-    real_step, calls = ev.step, []
+    real_step, calls = build.step, []
 
     def dies_at_step_5(*args, **kw):
         calls.append(1)
@@ -81,10 +81,10 @@ def test_unreadable_images_are_skipped_deterministically_and_counted(make_fss_to
     part = toy["base"] / "part"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        monkeypatch.setattr(ev, "step", dies_at_step_5)
+        monkeypatch.setattr(build, "step", dies_at_step_5)
         with pytest.raises(KeyboardInterrupt):
             train_fss(_cfg(toy, max_steps=10, log_every=5, ckpt_every=3, out=str(part)))
-        monkeypatch.setattr(ev, "step", real_step)
+        monkeypatch.setattr(build, "step", real_step)
         assert torch.load(part / "last.pt", weights_only=True)["step"] == 3
         train_fss(_cfg(toy, max_steps=10, log_every=5, ckpt_every=3, out=str(part),
                        resume=str(part)))

@@ -302,7 +302,8 @@ def folder(tmp_path_factory, photo):
 
 
 def _loader(folder, augment_on, workers, *, epoch=0, start=0):
-    from model.prior.trainer import PriorConfig, build_data, finalize_config
+    from model.prior.config import PriorConfig, finalize_config
+    from model.prior.trainer import build_data
     from model.utils import DistInfo
 
     cfg = finalize_config(PriorConfig(dataset="folder", root=str(folder["root"]),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.prior.trainer import PriorConfig, build_data, finalize_config
+from model.prior.config import PriorConfig, finalize_config
+from model.prior.trainer import build_data
 from model.utils import DistInfo
 from pipeline.store import ShardedStore
 

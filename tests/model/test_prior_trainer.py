@@ -19,15 +19,9 @@ import pytest
 import torch
 
 from model.backbones import BACKBONES, Backbone
+from model.prior.config import PriorConfig, check_resume_config, finalize_config
 from model.prior.data import EpochSampler, PriorPairs, check_patch_store, collate, sample_seed
-from model.prior.trainer import (
-    PriorConfig,
-    check_resume_config,
-    finalize_config,
-    find_checkpoint,
-    lr_factor,
-    train_prior,
-)
+from model.prior.trainer import find_checkpoint, lr_factor, train_prior
 from pipeline.store import ShardedStore, StoreError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,12 +290,14 @@ def test_resume_mid_epoch_with_workers(tiny, tmp_path):
 
 
 def test_export_loads_as_a_backbone(tiny, tmp_path):
-    from model.backbones import build_backbone
+    from model.backbones import build_backbone, read_prior_export
     from model.prior.export import export_prior
 
     run = train_prior(tiny_config(tiny, tmp_path / "run", epochs=1, loss="global"))
     blob = torch.load(run / "prior_extractor.pt", weights_only=True)
     assert blob["backbone_name"] == "tiny" and blob["dilated"] is False
+    # the writer's format is what the one reader (model.backbones.weights) reads
+    assert read_prior_export(run / "prior_extractor.pt", backbone_name="tiny").keys() == blob.keys()
     assert blob["config"]["crop"] == 64 and "versions" in blob["provenance"]
     ckpt = torch.load(find_checkpoint(run), weights_only=True)
     bb = build_backbone("tiny", weights=str(run / "prior_extractor.pt"), dilated=True)

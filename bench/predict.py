@@ -38,21 +38,16 @@ def _images(n: int):
 def _segmenter(model_path: str | None, crop: int, threads: int):
     import torch
 
-    from model.backbones import build_backbone
-    from model.fss.build import parse_bins
+    from model.fss.build import build_model
     from model.predict import Segmenter
-    from model.qgnet import QGNet
 
     if threads:
         torch.set_num_threads(threads)
     if model_path:
         return Segmenter.load(model_path, device="cpu")
-    bins = parse_bins("auto", crop)
-    model = QGNet(backbone=build_backbone("efficientnet_lite0", weights="imagenet"),
-                  prior_backbone=build_backbone("efficientnet_lite0", weights="imagenet"),
-                  use_prior_map=True, pyramid_bins=bins,
-                  train_size=crop if bins is None else None).eval()
-    return Segmenter(model, {"crop": crop}, device=torch.device("cpu"))
+    meta = {"backbone": "efficientnet_lite0", "weights": "imagenet", "use_prior_map": True,
+            "prior": "imagenet", "prior_backbone": "efficientnet_lite0", "crop": crop}
+    return Segmenter(build_model(meta).eval(), meta, device=torch.device("cpu"))
 
 
 def main(argv=None) -> list[dict]:

@@ -107,24 +107,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 def _build_from_bundle(bundle: Mapping[str, Any], path: Path):
-    from model.backbones import build_backbone
-    from model.fss.build import parse_bins
-    from model.qgnet import QGNet
+    from model.fss.build import build_model
 
     if bundle.get("format_version") != BUNDLE_VERSION:
         raise CheckpointError(f"{path}: bundle format {bundle.get('format_version')!r}, this "
                               f"qgnet reads {BUNDLE_VERSION}; re-export it with this version")
-    meta, stems = bundle["model_meta"], bundle.get("stems", {})
-    bb = build_backbone(meta["backbone"], weights="none", dilated=True,
-                        stem=stems.get("backbone", "standard"))
-    prior = None
-    if meta["use_prior_map"]:
-        prior = build_backbone(meta["prior_backbone"], weights="none", dilated=True,
-                               stem=stems.get("prior_backbone", "standard"))
-    bins = parse_bins(meta.get("bins", "auto"), meta["crop"])
-    model = QGNet(backbone=bb, prior_backbone=prior, use_prior_map=meta["use_prior_map"],
-                  reduce_dim=int(meta.get("reduce_dim", 256)), pyramid_bins=bins,
-                  train_size=int(meta["crop"]) if bins is None else None)
+    model = build_model(bundle["model_meta"], stems=bundle.get("stems", {}))
     try:
         model.load_state_dict(bundle["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -54,17 +54,26 @@ def model_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "reduce_dim": int(cfg.get("reduce_dim", 256))}
 
 
-def build_model(meta: Mapping[str, Any]):
-    """A :class:`model.qgnet.QGNet` from :func:`model_meta` (frozen backbones loaded)."""
+def build_model(meta: Mapping[str, Any], *, stems: Mapping[str, str] | None = None):
+    """A :class:`model.qgnet.QGNet` from :func:`model_meta` (frozen backbones loaded).
+
+    ``stems`` (``{"backbone": ..., "prior_backbone": ...}``, ResNet stems): build both
+    backbones from random init with these stems instead of loading the files the meta names;
+    the caller loads every weight itself (a :mod:`model.predict` bundle).
+    """
     from model.backbones import build_backbone
     from model.qgnet import QGNet
 
-    backbone = build_backbone(meta["backbone"], weights=meta["weights"], dilated=True)
-    prior_bb = None
-    if meta["use_prior_map"]:
-        prior_bb = build_backbone(meta["prior_backbone"], weights=meta["prior"], dilated=True)
+    def backbone(key: str, weights: str):
+        if stems is None:
+            return build_backbone(meta[key], weights=weights, dilated=True)
+        return build_backbone(meta[key], weights="none", dilated=True,
+                              stem=stems.get(key, "standard"))
+
+    bb = backbone("backbone", meta["weights"])
+    prior_bb = backbone("prior_backbone", meta["prior"]) if meta["use_prior_map"] else None
     bins = parse_bins(meta.get("bins", "auto"), meta["crop"])
-    return QGNet(backbone=backbone, prior_backbone=prior_bb, use_prior_map=meta["use_prior_map"],
+    return QGNet(backbone=bb, prior_backbone=prior_bb, use_prior_map=meta["use_prior_map"],
                  reduce_dim=int(meta.get("reduce_dim", 256)), pyramid_bins=bins,
                  train_size=int(meta["crop"]) if bins is None else None)
 

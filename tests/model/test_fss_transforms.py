@@ -89,26 +89,12 @@ def test_test_resize_pad_and_back_to_the_original_label():
     assert T.test_size(50, 40, 129) == (128, 96)  # small images are scaled up (PFENet Resize)
 
 
-def _rotate_map_coordinates(image, label, angle, *, pad=T.MEAN, ignore=255):
-    """The implementation the Pillow warp replaced (scipy map_coordinates, ~31 ms per image)."""
-    from scipy import ndimage
+def _rotate_map_coordinates(image, label, angle):
+    """The implementation the Pillow warp replaced (scipy map_coordinates, ~31 ms per image):
+    the baseline of bench/fss_rotate.py, one copy for the benchmark and this test."""
+    from bench.fss_rotate import rotate_map_coordinates
 
-    h, w = label.shape
-    m = T.rotation_matrix(angle, h, w)
-    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    sx = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]
-    sy = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
-    img = np.asarray(image, dtype=np.float32)
-    out = np.empty_like(img)
-    for c in range(img.shape[2]):
-        out[..., c] = ndimage.map_coordinates(img[..., c], [sy, sx], order=1, mode="constant",
-                                              cval=float(pad[c]))
-    ny, nx = np.floor(sy + 0.5).astype(np.int64), np.floor(sx + 0.5).astype(np.int64)
-    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-    lab = np.full((h, w), ignore, dtype=label.dtype)
-    lab[inside] = label[ny[inside], nx[inside]]
-    return out, lab
+    return rotate_map_coordinates(image, label, angle)
 
 
 @pytest.mark.parametrize("angle", [-10.0, -3.7, 0.5, 6.2, 10.0, 90.0])

@@ -258,7 +258,7 @@ def prior_real_loader(sz: dict, device: torch.device, data) -> dict:
 
 def fss_model(sz: dict, device: torch.device):
     from model.backbones import build_backbone
-    from model.qgnet import QGNet
+    from model.fss.qgnet import QGNet
     from model.speed import channels_last_on_cuda
 
     bb = build_backbone(sz["fss_backbone"], weights="none", dilated=True)

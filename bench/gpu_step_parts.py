@@ -28,8 +28,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.fss.qgnet import cosine_max_map, minmax_normalise  # noqa: E402
 from model.prior.moco import SplitBatchNorm  # noqa: E402
-from model.qgnet import cosine_max_map, minmax_normalise  # noqa: E402
 
 
 class OldSplitBN(SplitBatchNorm):

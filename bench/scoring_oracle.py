@@ -56,7 +56,7 @@ def oracle_logits(lab, crop):
 
 def confusion(logits, lab):
     """This tree's scoring of one episode -> 2 x 2 counts."""
-    import model.metrics as M
+    import model.fss.metrics as M
 
     h, w = lab.shape
     t = torch.from_numpy(lab.astype(np.int64))

@@ -262,7 +262,7 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
     # is the gap more than episode noise? Both models scored the same episodes; the paired
     # bootstrap (what `qgnet-eval compare` runs) reuses their per-episode counts, no rescoring
     from model.fss.compare import compare_results
-    from pipeline.config import write_json_atomic
+    from pipeline.fileio import write_json_atomic
 
     cmp = compare_results(results["baseline"], results["qgnet"], resamples=2000, seed=0)
     write_json_atomic(runs_dir / "compare.json", cmp)
@@ -273,7 +273,7 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
           "--episodes", "0,1,2,3", "--out", str(panels), "--threads", threads, *cache], log=log)
 
     # 9: the trained model on "your own" photos: one-file bundle, then qgnet-predict
-    bundle = runs_dir / "model.qgnet"
+    bundle = runs_dir / "model.fss.qgnet"
     _run(["qgnet-export", "--checkpoint", str(runs_dir / "fss-qgnet" / "best.pt"),
           "--out", str(bundle)], log=log)
     s_img, s_mask, s_cls, queries = _predict_inputs(cache_dir / "demo" / "data", fold)

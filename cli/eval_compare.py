@@ -53,7 +53,7 @@ def compare(checkpoints, seeds, n_episodes, resamples, bootstrap_seed, shot, pro
         raise click.ClickException(str(exc)) from None
     click.echo(format_text(res))
     if json_path:
-        from pipeline.config import write_json_atomic
+        from pipeline.fileio import write_json_atomic
 
         write_json_atomic(json_path, res)
         click.echo(f"written {json_path}")

@@ -77,7 +77,7 @@ def fss(config_file, **given):
     """Evaluate a checkpoint (PFENet protocol: scored at the original label resolution)."""
     from model.fss.evaluate import EvalConfig, evaluate
     from model.fss.results import format_markdown
-    from pipeline.config import resolve_config
+    from pipeline.settings import resolve_config
     from pipeline.store import StoreError
 
     try:

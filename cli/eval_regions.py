@@ -37,7 +37,7 @@ def regions(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, t
     """Recall of the guided (PFENet prior) and prior (QGNet) region maps at 0.1..0.9."""
     set_threads(threads)
     from model.fss.evaluate import evaluate
-    from pipeline.config import write_json_atomic
+    from pipeline.fileio import write_json_atomic
     from pipeline.store import StoreError
 
     seed = seed if seed is not None else (0 if protocol == "hsnet" else 321)

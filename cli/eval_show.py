@@ -3,7 +3,7 @@
 Left to right: query, support(s) with the mask overlaid, guided region map (PFENet prior),
 prior region map (QGNet, query only), prediction, ground truth. Everything is shown at the
 original image resolution (maps and logits mapped back by the scoring's own inverse of the
-test-time resize, :func:`model.metrics.map_to_original`). PIL only.
+test-time resize, :func:`model.fss.metrics.map_to_original`). PIL only.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, thre
 
     from model.fss.build import load_model, step
     from model.fss.data import TestEpisodes, collate
-    from model.metrics import map_to_original, upsample_logits
+    from model.fss.metrics import map_to_original, upsample_logits
     from model.utils import pick_device
     from pipeline.episode_stage import load_test_episodes
     from pipeline.store import StoreError

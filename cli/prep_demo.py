@@ -22,7 +22,7 @@ def demo(cache_dir, n_train, n_val, seed, overwrite):
     """
     import time
 
-    from pipeline.config import dataset_cache_dir
+    from pipeline.cache import dataset_cache_dir
     from pipeline.datasets.demo import prepare_demo
 
     target = dataset_cache_dir("demo", cache_dir=cache_dir) / "data"

@@ -49,8 +49,9 @@ def _ints(values, what: str) -> tuple[int, ...]:
 def episodes(dataset, cache_dir, folds, shots, seeds, episodes, protocol, min_pixels,
              drop_novel_images, pascal_train_set, coco_split, folds_file, config_file):
     """Write folds.json, train-fold{F}.npz and test-fold{F}-shot{K}-{protocol}-seed{S}.npz."""
-    from pipeline.config import config_dict, resolve_config, validate_dataset_name
+    from pipeline.cache import validate_dataset_name
     from pipeline.episode_stage import EpisodesConfig, build_episodes
+    from pipeline.settings import config_dict, resolve_config
 
     cli = {"dataset": dataset, "cache_dir": cache_dir, "episodes": episodes,
            "protocol": protocol, "min_pixels": min_pixels,

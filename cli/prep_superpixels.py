@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from pipeline.config import format_command
+from pipeline.settings import format_command
 
 SHOW_FAILURES = 5
 
@@ -51,9 +51,10 @@ def stage_options(fn):
 
 def resolve(cls, kwargs: dict, section: str):
     """The command's config: defaults < ``--config`` TOML ``[section]`` < ``QGNET_*`` < flags,
-    every value converted and range-checked by its field (:func:`pipeline.config.resolve_config`;
+    every value converted and range-checked by its field (:func:`pipeline.settings.resolve_config`;
     a bad value is a :class:`~pipeline.errors.ConfigError`, shown as one line by cli/_errors.py)."""
-    from pipeline.config import resolve_config, validate_dataset_name
+    from pipeline.cache import validate_dataset_name
+    from pipeline.settings import resolve_config
 
     config_file = kwargs.pop("config_file", None)
     cfg = resolve_config(cls, cli=kwargs, config_file=config_file, section=section)

@@ -78,8 +78,8 @@ def fss(config_file, **given):
 
     from model.checkpoint import load_checkpoint, resume_config
     from model.fss.trainer import RESUMABLE, FssConfig, find_checkpoint, train_fss
-    from pipeline.config import resolve_config
     from pipeline.errors import QgnetError
+    from pipeline.settings import resolve_config
 
     cli = {k: v for k, v in given.items() if v is not None}
     try:

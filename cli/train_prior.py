@@ -87,8 +87,8 @@ def prior(config_file, **given):
     from model.checkpoint import load_checkpoint, resume_config
     from model.prior.config import RESUMABLE, PriorConfig
     from model.prior.trainer import find_checkpoint, train_prior
-    from pipeline.config import resolve_config
     from pipeline.errors import QgnetError
+    from pipeline.settings import resolve_config
 
     cli = {k: v for k, v in given.items() if v is not None}
     try:

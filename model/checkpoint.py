@@ -9,7 +9,6 @@ optimiser, scheduler, step, RNG states, config) and this module does the rest::
     CheckpointSaver(folder, ...)             keep-N rotation of step-*.pt, best/last files
     find_checkpoint(where, ...)              a file as given, or the newest in a run dir
     rng_state(device) / set_rng_state        python, numpy, torch and this rank's CUDA device
-    remove_stale_temporaries(folder)         ``*.tmp<pid>`` of dead processes
     truncate_metrics(path, step)             metrics.jsonl cut back to the checkpoint's step
     WindowMeans                              means of the logged scalars over a window
     resume_config(cls, saved, cli, ...)      THE resume rule (below)
@@ -51,7 +50,6 @@ import torch
 from pipeline.errors import CheckpointError, ConfigError
 
 CHECKPOINT_VERSION = 1
-TMP_RE = re.compile(r"\.tmp(\d+)$")  # "last.pt.tmp1234": a save of process 1234
 
 # what each kind of file must hold (older checkpoints carry no "kind": the keys decide)
 KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -75,7 +73,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], *,
                     kind: str | None = None) -> Path:
     """Write ``state`` (plus ``kind``, a version and the time) atomically: temporary file
     ``<name>.tmp<pid>``, fsync, rename. A run killed while saving leaves the previous
-    checkpoint intact (and a temporary that :func:`remove_stale_temporaries` removes)."""
+    checkpoint intact (and a temporary that :func:`pipeline.fileio.remove_stale_temporaries` removes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "checkpoint_version": CHECKPOINT_VERSION, "saved_at": time.time()}
@@ -201,34 +199,6 @@ class CheckpointSaver:
 
 
 # ------------------------------------------------------------------------------ leftovers
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
-    """Delete ``*.tmp<pid>`` files of processes that no longer run (a save killed half-way);
-    a live process's temporary is left alone. Returns the removed paths."""
-    removed = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            continue
-        for f in folder.iterdir():
-            m = TMP_RE.search(f.name)
-            if m and f.is_file() and not _pid_alive(int(m.group(1))):
-                f.unlink(missing_ok=True)
-                removed.append(f)
-    return removed
-
-
 def truncate_metrics(path: str | os.PathLike, step: int) -> int:
     """Drop the lines of ``metrics.jsonl`` logged after ``step`` (a resumed run replays them),
     so the file stays one clean curve. Atomic; returns the number of lines dropped."""

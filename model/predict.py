@@ -3,7 +3,7 @@
 "Here is one photo with the object outlined; find it in these 500 photos"::
 
     >>> from model.predict import Segmenter                                # doctest: +SKIP
-    >>> seg = Segmenter.load("model.qgnet", device="cpu")                  # doctest: +SKIP
+    >>> seg = Segmenter.load("model.fss.qgnet", device="cpu")                  # doctest: +SKIP
     >>> masks = seg.predict([query_rgb], [support_rgb], [support_mask])    # doctest: +SKIP
     >>> masks[0].shape == query_rgb.shape[:2], masks[0].dtype             # doctest: +SKIP
     (True, dtype('bool'))
@@ -13,7 +13,7 @@ whose non-zero pixels are the object (255 = ignore, as in the datasets). Several
 are K shots of one class, averaged inside the network exactly as in training.
 
 The test-time path is the evaluator's own: :func:`model.fss.transforms.test_transform` for
-queries and supports, the network, :func:`model.metrics.upsample_logits` back to the
+queries and supports, the network, :func:`model.fss.metrics.upsample_logits` back to the
 query's original size. For a query and supports taken from an episode file the mask is the
 one ``qgnet-eval fss`` scores (tests/model/test_predict.py checks it).
 
@@ -37,8 +37,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from model.fss.metrics import upsample_logits
 from model.fss.transforms import IGNORE, test_transform
-from model.metrics import upsample_logits
 from pipeline.errors import CheckpointError, ConfigError
 
 BUNDLE_FORMAT = "qgnet-model"

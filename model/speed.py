@@ -8,7 +8,7 @@ never change.
   the prior, 473 / 641 for few-shot), so the few shapes are timed once per run.
 * TF32 for fp32 matmuls (``torch.backends.cuda.matmul.allow_tf32``; cuDNN convolutions
   already default to TF32): the guided and prior region maps run their cosine bmm in fp32
-  outside autocast (``model.qgnet.cosine_max_map``, ~425 GFLOP per shot per step at 473 /
+  outside autocast (``model.fss.qgnet.cosine_max_map``, ~425 GFLOP per shot per step at 473 /
   batch 8); TF32 keeps a 10-bit mantissa, i.e. cosines to ~1e-3, well inside what the
   min-max-normalised map can show.
 * channels_last (NHWC) for the few-shot network: the frozen backbones' convolutions and
@@ -35,7 +35,7 @@ def configure_cuda(device: torch.device | str) -> bool:
 def channels_last_on_cuda(model: nn.Module, device: torch.device | str) -> nn.Module:
     """``model.to(memory_format=torch.channels_last)`` on CUDA (in place; 4-D weights only),
     unchanged on CPU. Convolutions follow the weights' layout, so NCHW inputs come out NHWC
-    after the first one (checked on CPU in ``tests/model/test_qgnet.py``)."""
+    after the first one (checked on CPU in ``tests/model/fss/test_qgnet.py``)."""
     if torch.device(device).type == "cuda":
         model.to(memory_format=torch.channels_last)
     return model

@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.config import option
 from pipeline.episodes import (
     DEFAULT_MIN_PIXELS,
     DEFAULT_SEED,
@@ -47,6 +46,7 @@ from pipeline.episodes import (
     usable_classes,
 )
 from pipeline.errors import ConfigError
+from pipeline.settings import option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +140,7 @@ def _open_masks(dataset: str, split: str, cache_dir):
 
 
 def _episodes_command(dataset: str, cache_dir, **opts) -> str:
-    from pipeline.config import format_command
+    from pipeline.settings import format_command
 
     return format_command("qgnet-prep", "episodes", dataset=dataset, **opts,
                           cache_dir=cache_dir or None)
@@ -157,7 +157,7 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     """Read the train and val mask stores of ``dataset`` and write every episode file.
 
     Writes ``folds.json``, one training list per fold and one test-episode file per fold,
-    shot and seed into :func:`pipeline.config.episodes_dir`, and prints the counts.
+    shot and seed into :func:`pipeline.cache.episodes_dir`, and prints the counts.
     Defaults: all folds, shots 1 and 5, seed 321 (pfenet) / 0 (hsnet) for testing plus
     :data:`VAL_SEED` for model selection during training, E from
     :func:`default_episode_count`. Returns a summary dict (paths and counts).
@@ -170,7 +170,9 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     ValueError
         Overlapping train/val ids, bad folds, an impossible episode set.
     """
-    from pipeline.config import episodes_dir, provenance, write_json_atomic
+    from pipeline.cache import episodes_dir
+    from pipeline.fileio import write_json_atomic
+    from pipeline.provenance import provenance
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -323,7 +325,7 @@ def load_training_list(dataset: str, fold: int, *, cache_dir=None, drop_novel_im
     StoreError
         The mask store changed since the file was written.
     """
-    from pipeline.config import episodes_dir
+    from pipeline.cache import episodes_dir
 
     tsplit = train_split_name(dataset, train_set)
     path = episodes_dir(dataset, cache_dir=cache_dir) / train_list_name(
@@ -354,7 +356,7 @@ def load_test_episodes(dataset: str, fold: int, shot: int, *, seed: int = DEFAUL
     StoreError
         The val mask store changed since the file was written.
     """
-    from pipeline.config import episodes_dir
+    from pipeline.cache import episodes_dir
 
     path = episodes_dir(dataset, cache_dir=cache_dir) / episode_file_name(
         fold, shot, seed=seed, protocol=protocol)
@@ -378,7 +380,7 @@ def derive_test_episodes(dataset: str, fold: int, shot: int, *, seed: int,
     Lets the trainer validate on another seed than the test episodes (``VAL_SEED``) on a
     cache built before that file was part of ``qgnet-prep episodes``' defaults.
     """
-    from pipeline.config import episodes_dir
+    from pipeline.cache import episodes_dir
 
     try:
         return load_test_episodes(dataset, fold, shot, seed=seed, protocol=protocol,

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import format_command, mask_store_path, option, provenance
+from pipeline.cache import mask_store_path
 from pipeline.errors import IGNORE, ConfigError
+from pipeline.provenance import provenance
 from pipeline.runner import RunReport, build_store, dataset_source
+from pipeline.settings import format_command, option
 from pipeline.store import ShardedStore
 
 #: an image "has" a class when at least this many pixels show it (``qgnet-prep info``).

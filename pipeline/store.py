@@ -412,10 +412,10 @@ class ShardedStore:
     def check_attrs(self, expected: Mapping[str, Any], *, hint: str = "") -> None:
         """Raise :class:`StoreError` naming every attribute that differs from ``expected``
         (e.g. a store made with other parameters at the same path)."""
-        from pipeline.config import _plain
+        from pipeline.fileio import plain
 
-        diffs = [f"{key}: store has {self.attrs.get(key)!r}, this run wants {_plain(value)!r}"
-                 for key, value in expected.items() if self.attrs.get(key) != _plain(value)]
+        diffs = [f"{key}: store has {self.attrs.get(key)!r}, this run wants {plain(value)!r}"
+                 for key, value in expected.items() if self.attrs.get(key) != plain(value)]
         if diffs:
             more = f"; {hint}" if hint else ""
             raise StoreError(f"{self.path} was made with other settings ("

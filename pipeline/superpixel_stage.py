@@ -27,9 +27,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.config import format_command, option, provenance, superpixel_store_path
+from pipeline.cache import superpixel_store_path
 from pipeline.errors import ConfigError
+from pipeline.provenance import provenance
 from pipeline.runner import RunReport, build_store, dataset_source
+from pipeline.settings import format_command, option
 from pipeline.store import ShardedStore, StoreError
 
 METHODS = ("slic", "felzenszwalb")

@@ -18,11 +18,11 @@ TRAINABLE_PREFIXES = ("backbone.", "prior_backbone.")
 
 # ---------------------------------------------------------------------------- model I/O
 def parse_bins(bins: str, crop: int):
-    """The ``bins`` option (a string) -> the ``pyramid_bins`` spec of :class:`model.qgnet.QGNet`.
+    """The ``bins`` option (a string) -> the ``pyramid_bins`` spec of :class:`model.fss.qgnet.QGNet`.
 
     ``"auto"``: PFENet's absolute bins (60, 30, 15, 8) at crop 473, else ``None`` (QGNet
     then uses the fractions (1, .5, .25, .125) of the feature size at the training crop);
-    or a comma list, values > 1 as ints. :func:`model.qgnet.resolve_bins` turns a spec into
+    or a comma list, values > 1 as ints. :func:`model.fss.qgnet.resolve_bins` turns a spec into
     bin sizes for one feature map."""
     if bins == "auto":
         return (60, 30, 15, 8) if int(crop) == 473 else None
@@ -55,14 +55,14 @@ def model_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_model(meta: Mapping[str, Any], *, stems: Mapping[str, str] | None = None):
-    """A :class:`model.qgnet.QGNet` from :func:`model_meta` (frozen backbones loaded).
+    """A :class:`model.fss.qgnet.QGNet` from :func:`model_meta` (frozen backbones loaded).
 
     ``stems`` (``{"backbone": ..., "prior_backbone": ...}``, ResNet stems): build both
     backbones from random init with these stems instead of loading the files the meta names;
     the caller loads every weight itself (a :mod:`model.predict` bundle).
     """
     from model.backbones import build_backbone
-    from model.qgnet import QGNet
+    from model.fss.qgnet import QGNet
 
     def backbone(key: str, weights: str):
         if stems is None:
@@ -107,7 +107,7 @@ def step(model, batch: dict[str, torch.Tensor], *, device: torch.device, amp: bo
     3. loss = CE(main) + 1.0 x mean CE(aux), 255 ignored (``label``, S x S);
     4. training only (``optimizer`` given): backward and SGD step.
     """
-    from model.qgnet import QGNet
+    from model.fss.qgnet import QGNet
     from model.utils import autocast
 
     b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # 1

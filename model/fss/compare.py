@@ -40,7 +40,7 @@ import numpy as np
 __all__ = ["bootstrap_difference", "compare_checkpoints", "compare_results", "episode_metrics",
            "format_text"]
 
-_EPS = 1e-10  # PFENet's I / (U + 1e-10), as model.metrics
+_EPS = 1e-10  # PFENet's I / (U + 1e-10), as model.fss.metrics
 
 
 def _check(cls, conf) -> tuple[np.ndarray, np.ndarray]:
@@ -72,14 +72,14 @@ def _weighted_metrics(cls: np.ndarray, conf: np.ndarray, weights: np.ndarray,
 
 
 def episode_metrics(cls, conf, *, class_ids: Sequence[int] | None = None) -> dict[str, float]:
-    """mIoU and FB-IoU from per-episode counts, exactly as :class:`model.metrics.FewShotMeter`.
+    """mIoU and FB-IoU from per-episode counts, exactly as :class:`model.fss.metrics.FewShotMeter`.
 
     Parameters
     ----------
     cls : array, E
         Class id of each episode.
     conf : array, E x 2 x 2
-        Per-episode confusion ``C[t, p]`` (:func:`model.metrics.episode_confusion`).
+        Per-episode confusion ``C[t, p]`` (:func:`model.fss.metrics.episode_confusion`).
     class_ids : sequence of int, optional
         The fold's test classes (default: the classes present); classes without an
         episode are left out of the mean, as the meter does.

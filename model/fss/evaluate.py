@@ -5,7 +5,7 @@ PFENet's protocol (``test.py`` with ``ori_resize``), see docs/fss.md::
     query, supports  -> PFENet ``Resize``: longer side to S (up or down), floored to x8,
                      top-left of an S x S canvas (model.fss.transforms.test_transform)
     logits           N x 2 x S x S -> exact inverse of that resize to H x W, argmax
-                     (model.metrics.episode_confusions: on the device, no host sync)
+                     (model.fss.metrics.episode_confusions: on the device, no host sync)
     meter            per class: sum I / sum U over its episodes; mIoU = mean over the fold's
                      classes; FB-IoU = mean of fg and bg IoU summed over all episodes
     seeds            one episode file per seed -> mean and sample std over seeds
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from model.fss.build import load_model, step
+from model.fss.metrics import FewShotMeter, episode_confusions, intersection_union, summarise_seeds
+from model.fss.regions import RegionMeter
 from model.fss.results import write_results
-from model.metrics import FewShotMeter, episode_confusions, intersection_union, summarise_seeds
-from model.regions import RegionMeter
-from pipeline.config import option
+from pipeline.settings import option
 
 log = logging.getLogger("qgnet.fss")
 
@@ -45,7 +45,7 @@ GPU_BATCH = 4  # episodes per forward on CUDA (the counts do not depend on it)
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Every option of ``qgnet-eval fss``, resolved by :func:`pipeline.config.resolve_config`
+    """Every option of ``qgnet-eval fss``, resolved by :func:`pipeline.settings.resolve_config`
     (defaults < TOML ``--config`` (top level or ``[eval]``) < ``QGNET_*`` < command line).
     ``None`` is "not set": the checkpoint's training value, or the default named here."""
 
@@ -85,7 +85,7 @@ def run_episodes(model, loader, *, classes: Sequence[int], device: torch.device,
     ``episodes``, ``seconds`` (after the first batch; the whole run when there is only
     one batch), ``episodes_per_s``, ``per_episode``
     (this rank's episodes: ``episode`` (E,) row of the episode file, ``cls`` (E,),
-    ``confusion`` (E x 2 x 2, as :func:`model.metrics.episode_confusion`), ``inter`` and
+    ``confusion`` (E x 2 x 2, as :func:`model.fss.metrics.episode_confusion`), ``inter`` and
     ``union`` (E x 2, columns background / foreground, pixels at the original resolution);
     used by :mod:`model.fss.compare`), and with ``regions`` the RegionMeters ``guided`` and
     ``prior`` (prior: None without a prior map). ``reduce``: sum the meter's counts over

@@ -15,7 +15,7 @@ def result_key(result: Mapping[str, Any]) -> str:
 
 def write_results(folder: str | Path, result: Mapping[str, Any], *, key: str | None = None) -> Path:
     """Merge ``result`` into ``folder/results.json`` (keyed) and rewrite ``results.md``."""
-    from pipeline.config import write_json_atomic
+    from pipeline.fileio import write_json_atomic
 
     folder = Path(folder)
     path = folder / "results.json"

@@ -134,10 +134,10 @@ def _option(name: str) -> str:
 def finalize_config(cfg: FssConfig, *, world: int = 1) -> FssConfig:
     """Fill the dataset defaults and check the options (ConfigError names the one that is
     wrong, its allowed range and what to pass)."""
-    from pipeline.config import validate_dataset_name
+    from pipeline.cache import validate_dataset_name
     from pipeline.errors import ConfigError
 
-    validate_dataset_name(cfg.dataset)  # the one check every command runs (pipeline.config)
+    validate_dataset_name(cfg.dataset)  # the one check every command runs (pipeline.cache)
     if cfg.recipe not in RECIPES:
         raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}; got {cfg.recipe!r}")
     d = DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["folder"])
@@ -181,7 +181,7 @@ def check_fold(dataset: str, fold: int, *, cache_dir: str | None) -> None:
     many; PASCAL-5i / COCO-20i and the interleaved default have 4)."""
     import json
 
-    from pipeline.config import episodes_dir
+    from pipeline.cache import episodes_dir
     from pipeline.episodes import NUM_FOLDS
     from pipeline.errors import ConfigError
 
@@ -231,7 +231,6 @@ def train_fss(cfg: FssConfig) -> Path:
         check_resume,
         load_checkpoint,
         pick_rank_state,
-        remove_stale_temporaries,
         rng_state,
         seed_everything,
         set_rng_state,
@@ -239,8 +238,10 @@ def train_fss(cfg: FssConfig) -> Path:
     )
     from model.speed import channels_last_on_cuda, configure_cuda
     from model.utils import MetricsWriter, init_distributed, pick_device
-    from pipeline.config import config_dict, provenance, write_json_atomic
     from pipeline.episode_stage import derive_test_episodes, load_training_list
+    from pipeline.fileio import remove_stale_temporaries, write_json_atomic
+    from pipeline.provenance import provenance
+    from pipeline.settings import config_dict
 
     dinfo = init_distributed(cfg.device)
     cfg = finalize_config(cfg, world=dinfo.world_size)

@@ -22,7 +22,7 @@ is *always* scaled to ``size`` (up or down), the shorter to ``int(side * size / 
 and both are floored to a multiple of 8 (PFENet's ``find_new_hw``: 500 x 375 at 473 ->
 352 x 472). The result is placed at the top-left of a ``size x size`` canvas (image pad 0
 *before* normalisation, as PFENet's ``back_crop = np.zeros`` ahead of ``Normalize``; label
-pad 255). The original label is kept for scoring: :func:`model.metrics.upsample_logits`
+pad 255). The original label is kept for scoring: :func:`model.fss.metrics.upsample_logits`
 maps the canvas back with the exact inverse of this resize (see docs/fss.md "Test-time
 resize and scoring"). PFENet's ``test_Resize`` (only used when ``resized_val`` is False)
 leaves small images unscaled; it is not the protocol and is not implemented.
@@ -40,7 +40,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from model.canvas import TEST_MULTIPLE, test_size  # noqa: F401 - the test canvas, re-exported
+from model.fss.canvas import TEST_MULTIPLE, test_size  # noqa: F401 - the test canvas, re-exported
 
 IGNORE = 255
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255  # ImageNet, 0..255 scale
@@ -125,7 +125,7 @@ def rotate(image: np.ndarray, label: np.ndarray, angle: float, *, pad=MEAN,
     ``scipy.ndimage.map_coordinates`` version this replaced (31 of PFENet's ~35 ms per
     image, issue 13 §7; docs/benchmarks.md "FSS train-time rotation"). Same sampling grid;
     results differ only where a bilinear sample straddles the image edge and where a
-    nearest source lies exactly half-way between pixels (tests/model/test_fss_transforms.py
+    nearest source lies exactly half-way between pixels (tests/model/fss/test_transforms.py
     compares the two).
     """
     import torch
@@ -267,7 +267,7 @@ def test_transform(image: np.ndarray, label: np.ndarray, *, size: int
     """The one test-time resize and pad (PFENet ``Resize``), then normalisation.
 
     Used for queries and supports by ``qgnet-eval fss / regions / show`` and by validation
-    during training; :func:`model.metrics.upsample_logits` is its inverse for scoring.
+    during training; :func:`model.fss.metrics.upsample_logits` is its inverse for scoring.
 
     Parameters
     ----------

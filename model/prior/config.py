@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from model import checkpoint as ckpt_lib
-from pipeline.config import config_dict
 from pipeline.errors import ConfigError
+from pipeline.settings import config_dict
 
 EXPORT_NAME = "prior_extractor.pt"
 

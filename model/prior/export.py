@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from model.utils import load_checkpoint
-from pipeline.config import provenance
+from pipeline.provenance import provenance
 
 
 def export_prior(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -12,7 +12,7 @@ their superpixel maps:
 3. Momentum update of the key encoder, then (no grad) shuffle the key batch for BN,
    encode, unshuffle -> ``k`` (N x D), ``k_loc`` (N x P x D).
 4. ``L = L_global(q, k, queue) + L_local(q_loc, k_loc, patch_queue)`` (QGNet eq. 1 + 2,
-   see :mod:`model.losses`), positive at logit 0, temperature 0.2.
+   see :mod:`model.prior.global_infonce`, :mod:`model.prior.local_infonce`), positive at logit 0, temperature 0.2.
 5. Enqueue ``k`` and the valid ``k_loc`` rows (gathered over ranks under DDP).
 
 Shuffle-BN (MoCo sec. 3.3) stops a model from cheating through batch statistics shared
@@ -46,7 +46,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from model.losses import global_infonce, local_infonce
+from model.prior.global_infonce import global_infonce
+from model.prior.local_infonce import local_infonce
 from model.prior.patches import patch_masks, pool_with_masks, sample_patch_ids
 from model.prior.queue import RingQueue
 from model.utils import all_gather_variable

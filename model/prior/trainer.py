@@ -44,7 +44,6 @@ from model.checkpoint import (
     WindowMeans,
     load_checkpoint,
     pick_rank_state,
-    remove_stale_temporaries,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -68,7 +67,9 @@ from model.utils import (
     init_distributed,
     pick_device,
 )
-from pipeline.config import config_dict, provenance, write_json_atomic
+from pipeline.fileio import remove_stale_temporaries, write_json_atomic
+from pipeline.provenance import provenance
+from pipeline.settings import config_dict
 
 log = logging.getLogger("qgnet.prior")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import DATASET_NAME_RE
+from pipeline.cache import DATASET_NAME_RE
 from pipeline.datasets.base import Dataset
 from pipeline.datasets.coco import CocoDataset
 from pipeline.datasets.demo import DemoDataset, generate_demo

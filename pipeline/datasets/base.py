@@ -72,7 +72,7 @@ class Dataset(ABC):
     def default_root(cls, *, cache_dir=None) -> Path:
         """Root used by :func:`~pipeline.datasets.open_dataset` when none is given:
         ``<cache root>/<name>/data`` (the demo reader generates it there)."""
-        from pipeline.config import dataset_cache_dir
+        from pipeline.cache import dataset_cache_dir
 
         return dataset_cache_dir(cls.name, cache_dir=cache_dir) / "data"
 

@@ -346,7 +346,8 @@ def prepare_demo(cache_dir=None, *, n_train: int = 240, n_val: int = 80, seed: i
     place, so a reader never sees half a dataset and two processes racing here both end with
     a complete one. The temporaries of killed runs (dead pids) are removed first.
     """
-    from pipeline.config import dataset_cache_dir, remove_stale_temporaries
+    from pipeline.cache import dataset_cache_dir
+    from pipeline.fileio import remove_stale_temporaries
 
     target = dataset_cache_dir("demo", cache_dir=cache_dir) / "data"
     for stale in remove_stale_temporaries(target.parent, base="data"):

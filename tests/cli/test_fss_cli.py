@@ -40,8 +40,8 @@ def test_eval_config_sources_and_types(tmp_path, monkeypatch):
     """qgnet-eval fss resolves EvalConfig: defaults < TOML [eval] < QGNET_* < command line,
     every value converted by the field's type; "not set" is None."""
     from model.fss.evaluate import EvalConfig
-    from pipeline.config import resolve_config
     from pipeline.errors import ConfigError
+    from pipeline.settings import resolve_config
 
     d = resolve_config(EvalConfig, env={})
     assert (d.checkpoint, d.shot, d.threads, d.seeds, d.out) == (None, None, None, None, None)

@@ -7,7 +7,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from cli.prep import main
-from pipeline.config import episodes_dir, mask_store_path
+from pipeline.cache import episodes_dir, mask_store_path
 from pipeline.store import ShardedStore
 
 NAMES = ["cat", "dog", "cow", "bird", "boat", "car", "bus", "tree"]

@@ -13,7 +13,7 @@ from cli.train import main
 from model.backbones import BACKBONES
 
 _spec = importlib.util.spec_from_file_location(
-    "prior_trainer_tests", Path(__file__).resolve().parents[1] / "model" / "test_prior_trainer.py")
+    "prior_trainer_tests", Path(__file__).resolve().parents[1] / "model" / "prior" / "test_trainer.py")
 helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 

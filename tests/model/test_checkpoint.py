@@ -1,7 +1,6 @@
 """model/checkpoint.py: atomic saves, the one loader and its errors, rotation, leftovers of
 killed runs, per-device RNG state, the metrics window and the resume rule."""
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -100,16 +99,6 @@ def test_saver_keeps_the_newest_and_find_picks_complete_files(tmp_path):
     assert C.find_checkpoint(tmp_path / "checkpoints", kind="fss").name == "last.pt"
     with pytest.raises(FileNotFoundError, match="last.pt"):
         C.find_checkpoint(tmp_path, kind="fss")
-
-
-def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    dead = tmp_path / f"last.pt.tmp{_dead_pid()}"
-    live = tmp_path / f"last.pt.tmp{os.getpid()}"
-    other = tmp_path / "notes.tmp"
-    for p in (dead, live, other):
-        p.write_bytes(b"x" * 10)
-    assert C.remove_stale_temporaries(tmp_path, tmp_path / "absent") == [dead]
-    assert not dead.exists() and live.exists() and other.exists()
 
 
 def test_metrics_are_truncated_to_the_checkpoint_step(tmp_path):

@@ -18,12 +18,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def _load_prior_tests():
-    """tests/model/test_prior_trainer.py (its tiny dataset and backbone), loaded by path
+    """tests/model/prior/test_trainer.py (its tiny dataset and backbone), loaded by path
     (pytest runs with --import-mode=importlib, so test modules are not importable)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).with_name("test_prior_trainer.py")
+    path = Path(__file__).parent / "prior" / "test_trainer.py"
     spec = importlib.util.spec_from_file_location("_qgnet_prior_tests", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

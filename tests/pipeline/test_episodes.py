@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import episode_stage as es
 from pipeline import episodes as ep
-from pipeline.config import episodes_dir, mask_store_path
+from pipeline.cache import episodes_dir, mask_store_path
 from pipeline.datasets.coco import COCO_CATEGORIES
 from pipeline.datasets.pascal import VOC_CLASSES
 from pipeline.store import ShardedStore, StoreError

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.canvas import test_size
+from model.fss.canvas import test_size
 
 __all__ = ["FewShotMeter", "episode_confusion", "episode_confusions", "intersection_union",
            "map_to_original", "summarise_seeds", "upsample_logits"]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from model.fss.compare import bootstrap_difference, compare_results, episode_metrics
-from model.metrics import FewShotMeter
+from model.fss.metrics import FewShotMeter
 
 
 def _confusion(inter, union, bg=2000):

@@ -1,4 +1,4 @@
-"""Tests for model/qgnet.py: region maps and prototypes on hand-made features, K-shot
+"""Tests for model/fss/qgnet.py: region maps and prototypes on hand-made features, K-shot
 averaging, shapes and bins, frozen backbones, and a few training steps that must learn."""
 
 import math
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.backbones import Backbone, build_backbone
-from model.qgnet import (
+from model.fss.qgnet import (
     QGNet,
     cosine_max_map,
     guided_region_map,

@@ -63,7 +63,7 @@ DEFAULT_FRACTIONS = (1.0, 0.5, 0.25, 0.125)  # PFENet's COCO config (fractions o
 
 
 # --------------------------------------------------------------------------------------
-# Pure functions (known answers in tests/model/test_qgnet.py)
+# Pure functions (known answers in tests/model/fss/test_qgnet.py)
 # --------------------------------------------------------------------------------------
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear, align_corners=True (PFENet everywhere); a no-op when the size matches."""

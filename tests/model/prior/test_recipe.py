@@ -15,7 +15,7 @@ from model.utils import DistInfo
 from pipeline.store import ShardedStore
 
 _spec = importlib.util.spec_from_file_location(
-    "prior_trainer_helpers", Path(__file__).resolve().parent / "test_prior_trainer.py")
+    "prior_trainer_helpers", Path(__file__).resolve().parent / "test_trainer.py")
 helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 

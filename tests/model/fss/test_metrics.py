@@ -1,4 +1,4 @@
-"""Tests for model/metrics.py and model/regions.py against hand-computed counts."""
+"""Tests for model/fss/metrics.py and model/fss/regions.py against hand-computed counts."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.metrics import (
+from model.fss.metrics import (
     FewShotMeter,
     episode_confusion,
     episode_confusions,
@@ -15,7 +15,7 @@ from model.metrics import (
     summarise_seeds,
     upsample_logits,
 )
-from model.regions import RegionMeter, region_counts, region_recall
+from model.fss.regions import RegionMeter, region_counts, region_recall
 
 # Four episodes over classes 1 and 2 (class 3 has none). C[t, p] counts by hand:
 EPISODES = [

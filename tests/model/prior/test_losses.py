@@ -1,4 +1,4 @@
-"""Global and local InfoNCE (model/losses) against slow, obviously-correct loops."""
+"""Global and local InfoNCE (model/prior/global_infonce.py, local_infonce.py) against slow, obviously-correct loops."""
 
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.losses import global_infonce, local_infonce
+from model.prior.global_infonce import global_infonce
+from model.prior.local_infonce import local_infonce
 
 
 def _unit(*shape, seed):

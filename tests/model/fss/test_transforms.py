@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model.fss import transforms as T
-from model.metrics import upsample_logits
+from model.fss.metrics import upsample_logits
 
 
 def test_binarize_keeps_ignore_and_zeroes_other_classes():

@@ -1,32 +1,18 @@
-"""Cache layout, provenance and configuration resolution, in one place.
+"""Typed settings: every command's options as a frozen dataclass, resolved one way.
 
-Configuration flows one way (see STYLE.md, lesson 6)::
+Configuration flows one way (STYLE.md, lesson 6)::
 
     dataclass defaults  <  TOML config file  <  environment (QGNET_*)  <  command line
 
-Every command describes its options as a frozen dataclass; :func:`resolve_config`
-fills it and the resolved config is written next to every output as a plain dict.
-Modules take explicit keyword arguments, never the config object.
-
-The cache root is ``--cache-dir``, else ``$QGNET_CACHE_DIR``, else ``./cache``. Stores are
-keyed by dataset and parameters::
-
-    cache/<dataset>/superpixels/<method>-<split>-<hash>.zarr
-    cache/<dataset>/masks/<split>.zarr
-    cache/<dataset>/episodes/...
+:func:`resolve_config` fills the dataclass, converting and range-checking every value
+whatever its source; the resolved config is written next to every output as a plain dict
+(:func:`config_dict`). Modules take explicit keyword arguments, never the config object.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import re
 import shlex
-import shutil
-import socket
-import sys
-import time
 import tomllib
 import types
 import typing
@@ -34,29 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.errors import ConfigError
+from pipeline.fileio import plain
 
 ENV_PREFIX = "QGNET_"
-
-#: A dataset name keys its cache folder ``<cache root>/<name>/``: letters, digits, ``-``,
-#: ``_`` and ``.``, starting with a letter or digit (so never ``..``, ``/x`` or ``a/b``).
-DATASET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def validate_dataset_name(name: Any, *, option: str = "--dataset") -> str:
-    """Return ``name`` if it can key a cache folder, else raise :class:`ConfigError`.
-
-    The one check every command runs (prep, train, eval) before it builds a path from a
-    dataset name: a name such as ``../../x`` or ``/abs/path`` would otherwise write outside
-    the cache. Data that lives elsewhere is given with ``--root DIR``, never in the name.
-
-    >>> validate_dataset_name("camvid")
-    'camvid'
-    """
-    if not isinstance(name, str) or not DATASET_NAME_RE.fullmatch(name):
-        raise ConfigError(f"{option} must be a name made of letters, digits, '-', '_' and '.' "
-                          f"(starting with a letter or digit), got {name!r}; for data in "
-                          f"another folder keep a plain name and pass --root DIR")
-    return name
 
 
 def format_command(*words: Any, **options: Any) -> str:
@@ -78,78 +44,6 @@ def format_command(*words: Any, **options: Any) -> str:
             parts += [flag, str(v)]
     return " ".join(shlex.quote(p) for p in parts)
 
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Return the cache root: ``cache_dir``, else ``$QGNET_CACHE_DIR``, else ``./cache``."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("QGNET_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path("cache")
-
-
-def params_hash(params: Mapping[str, Any], *, length: int = 10) -> str:
-    """Stable short hash of a parameter dict (key order does not matter).
-
-    >>> params_hash({"a": 1, "b": 2}) == params_hash({"b": 2, "a": 1})
-    True
-    """
-    blob = json.dumps(_plain(params), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def dataset_cache_dir(dataset: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
-    """``<cache root>/<dataset>``: everything derived from one dataset lives below it
-    (the name is checked by :func:`validate_dataset_name`, so the path stays inside)."""
-    return cache_root(cache_dir) / validate_dataset_name(dataset)
-
-
-def superpixel_store_path(dataset: str, method: str, split: str, params: Mapping[str, Any], *,
-                          cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the superpixel store for these parameters (the backend is not part of the key
-    unless it is in ``params``)."""
-    return dataset_cache_dir(dataset, cache_dir=cache_dir) / "superpixels" / (
-        f"{method}-{split}-{params_hash(params)}.zarr")
-
-
-def mask_store_path(dataset: str, split: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the decoded class-mask store of one split."""
-    return dataset_cache_dir(dataset, cache_dir=cache_dir) / "masks" / f"{split}.zarr"
-
-
-def episodes_dir(dataset: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Folder holding fold splits, training lists and fixed test episodes."""
-    return dataset_cache_dir(dataset, cache_dir=cache_dir) / "episodes"
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that can change a stored result."""
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("qgnet", "numpy", "scikit-image", "numba", "zarr", "dask", "fast-slic",
-                 "torch", "torchvision", "pycocotools", "pillow", "scipy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What every store and checkpoint records: parameters, versions, command, time."""
-    return {
-        "params": _plain(dict(params or {})),
-        "versions": package_versions(),
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-# ----------------------------------------------------------------------------------------
-# configuration: defaults < TOML file < environment < command line
-# ----------------------------------------------------------------------------------------
 
 def option(default: Any = None, *, min: float | None = None, max: float | None = None,
            flag: str | None = None) -> Any:
@@ -333,77 +227,4 @@ def check_range(value: Any, field: dataclasses.Field, *, source: str) -> None:
 
 def config_dict(cfg) -> dict[str, Any]:
     """A resolved config as a plain, JSON-serialisable dict."""
-    return _plain(dataclasses.asdict(cfg))
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_plain(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------------------
-# temporaries of killed processes: <name>.tmp<pid>
-# ----------------------------------------------------------------------------------------
-
-def pid_alive(pid: int) -> bool:
-    """True if a process ``pid`` exists on this host (it may belong to another user)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def this_host() -> str:
-    return socket.gethostname()
-
-
-_TMP_RE = re.compile(r"(?P<base>.+)\.tmp(?P<pid>\d+)")
-
-
-def remove_stale_temporaries(folder: str | os.PathLike, *, base: str | None = None) -> list[Path]:
-    """Delete ``<name>.tmp<pid>`` files and folders in ``folder`` whose process ``pid`` is
-    dead (what a killed atomic write leaves: ``demo/data.tmp<pid>``, ``last.pt.tmp<pid>``).
-
-    Only entries named exactly ``<name>.tmp<digits>`` (and, with ``base``, ``<base>.tmp<pid>``)
-    are touched; those of live processes (a run in progress) are kept. Returns the removed
-    paths. Call it at the start of a command, before it writes its own temporary.
-    """
-    folder = Path(folder)
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for entry in folder.iterdir():
-        m = _TMP_RE.fullmatch(entry.name)
-        if not m or (base is not None and m["base"] != base):
-            continue
-        pid = int(m["pid"])
-        if pid == os.getpid() or pid_alive(pid):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
-
-
-def _plain(obj: Any) -> Any:
-    """Convert paths, tuples and numpy scalars to JSON-friendly values."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return obj.item()
-    return obj
+    return plain(dataclasses.asdict(cfg))

@@ -9,7 +9,7 @@ threshold t, over all episodes:
 
 FG = label == 1; pixels labelled 255 are left out of every count. The evaluator's maps cover
 the test canvas (``model.fss.transforms.test_transform``); with ``crop=S`` they are brought
-back to the original label with :func:`model.metrics.map_to_original`, the same inverse
+back to the original label with :func:`model.fss.metrics.map_to_original`, the same inverse
 resize as the logits.
 """
 
@@ -41,7 +41,7 @@ def region_counts(maps: torch.Tensor, target: torch.Tensor, thresholds: Sequence
     thresholds : sequence of float
     crop : int, optional
         The maps cover the S x S test canvas (S = ``crop``) of the H x W original, as the
-        network's maps do: mapped back with :func:`model.metrics.map_to_original`. Without
+        network's maps do: mapped back with :func:`model.fss.metrics.map_to_original`. Without
         it the maps cover the label's whole frame (plain bilinear resize).
 
     Returns
@@ -54,7 +54,7 @@ def region_counts(maps: torch.Tensor, target: torch.Tensor, thresholds: Sequence
     if maps.dim() != 4 or maps.shape[1] != 1 or target.dim() != 3 or target.shape[0] != maps.shape[0]:
         raise ValueError(f"expected maps N x 1 x h x w and target N x H x W, got {tuple(maps.shape)} and {tuple(target.shape)}")
     if crop is not None:
-        from model.metrics import map_to_original
+        from model.fss.metrics import map_to_original
 
         m = map_to_original(maps, target.shape[-2:], crop=crop)[:, 0]  # N x H x W
     else:

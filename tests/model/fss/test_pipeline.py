@@ -222,7 +222,7 @@ def test_validation_episodes_use_another_seed_and_are_derived_when_missing(make_
     """best.pt is chosen on seed VAL_SEED, not on the test seed; `qgnet-prep episodes` writes
     that file by default, and the trainer re-derives it (identically) on older caches."""
     from model.fss.trainer import FssConfig
-    from pipeline.config import episodes_dir
+    from pipeline.cache import episodes_dir
     from pipeline.episode_stage import derive_test_episodes, load_test_episodes
     from pipeline.episodes import DEFAULT_SEED, VAL_SEED
 

@@ -21,7 +21,7 @@ from pipeline.datasets import (
     open_dataset,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 LABELME = SHARED_DATA / "voc_labelme_examples" / "examples"
 
 

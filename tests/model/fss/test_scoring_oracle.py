@@ -1,6 +1,6 @@
 """Oracles for the one test-time path: resize (model.fss.transforms.test_transform) and
-scoring at the original resolution (model.metrics.episode_confusions / map_to_original,
-model.regions), the functions the evaluator calls.
+scoring at the original resolution (model.fss.metrics.episode_confusions / map_to_original,
+model.fss.regions), the functions the evaluator calls.
 
 A prediction made from the label itself must score ~1 at every image size: smaller than,
 equal to and larger than the crop, portrait and landscape, odd sizes. Two oracles:
@@ -21,8 +21,8 @@ from PIL import Image
 from scipy import ndimage
 
 from model.fss import transforms as T
-from model.metrics import episode_confusions, map_to_original, upsample_logits
-from model.regions import RegionMeter
+from model.fss.metrics import episode_confusions, map_to_original, upsample_logits
+from model.fss.regions import RegionMeter
 
 SIZES = [(97, 131), (131, 97), (300, 400), (400, 300), (473, 473), (375, 500), (500, 375),
          (480, 854), (854, 480)]

@@ -1,7 +1,7 @@
 """Geometry of the test canvas, shared by the test transform and the scoring (a leaf module).
 
 ``model.fss.transforms.test_transform`` puts an H x W image at the top-left of an S x S
-canvas as a ``test_size(H, W, S)`` block; ``model.metrics.map_to_original`` inverts it.
+canvas as a ``test_size(H, W, S)`` block; ``model.fss.metrics.map_to_original`` inverts it.
 Both read the block size from here, so the two can never disagree.
 """
 from __future__ import annotations

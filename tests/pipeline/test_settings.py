@@ -7,21 +7,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.config import (
+from pipeline.cache import (
     cache_root,
-    config_dict,
     dataset_cache_dir,
-    format_command,
     mask_store_path,
     params_hash,
-    provenance,
-    remove_stale_temporaries,
-    resolve_config,
     superpixel_store_path,
     validate_dataset_name,
-    write_json_atomic,
 )
 from pipeline.errors import ConfigError
+from pipeline.fileio import remove_stale_temporaries, write_json_atomic
+from pipeline.provenance import provenance
+from pipeline.settings import config_dict, format_command, resolve_config
 
 
 @dataclass(frozen=True)
@@ -167,3 +164,9 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert {p.name for p in remove_stale_temporaries(tmp_path)} == {f"last.pt.tmp{dead}"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"data.tmp{os.getppid()}",
                                                                  "data.tmpx"])
+    sub = tmp_path / "checkpoints"
+    sub.mkdir()
+    (sub / f"step-0000002.pt.tmp{dead}").write_bytes(b"1")
+    (sub / f"step-0000003.pt.tmp{os.getpid()}").write_bytes(b"1")  # this process: kept
+    assert [p.name for p in remove_stale_temporaries(tmp_path / "absent", sub)] == [
+        f"step-0000002.pt.tmp{dead}"]

@@ -24,7 +24,7 @@ from model.prior.data import EpochSampler, PriorPairs, check_patch_store, collat
 from model.prior.trainer import find_checkpoint, lr_factor, train_prior
 from pipeline.store import ShardedStore, StoreError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel",
           "hubble_deep_field", "retina", "logo", "coins", "camera", "page")
 BAD = "zz_bad"  # an image whose patch map failed in the store

@@ -1,7 +1,7 @@
 """The two bin functions, one meaning each: ``parse_bins`` reads the option string,
-``model.qgnet.resolve_bins`` sizes the bins for one feature map."""
+``model.fss.qgnet.resolve_bins`` sizes the bins for one feature map."""
 from model.fss.build import parse_bins
-from model.qgnet import resolve_bins
+from model.fss.qgnet import resolve_bins
 
 
 def test_parse_bins_auto_is_pfenet_at_473_else_fractions():

@@ -17,7 +17,7 @@ from pipeline.superpixels.metrics import (
 
 skdata = pytest.importorskip("skimage.data")
 
-CAMVID = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
+CAMVID = Path(__file__).resolve().parents[4] / "shared" / "data" / "camvid"
 SLIC_BACKENDS = available_backends("slic")
 FH_BACKENDS = available_backends("felzenszwalb")
 

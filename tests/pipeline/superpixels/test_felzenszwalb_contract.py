@@ -16,7 +16,7 @@ pytest.importorskip("numba")
 
 from pipeline.superpixels import _numba_fh as F  # noqa: E402
 
-CAMVID = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
+CAMVID = Path(__file__).resolve().parents[4] / "shared" / "data" / "camvid"
 FH_BACKENDS = available_backends("felzenszwalb")
 
 

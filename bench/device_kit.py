@@ -99,8 +99,8 @@ STAND_INS: dict[str, str] = {
     "pyyaml": "6.0.4",
     "cloudpickle": "3.1.3",
     "toolz": "1.2.0",
-    "importlib-metadata": "10.2.0",  # dask's, below Python 3.12 only
-    "zipp": "4.1.2",                 # importlib-metadata's
+    "importlib-metadata": "8.7.0",  # dask's, below Python 3.12 only (10.x needs lazy-importer)
+    "zipp": "3.23.0",                # importlib-metadata's
 }
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",

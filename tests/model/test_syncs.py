@@ -295,3 +295,27 @@ def test_all_gather_variable_two_ranks(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_patch_sampling_does_not_sync_on_cuda():
+    """On the device itself: torch.bincount syncs (the mode sees it), count_ids and the
+    sampling with a host max_id do not, and give the CPU's counts."""
+    from model.prior.patches import count_ids, sample_patch_ids
+
+    g = torch.Generator().manual_seed(4)
+    maps = torch.randint(0, 50, (6, 64, 64), generator=g)
+    dev = maps.cuda()
+    torch.cuda.synchronize()
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            torch.bincount(dev.flatten())
+        counts = count_ids(dev, 50)
+        ids, valid = sample_patch_ids(dev, dev.flip(-1), 8, min_pixels=20, max_id=49)
+    finally:
+        torch.cuda.set_sync_debug_mode(old)
+    want = torch.stack([torch.bincount(m.flatten(), minlength=50) for m in maps])
+    assert torch.equal(counts.cpu().long(), want)
+    assert ids.is_cuda and valid.is_cuda

@@ -145,7 +145,7 @@ part check-fss 120 "$LOG" run_check fss_train,fss_eval
   echo "|---|---|---|"
   printf '%s\n' "${PARTS[@]}"
   echo
-  echo "device_check.sh: $(($(date +%s) - START)) s in all (budget ${BUDGET} s); files in $OUTDIR: $(ls "$OUTDIR" | grep -v summary.tmp | tr '\n' ' ')summary.md"
+  echo "device_check.sh: $(($(date +%s) - START)) s in all (budget ${BUDGET} s); files in $OUTDIR: $(ls "$OUTDIR" | grep -v summary | tr '\n' ' ')summary.md"
 } >"$OUTDIR/summary.tmp" 2>&1
 mv "$OUTDIR/summary.tmp" "$OUTDIR/summary.md"
 echo

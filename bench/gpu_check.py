@@ -230,13 +230,19 @@ def data(sz: dict, device: torch.device, work: Path) -> dict:
     (root / "masks").mkdir()
     (root / "classes.txt").write_text("thing\n")
     rng = np.random.default_rng(0)
-    bases = []
+    bases, missing = [], []
     for name in PHOTOS:  # each photo at about twice the target size, RGB uint8
-        img = getattr(skdata, name)()
+        try:
+            img = getattr(skdata, name)()
+        except Exception as exc:  # noqa: BLE001 - a sample this scikit-image cannot load
+            missing.append(f"{name}: {type(exc).__name__}")
+            continue
         img = color.gray2rgb(img) if img.ndim == 2 else img[..., :3]
         scale = 2.0 * max(h / img.shape[0], w / img.shape[1])
         bases.append((transform.rescale(img, scale, channel_axis=2, anti_aliasing=True)
                       * 255).astype(np.uint8))
+    if not bases:
+        raise RuntimeError(f"no scikit-image sample photo could be loaded: {missing}")
     ids = []
     for i in range(sz["photos"]):
         base = bases[i % len(bases)]
@@ -265,6 +271,7 @@ def data(sz: dict, device: torch.device, work: Path) -> dict:
                    echo=lambda s: None)
     out = {"root": str(root), "store": str(store.path), "photos": sz["photos"],
            "photo_hw": [h, w], "slic_backend": store.attrs.get("backend"),
+           "sample_photos": len(bases), "missing_photos": missing,
            "demo_root": str(demo), "demo_cache": str(demo_cache), "cores": cores,
            "photos_s": round(t_photos, 1), "store_s": round(t_store, 1),
            "demo_s": round(time.perf_counter() - t0 - t_photos - t_store, 1)}

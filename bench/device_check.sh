@@ -16,7 +16,8 @@
 #
 # Knobs (the CPU rehearsal sets them; see docs/gpu.md): PYTHON (default python3),
 # QGNET_KIT (default .whl), QGNET_SITE (default /tmp/site), QGNET_CHECK_BUDGET,
-# QGNET_CHECK_ARGS (extra gpu_check arguments, e.g. --toy).
+# QGNET_TIMEOUT_SCALE (multiplies every part's timeout; default 1), QGNET_CHECK_ARGS (extra
+# gpu_check arguments, e.g. --toy).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -27,6 +28,7 @@ KIT=${QGNET_KIT:-.whl}
 SITE=${QGNET_SITE:-/tmp/site}
 BUDGET=${QGNET_CHECK_BUDGET:-470}
 CHECK_ARGS=${QGNET_CHECK_ARGS:-}
+SCALE=${QGNET_TIMEOUT_SCALE:-1}  # the CPU rehearsal's toy parts are slower than the GPU's
 export PYTHONUNBUFFERED=1 PY KIT SITE OUTDIR CHECK_ARGS
 START=$(date +%s)
 PARTS=()
@@ -36,6 +38,7 @@ PARTS=()
 part() {
   local name=$1 limit=$2 log=$3
   shift 3
+  limit=$((limit * SCALE))
   local left=$((BUDGET - ($(date +%s) - START) - 10))
   if [ "$left" -lt 15 ]; then
     PARTS+=("| $name | skipped: the ${BUDGET} s budget is spent | 0 s |")

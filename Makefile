@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qgnet-installed
 
-.PHONY: setup test demo bench lint clean-cache
+.PHONY: setup test demo bench lint clean-cache device-kit
 
 setup: $(STAMP)
 
@@ -35,3 +35,7 @@ lint: setup
 
 clean-cache:
 	rm -rf cache/*/
+
+# Wheels a lent GPU machine lacks (Python 3.12, manylinux x86-64) into .whl/ (docs/gpu.md)
+device-kit:
+	$(PYTHON) -m bench.device_kit

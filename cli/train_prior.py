@@ -55,7 +55,7 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--split-bn-groups", type=int, help="SplitBatchNorm groups (default 8).")
 @click.option("--crop", type=int, help="Crop size of both views (default 224; demo 128).")
 @click.option("--scale-min", type=float, help="RandomResizedCrop minimum area (default 0.2).")
-@click.option("--workers", type=int, help="DataLoader workers (default min(8, cpus)).")
+@click.option("--workers", type=int, help="DataLoader workers (default: the cores present, less 2; docs/gpu.md).")
 @click.option("--augment-on", type=click.Choice(["device", "cpu"]),
               help="Where the colour jitter, grayscale, blur, flip and normalisation run: "
                    "device (default; workers ship uint8 crops) or cpu (all in the workers).")

@@ -196,6 +196,7 @@ class ShardedStore:
         self._index = {k: i for i, k in enumerate(self.ids)}
         self.hw: np.ndarray = np.asarray(group["hw"][:])  # N x 2
         self._maps = group[self.maps_name]
+        self._reader = None  # pipeline.zarr_shards.ShardReader of the maps (False: use zarr)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -423,8 +424,20 @@ class ShardedStore:
 
     # ---------------------------------------------------------------- reading
     def get(self, i: int) -> np.ndarray:
-        """Map of image ``i`` cropped to its true size (``H x W``)."""
+        """Map of image ``i`` cropped to its true size (``H x W``).
+
+        Read from the shard file directly (:class:`pipeline.zarr_shards.ShardReader`: one
+        ``pread`` and a zstd decode, the same array as zarr's, ~10x cheaper); through zarr
+        when the array's layout is not the one that reader knows."""
         h, w = (int(v) for v in self.hw[i])
+        if self._reader is None:
+            from pipeline.zarr_shards import ShardReader
+
+            reader = ShardReader.open(self.path / self.maps_name)
+            self._reader = reader if reader is not None and reader.chunk_shape == (
+                1,) + self.map_shape else False
+        if self._reader:
+            return np.ascontiguousarray(self._reader.read((int(i), 0, 0))[0, :h, :w])
         return np.asarray(self._maps[i, :h, :w])
 
     def get_by_id(self, image_id: str) -> np.ndarray:

@@ -222,7 +222,9 @@ class PairedAugment:
         cols = _nearest_index(left, w, self.size)
         if flip and p.flip:
             cols = cols[::-1]
-        return patch_map[np.ix_(rows, cols)]  # S x S, the map's dtype
+        # rows then columns: two plain gathers, ~8x cheaper than one np.ix_ fancy index
+        # (the same array; issue 20 §4)
+        return patch_map[rows][:, cols]  # S x S, the map's dtype
 
     def __call__(
         self, image: np.ndarray, patch_map: np.ndarray, generator: torch.Generator | None = None

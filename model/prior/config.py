@@ -8,13 +8,13 @@ export does not import the trainer.
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model import checkpoint as ckpt_lib
+from model.speed import default_loader_workers
 from pipeline.errors import ConfigError
 from pipeline.settings import config_dict
 
@@ -145,7 +145,7 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
         raise FileNotFoundError(f"--init {init}: no such file; pass a backbone state dict, "
                                 f"--init imagenet (efficientnet_lite0) or --init none")
     lr = cfg.lr or 0.03 * cfg.batch_size / 256
-    workers = cfg.workers if cfg.workers >= 0 else min(8, os.cpu_count() or 1)
+    workers = cfg.workers if cfg.workers >= 0 else default_loader_workers(world=world)
     out = cfg.out or str(Path("runs") / "prior" /
                          f"{cfg.dataset}-{cfg.split}-{cfg.backbone}-{cfg.loss}")
     shuffle = cfg.shuffle

@@ -89,9 +89,8 @@ def sample_patch_ids(
         m = int(max_id) + 1
         map_q = torch.where((map_q < 0) | (map_q >= m), 0, map_q)
         map_k = torch.where((map_k < 0) | (map_k >= m), 0, map_k)
-    offset = (torch.arange(n, device=device) * m).view(n, 1, 1)  # offset: N x 1 x 1
-    count_q = torch.bincount((map_q + offset).flatten(), minlength=n * m).view(n, m)  # N x m
-    count_k = torch.bincount((map_k + offset).flatten(), minlength=n * m).view(n, m)  # N x m
+    count_q = count_ids(map_q, m)  # count_q: N x m pixels per id
+    count_k = count_ids(map_k, m)  # count_k: N x m
     eligible = (count_q >= min_pixels) & (count_k >= min_pixels)  # eligible: N x m
     eligible[:, 0] = False
     gdev = generator.device if generator is not None else device
@@ -103,6 +102,24 @@ def sample_patch_ids(
     valid = top >= 0
     ids = torch.where(valid, ids, torch.zeros_like(ids))
     return ids, valid
+
+
+def count_ids(maps: torch.Tensor, m: int) -> torch.Tensor:
+    """Pixels per id of each map: ``maps`` N x H x W int64 with ids in ``0..m-1`` -> N x m
+    int32 counts.
+
+    One ``scatter_add_`` into a buffer whose length ``N m`` is known on the host: no host
+    sync. (``torch.bincount`` gives the same counts but on CUDA it reads ``maps.max()``
+    back to size its output, even with ``minlength``: one sync per call.) int32 holds any
+    map up to 46,000 x 46,000 pixels and uses the GPU's native atomics.
+    """
+    n = maps.shape[0]
+    offset = (torch.arange(n, device=maps.device) * m).view(n, 1, 1)  # offset: N x 1 x 1
+    flat = (maps + offset).flatten()  # flat: N H W, in 0..N m - 1
+    counts = torch.zeros(n * m, dtype=torch.int32, device=maps.device)
+    counts.scatter_add_(0, flat, torch.ones(1, dtype=torch.int32, device=maps.device)
+                        .expand_as(flat))
+    return counts.view(n, m)
 
 
 def patch_masks(

@@ -2,8 +2,12 @@
 
 A sync is counted on CPU as a call of ``aten._local_scalar_dense`` (what ``.item()``,
 ``int()``, ``float()`` and ``bool()`` of a tensor call; on CUDA each one waits for the
-device), of ``aten.nonzero``, ``masked_select``, ``unique`` or indexing with a boolean
-mask (their output size lives on the device). Calls made by the data loader (``torch/utils/data`` or ``model/*/data.py`` /
+device), ``aten.equal`` (a python bool), or of an op whose *output size depends on the
+data* (:data:`DATA_DEPENDENT`: ``bincount``, ``nonzero``, ``masked_select``, ``unique*``,
+``histc``, ``repeat_interleave`` without ``output_size``, indexing with a boolean mask): on
+CUDA such an op reads a count or a maximum back to the host before it can allocate its
+output, a sync the CPU cannot show (``torch.bincount`` learns its length from
+``input.max()`` on CUDA, even with ``minlength``). Calls made by the data loader (``torch/utils/data`` or ``model/*/data.py`` /
 ``augment.py`` on the stack) are left out: on a GPU run they happen in worker processes
 on CPU tensors. Every test compares two runs that differ only in the number of
 non-logging steps, so the syncs of setup, logging, checkpoints and export cancel out.
@@ -32,10 +36,23 @@ def _load_prior_tests():
 
 PT = _load_prior_tests()
 
-SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique",
-            "aten._unique")
+SYNC_OPS = ("aten._local_scalar_dense", "aten.equal")
+#: ops whose output size lives on the device: forbidden in a training step (issue 20 §3)
+DATA_DEPENDENT = ("aten.bincount", "aten.nonzero", "aten.argwhere", "aten.masked_select",
+                  "aten.unique", "aten._unique", "aten.unique_consecutive", "aten.unique_dim",
+                  "aten.histc", "aten.histogram")
 LOADER_FILES = ("torch/utils/data", "model/prior/data.py", "model/prior/augment.py",
                 "model/fss/data.py", "model/fss/transforms.py")
+
+
+def _forbidden(name: str, args, kwargs) -> bool:
+    """A sync or an op of data-dependent output size (see the module docstring)."""
+    if any(name == s or name.startswith(s + ".") or name.startswith(s + "2")
+           for s in SYNC_OPS + DATA_DEPENDENT):
+        return True
+    if name == "aten.repeat_interleave":  # a repeats tensor: size known only with output_size
+        return (kwargs or {}).get("output_size") is None
+    return _bool_index(name, args)
 
 
 def _bool_index(name: str, args) -> bool:
@@ -47,7 +64,8 @@ def _bool_index(name: str, args) -> bool:
 
 
 class SyncCounter(TorchDispatchMode):
-    """Count the ops of :data:`SYNC_OPS` dispatched while active, outside the loader."""
+    """Count the ops of :data:`SYNC_OPS` and :data:`DATA_DEPENDENT` (and boolean-mask
+    indexing) dispatched while active, outside the loader."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,7 +74,7 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
-        if any(name.startswith(s) for s in SYNC_OPS) or _bool_index(name, args):
+        if _forbidden(name, args, kwargs):
             stack = traceback.extract_stack()[:-1]
             if not any(any(f in fr.filename.replace("\\", "/") for f in LOADER_FILES)
                        for fr in stack):
@@ -73,12 +91,32 @@ def count_syncs(fn) -> SyncCounter:
     return c
 
 
+def extra(long: SyncCounter, short: SyncCounter) -> dict[str, int]:
+    """Where the longer run synced more often than the shorter one (op at file:line -> count)."""
+    from collections import Counter
+
+    return dict(Counter(long.where) - Counter(short.where))
+
+
 # ------------------------------------------------------------------------------ parts
 def test_counter_sees_item_int_float_and_mask_indexing():
     x = torch.arange(6.0)
     c = count_syncs(lambda: (x.sum().item(), int(x.max()), float(x[0]), x[x > 2]))
     assert c.count == 4, c.where
     assert count_syncs(lambda: (x * 2).sum()).count == 0
+
+
+def test_counter_sees_data_dependent_output_sizes():
+    x = torch.tensor([0, 2, 2, 5])
+    for fn in (lambda: torch.bincount(x, minlength=8), lambda: torch.unique(x),
+               lambda: x.nonzero(), lambda: torch.histc(x.float(), bins=4),
+               lambda: torch.repeat_interleave(x, x), lambda: torch.equal(x, x)):
+        c = count_syncs(fn)
+        assert c.count >= 1, c.where
+    # the same counts without one: a fixed-length buffer and scatter_add_
+    ok = count_syncs(lambda: torch.zeros(8, dtype=torch.long).scatter_add_(0, x, torch.ones_like(x)))
+    assert ok.count == 0, ok.where
+    assert count_syncs(lambda: torch.repeat_interleave(x, x, output_size=9)).count == 0
 
 
 def test_patch_sampling_masks_and_pooling_do_not_sync():
@@ -128,7 +166,7 @@ def _prior_syncs(tiny, tmp_path, steps: int) -> SyncCounter:
 def test_prior_trainer_non_logging_steps_do_not_sync(tiny, tmp_path):
     # 48 images, batch 8: 6 steps per epoch; both runs stop inside epoch 0 and log once.
     short, long = _prior_syncs(tiny, tmp_path, 2), _prior_syncs(tiny, tmp_path, 5)
-    assert long.count - short.count == 0, long.where[len(short.where):]
+    assert long.count - short.count == 0, extra(long, short)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +186,7 @@ def _fss_syncs(toy, steps: int) -> SyncCounter:
 
 def test_fss_trainer_non_logging_steps_do_not_sync(fss_toy):
     short, long = _fss_syncs(fss_toy, 2), _fss_syncs(fss_toy, 4)
-    assert long.count - short.count == 0, long.where[len(short.where):]
+    assert long.count - short.count == 0, extra(long, short)
 
 
 # ------------------------------------------------------------------------------ same results
@@ -166,6 +204,17 @@ def test_sampling_with_host_max_id_is_identical_to_reading_it():
     # ids above the given bound (or negative) are never sampled
     ids, valid = sample_patch_ids(mq, mk, 12, min_pixels=1, max_id=5)
     assert int(ids[valid].max()) <= 5 and int(ids[valid].min()) >= 1
+
+
+def test_count_ids_equals_bincount():
+    from model.prior.patches import count_ids
+
+    g = torch.Generator().manual_seed(2)
+    for n, m, side in ((1, 1, 5), (3, 7, 16), (4, 300, 33)):
+        maps = torch.randint(0, m, (n, side, side), generator=g)
+        want = torch.stack([torch.bincount(x.flatten(), minlength=m) for x in maps])
+        got = count_ids(maps, m)
+        assert got.shape == (n, m) and torch.equal(got.long(), want)
 
 
 def _old_enqueue(keys_buf, ptr, keys):
@@ -246,3 +295,27 @@ def test_all_gather_variable_two_ranks(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_patch_sampling_does_not_sync_on_cuda():
+    """On the device itself: torch.bincount syncs (the mode sees it), count_ids and the
+    sampling with a host max_id do not, and give the CPU's counts."""
+    from model.prior.patches import count_ids, sample_patch_ids
+
+    g = torch.Generator().manual_seed(4)
+    maps = torch.randint(0, 50, (6, 64, 64), generator=g)
+    dev = maps.cuda()
+    torch.cuda.synchronize()
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            torch.bincount(dev.flatten())
+        counts = count_ids(dev, 50)
+        ids, valid = sample_patch_ids(dev, dev.flip(-1), 8, min_pixels=20, max_id=49)
+    finally:
+        torch.cuda.set_sync_debug_mode(old)
+    want = torch.stack([torch.bincount(m.flatten(), minlength=50) for m in maps])
+    assert torch.equal(counts.cpu().long(), want)
+    assert ids.is_cuda and valid.is_cuda

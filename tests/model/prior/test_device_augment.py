@@ -329,3 +329,50 @@ def test_loader_paths_agree_and_resume_mid_epoch_gives_the_same_views(folder):
         assert torch.equal(x["map_q"], y["map_q"]) and torch.equal(x["map_k"], y["map_k"])
         assert float(((x["im_q"] - y["im_q"]) * STD).abs().mean()) < 1.5 / 255 / 2
     assert not torch.equal(full[0]["im_q"], _loader(folder, "device", 0, epoch=4)[0]["im_q"])
+
+
+def _raw_batches(folder, augment_on):
+    from model.prior.config import PriorConfig, finalize_config
+    from model.prior.trainer import build_data
+    from model.utils import DistInfo
+
+    cfg = finalize_config(PriorConfig(dataset="folder", root=str(folder["root"]),
+                                      patch_store=str(folder["store"]), backbone="resnet18",
+                                      init="none", crop=40, batch_size=4, workers=0,
+                                      augment_on=augment_on, device="cpu", out="/tmp/unused"))
+    _, sampler, loader = build_data(cfg, DistInfo(), device=torch.device("cpu"))
+    sampler.set_epoch(1)
+    return list(loader)
+
+
+@pytest.mark.parametrize("augment_on", ["device", "cpu"])
+def test_batches_are_bit_identical_to_zarrs_read_and_the_ix_map_view(folder, monkeypatch,
+                                                                     augment_on):
+    """Issue 20 §4 made the patch-map read (pipeline.zarr_shards) and the map view cheaper:
+    the loader's batches must be exactly those of the zarr read and of ``np.ix_``."""
+    from pipeline.store import ShardedStore
+
+    fast = _raw_batches(folder, augment_on)
+
+    def zarr_get(self, i):
+        h, w = (int(v) for v in self.hw[i])
+        return np.asarray(self._maps[i, :h, :w])
+
+    def ix_view(self, patch_map, p, *, flip):
+        from model.prior.augment import _nearest_index
+
+        top, left, h, w = p.crop
+        rows, cols = _nearest_index(top, h, self.size), _nearest_index(left, w, self.size)
+        return patch_map[np.ix_(rows, cols[::-1] if flip and p.flip else cols)]
+
+    monkeypatch.setattr(ShardedStore, "get", zarr_get)
+    monkeypatch.setattr(PairedAugment, "_map_view", ix_view)
+    slow = _raw_batches(folder, augment_on)
+    assert len(fast) == len(slow) == 2
+    for a, b in zip(fast, slow, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            if torch.is_tensor(a[k]):
+                assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+            else:
+                assert a[k] == b[k], k

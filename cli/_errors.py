@@ -28,15 +28,28 @@ def message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, QgnetError) and exc.filename:
         reason = exc.strerror or str(exc)
         return f"{exc.filename}: {reason}"
-    return str(exc)
+    return _worker_message(str(exc))
+
+
+def _worker_message(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker.
+
+    torch re-raises a worker's exception as the same type with the text "Caught E in
+    DataLoader worker process N. Original Traceback ...: E: <message>"; the user needs the
+    last part only (the type is the same, so it is still the user's error)."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.rsplit(".", 1)[-1].isidentifier() else last
 
 
 def is_user_error(exc: BaseException) -> bool:
     """True for errors the user fixes (shown as one line), False for bugs (traceback)."""
     if isinstance(exc, (QgnetError, *_USER_OS_ERRORS)):
         return True
-    # read-only file system, disk full, quota: the path and the reason are enough
-    return isinstance(exc, OSError) and exc.errno in {errno.EROFS, errno.ENOSPC,
+    # read-only file system, disk full, file size limit, quota: the path and the reason are enough
+    return isinstance(exc, OSError) and exc.errno in {errno.EROFS, errno.ENOSPC, errno.EFBIG,
                                                       errno.EDQUOT, errno.EACCES}
 
 

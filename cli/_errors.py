@@ -16,7 +16,7 @@ import functools
 
 import click
 
-from pipeline.errors import QgnetError
+from pipeline.errors import QgnetError, worker_message
 
 # OS errors whose message (with the file name) already tells the user what to fix.
 _USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -28,20 +28,7 @@ def message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, QgnetError) and exc.filename:
         reason = exc.strerror or str(exc)
         return f"{exc.filename}: {reason}"
-    return _worker_message(str(exc))
-
-
-def _worker_message(text: str) -> str:
-    """The original message of an error re-raised from a DataLoader worker.
-
-    torch re-raises a worker's exception as the same type with the text "Caught E in
-    DataLoader worker process N. Original Traceback ...: E: <message>"; the user needs the
-    last part only (the type is the same, so it is still the user's error)."""
-    if not text.startswith("Caught ") or "Original Traceback" not in text:
-        return text
-    last = text.rstrip().splitlines()[-1]
-    head, sep, rest = last.partition(": ")
-    return rest if sep and head.rsplit(".", 1)[-1].isidentifier() else last
+    return worker_message(str(exc))  # a FileNotFoundError re-raised by a DataLoader worker
 
 
 def is_user_error(exc: BaseException) -> bool:

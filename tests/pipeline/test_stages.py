@@ -425,19 +425,20 @@ def test_locate_superpixel_store(fake_kernels, toy, tmp_path):
         locate_superpixel_store("toy", "val", "slic", cache_dir=cache)
     default, _ = build_superpixel_store(toy, split="val", method="slic", cache_dir=cache,
                                         progress=False)
-    assert locate_superpixel_store("toy", "val", "slic", cache_dir=cache) == default.path
+    located = locate_superpixel_store("toy", "val", "slic", cache_dir=cache)
+    assert located.path == default.path and located.complete  # the open store, not a path
     # exact params: another hash is not accepted in place of the asked one
     with pytest.raises(StoreError, match="--n-segments 40"):
         locate_superpixel_store("toy", "val", "slic", cache_dir=cache, params={"n_segments": 40})
     other, _ = build_superpixel_store(toy, split="val", method="slic", params={"n_segments": 40},
                                       cache_dir=cache, progress=False)
     assert locate_superpixel_store("toy", "val", "slic", cache_dir=cache,
-                                   params={"n_segments": 40}) == other.path
+                                   params={"n_segments": 40}).path == other.path
     # no default store, one other complete store: accepted; two: an error listing them
     import shutil
 
     shutil.rmtree(default.path)
-    assert locate_superpixel_store("toy", "val", "slic", cache_dir=cache) == other.path
+    assert locate_superpixel_store("toy", "val", "slic", cache_dir=cache).path == other.path
     third, _ = build_superpixel_store(toy, split="val", method="slic", params={"n_segments": 30},
                                       cache_dir=cache, progress=False)
     with pytest.raises(StoreError, match="(?s)several complete.*--patch-store"):
@@ -458,7 +459,9 @@ def test_locate_mask_store(toy, tmp_path):
     with pytest.raises(StoreError, match="qgnet-prep masks --dataset toy --split train"):
         locate_mask_store("toy", "train", cache_dir=cache)
     store, _ = build_mask_store(toy, split="train", cache_dir=cache, progress=False)
-    assert locate_mask_store("toy", "train", cache_dir=cache) == store.path
+    located = locate_mask_store("toy", "train", cache_dir=cache)
+    assert located.path == store.path and located.attrs["kind"] == "masks"
+    np.testing.assert_array_equal(located.extra("class_pixels"), store.extra("class_pixels"))
     with pytest.raises(StoreError, match="other settings.*limit"):
         build_mask_store(toy, split="train", cache_dir=cache, limit=3, progress=False)
     assert mask_stage.class_image_counts(store, min_pixels=1).shape == (NUM_CLASSES + 1,)

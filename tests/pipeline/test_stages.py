@@ -528,3 +528,48 @@ def test_distributed_scheduler_address(toy, tmp_path):
                                          progress=False)
     assert report.shards_run == 3 and store.complete
     assert_same_store(serial.path, store.path)
+
+
+def test_an_address_where_no_scheduler_answers_is_refused_at_once(toy, tmp_path):
+    """Issue 22 §4: ``--scheduler tcp://127.0.0.1:1`` was a traceback after 30 s, with an
+    incomplete store left behind; a port where something else listens (here a server that
+    answers garbage) crashed distributed's handshake."""
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"^--scheduler tcp://127.0.0.1:{port}: no dask "
+                                          rf"scheduler answers at that address \(Connection "
+                                          rf"refused\); start one .* or use --scheduler threads"):
+        build_mask_store(toy, split="train", out=tmp_path / "m.zarr", scheduler=f"tcp://127.0.0.1:{port}",
+                         progress=False)
+    assert time.perf_counter() - t0 < 10  # the client alone retried for 30 s
+    assert not (tmp_path / "m.zarr").exists() and not list(tmp_path.glob("m.zarr*"))
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def babble():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 8)
+            conn.close()
+
+    threading.Thread(target=babble, daemon=True).start()
+    try:
+        with pytest.raises(ConfigError, match="no dask scheduler answers at that address"):
+            build_mask_store(toy, split="train", out=tmp_path / "m.zarr", progress=False,
+                             scheduler=f"tcp://127.0.0.1:{server.getsockname()[1]}")
+    finally:
+        server.close()
+    assert not (tmp_path / "m.zarr").exists()
+    with pytest.raises(ConfigError, match="expected a dask scheduler address"):
+        build_mask_store(toy, split="train", out=tmp_path / "m.zarr", scheduler="tcp://host:x",
+                         progress=False)

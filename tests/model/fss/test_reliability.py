@@ -271,3 +271,20 @@ def test_a_damaged_mask_chunk_read_by_a_loader_worker_is_one_line_naming_it(make
     line = message(err.value)
     assert is_user_error(err.value) and "\n" not in line and "Traceback" not in line, line
     assert line.startswith(f"{chunk}: cannot be read (RuntimeError: Zstd") and "rebuild it:" in line
+
+
+def test_disk_full_during_a_training_checkpoint_keeps_the_previous_one(toy, file_size_limit):
+    """Issue 22 §4: a full disk during the fss checkpoint save was a traceback (torch's
+    "unexpected pos"); now one line, no temporary, the step-1 last.pt byte-identical."""
+    from cli._errors import is_user_error, message
+    from model.fss.trainer import train_fss
+
+    run = toy["base"] / "diskfull"
+    train_fss(_cfg(toy, max_steps=1, ckpt_every=1, out=str(run)))
+    before = (run / "last.pt").read_bytes()
+    with file_size_limit(len(before) // 2), pytest.raises(OSError) as err:
+        train_fss(_cfg(toy, max_steps=2, ckpt_every=1, out=str(run), resume=str(run)))
+    assert is_user_error(err.value)
+    assert message(err.value) == f"{run / 'last.pt'}: File too large; the previous file is unchanged"
+    assert (run / "last.pt").read_bytes() == before
+    assert not list(run.glob("*.tmp*"))

@@ -348,8 +348,8 @@ class ShardedStore:
         try:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
             store = cls(path, group, mode=mode, hint=hint)
-        except StoreError:
-            raise
+        except (StoreError, PermissionError):
+            raise  # a file we may not read is not a damaged one
         except Exception as exc:  # noqa: BLE001 - zarr's metadata errors have no common type
             bad = _damaged_json(path)
             where = bad or path
@@ -504,6 +504,8 @@ class ShardedStore:
         h, w = (int(v) for v in self.hw[i])
         try:
             return np.asarray(self._maps[i, :h, :w])
+        except PermissionError:
+            raise
         except Exception as exc:  # noqa: BLE001 - codec / shard-index errors of a damaged file
             raise self._damaged(self.maps_name, int(i) // self._rows(self.maps_name), exc,
                                 what=f"the map of image {self.ids[i]!r}") from None
@@ -539,6 +541,8 @@ class ShardedStore:
         arr = self._group[name]
         try:
             return arr[:]
+        except PermissionError:
+            raise
         except Exception as exc:  # noqa: BLE001 - find the file, then say which
             bad = self._unreadable(name)
             k = bad[0][0] if bad else 0

@@ -14,9 +14,19 @@ at toy size::
                   training: the loss of every logged step identical to the reference
                 and look for leftovers: *.tmp<pid>, *.creating, *.lock below the outputs.
 
+Two more trials per trainer (issue 22 §1, §2), each once:
+
+    copied run dir  train A to step 4; cp -r A B; resume A to step 6; resume B (``--resume B``,
+                    no ``--out``) to step 5; mv B C; resume C to step 6. A must be
+                    byte-identical after B's and C's runs, B must not be re-created, and the
+                    losses of B and C must be the reference's.
+    two writers     start a run in R; once it logged step 1, start a second run (another
+                    ``--seed``) with ``--out R``. The second must be refused naming the first's
+                    pid, the first must finish with the reference's losses.
+
 Usage (issue 15 asks for 10 trials per stage, 40 in all)::
 
-    PYTHONPATH=$PWD python bench/fault_inject.py --trials 10 --work /tmp/qgnet-fault \
+    python -m bench.fault_inject --trials 10 --train-trials 10 --work /tmp/qgnet-fault \
         --json bench/results/fault_inject.json
 
 Prints one line per trial and a summary table (Markdown) for docs/benchmarks.md. Exit code 1
@@ -203,22 +213,12 @@ def stages(work: Path, args) -> dict[str, Stage]:
                        "--scheduler", scheduler or "threads", "--out", out / "masks.zarr")
 
     def prior(out, resume, scheduler):
-        return command("qgnet-train", "prior", "--dataset", "demo", "--cache-dir", cache,
-                       "--patches", "slic", "--backbone", "efficientnet_lite0", "--init", "none",
-                       "--crop", 64, "--min-patch-pixels", 16, "--batch-size", 8,
-                       "--queue-size", 32, "--local-queue-size", 128, "--epochs", 50,
-                       "--max-steps", args.train_steps, "--workers", 0, "--ckpt-every", 2,
-                       "--log-every", 1, "--device", "cpu", "--no-progress",
-                       "--out", out / "prior", *(["--resume"] if resume else []))
+        return train_command("prior", cache, args.train_steps, out=out / "prior",
+                             resume=(out / "prior") if resume else None)
 
     def fss(out, resume, scheduler):
-        return command("qgnet-train", "fss", "--dataset", "demo", "--cache-dir", cache,
-                       "--fold", 0, "--shot", 1, "--backbone", "efficientnet_lite0",
-                       "--weights", "none", "--no-prior-map", "--crop", 65, "--batch-size", 4,
-                       "--epochs", 50, "--max-steps", args.train_steps, "--val-episodes", 0,
-                       "--workers", 0, "--threads", 1, "--ckpt-every", 2, "--log-every", 1,
-                       "--device", "cpu", "--no-progress", "--out", out / "fss",
-                       *(["--resume", out / "fss"] if resume else []))
+        return train_command("fss", cache, args.train_steps, out=out / "fss",
+                             resume=(out / "fss") if resume else None)
 
     return {
         "superpixels": Stage("superpixels", superpixels,
@@ -232,6 +232,122 @@ def stages(work: Path, args) -> dict[str, Stage]:
         "fss": Stage("fss", fss, lambda ref, out: same_losses(ref / "fss", out / "fss"),
                      lambda out: steps_logged(out / "fss")),
     }
+
+
+def train_command(name: str, cache: Path, max_steps: int, *, out: Path | None = None,
+                  resume: Path | None = None, seed: int | None = None) -> list[str]:
+    """``qgnet-train prior|fss`` at toy size; ``out`` and ``resume`` only where given (the
+    issue's ``--resume B`` alone must write into B)."""
+    where = [*(["--out", out] if out is not None else []),
+             *(["--resume", resume] if resume is not None else []),
+             *(["--seed", seed] if seed is not None else [])]
+    if name == "prior":
+        return command("qgnet-train", "prior", "--dataset", "demo", "--cache-dir", cache,
+                       "--patches", "slic", "--backbone", "efficientnet_lite0", "--init", "none",
+                       "--crop", 64, "--min-patch-pixels", 16, "--batch-size", 8,
+                       "--queue-size", 32, "--local-queue-size", 128, "--epochs", 50,
+                       "--max-steps", max_steps, "--workers", 0, "--ckpt-every", 2,
+                       "--log-every", 1, "--device", "cpu", "--no-progress", *where)
+    return command("qgnet-train", "fss", "--dataset", "demo", "--cache-dir", cache,
+                   "--fold", 0, "--shot", 1, "--backbone", "efficientnet_lite0",
+                   "--weights", "none", "--no-prior-map", "--crop", 65, "--batch-size", 4,
+                   "--epochs", 50, "--max-steps", max_steps, "--val-episodes", 0,
+                   "--workers", 0, "--threads", 1, "--ckpt-every", 2, "--log-every", 1,
+                   "--device", "cpu", "--no-progress", *where)
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def prefix_losses(ref: Path, got: Path, upto: int) -> str:
+    """"" if ``got`` logged exactly steps 1..upto with the reference's losses."""
+    a = {k: v for k, v in losses(ref).items() if k <= upto}
+    b = losses(got)
+    if sorted(b) != sorted(a):
+        return f"{got.name}: steps {sorted(b)[:3]}..{sorted(b)[-1:] or ''}, expected 1..{upto}"
+    bad = [k for k in a if a[k] != b[k]]
+    return f"{got.name}: losses differ at steps {bad[:5]}" if bad else ""
+
+
+def run_rc(cmd: list[str], *, log: Path) -> tuple[int, str]:
+    """Run to completion; ``(exit code, its output)`` (also appended to ``log``)."""
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    with log.open("a") as fh:
+        fh.write(proc.stdout)
+    return proc.returncode, proc.stdout
+
+
+def copied_run_dir_trial(name: str, work: Path, ref: Path, log: Path) -> dict:
+    """Issue 22 §1: whatever run dir is resumed is the one written (a copy or a moved one)."""
+    cache, base = work / "cache", work / "trials" / f"{name}-copied"
+    a, b, c = base / "A", base / "B", base / "C"
+    base.mkdir(parents=True)
+    problems = []
+    run(train_command(name, cache, 4, out=a), log=log)
+    shutil.copytree(a, b)
+    run(train_command(name, cache, 6, resume=a), log=log)
+    before = tree_bytes(a)
+    rc, out = run_rc(train_command(name, cache, 5, resume=b), log=log)
+    if rc != 0:
+        problems.append(f"resume of the copy failed ({rc}): {out.strip().splitlines()[-1:]}")
+    if tree_bytes(a) != before:
+        changed = sorted(k for k in set(before) | set(tree_bytes(a))
+                         if before.get(k) != tree_bytes(a).get(k))
+        problems.append(f"resuming the copy B wrote into the original A: {changed[:4]}")
+    problems.append(prefix_losses(ref, b, 5))
+    shutil.move(b, c)
+    rc, out = run_rc(train_command(name, cache, 6, resume=c), log=log)
+    if rc != 0:
+        problems.append(f"resume of the moved dir failed ({rc}): {out.strip().splitlines()[-1:]}")
+    if b.exists():
+        problems.append("resuming the moved dir C re-created B")
+    if tree_bytes(a) != before:
+        problems.append("resuming the moved dir C wrote into A")
+    problems.append(prefix_losses(ref, c, 6))
+    diff = "; ".join(p for p in problems if p)
+    temps = temporaries(base)
+    shutil.rmtree(base, ignore_errors=True)
+    return {"stage": f"{name}: copied run dir", "trial": 0, "diff": diff, "temporaries": temps,
+            "ok": not diff and not temps}
+
+
+def two_writers_trial(name: str, work: Path, ref: Path, log: Path, steps: int) -> dict:
+    """Issue 22 §2: a second run on a run dir in use is refused, naming the first's pid."""
+    cache, base = work / "cache", work / "trials" / f"{name}-writers"
+    run_dir = base / "R"
+    base.mkdir(parents=True)
+    with log.open("a") as fh:
+        first = subprocess.Popen(train_command(name, cache, steps, out=run_dir), cwd=ROOT,
+                                 env=env(), stdout=fh, stderr=subprocess.STDOUT)
+    t0 = time.perf_counter()
+    while first.poll() is None and steps_logged(run_dir) < 1 and time.perf_counter() - t0 < 1800:
+        time.sleep(0.05)
+    started_at = steps_logged(run_dir)
+    rc2, out2 = run_rc(train_command(name, cache, steps, out=run_dir, seed=5), log=log)
+    rc1 = first.wait()
+    problems = []
+    if started_at < 1 or started_at >= steps:
+        problems.append(f"the second run started when the first had logged {started_at} steps")
+    if rc2 == 0:
+        problems.append("the second run was not refused (exit 0)")
+    elif str(first.pid) not in out2:
+        problems.append(f"the second run's refusal does not name pid {first.pid}: "
+                        f"{(out2.strip().splitlines() or [''])[-1][:160]}")
+    if rc1 != 0:
+        problems.append(f"the first run failed ({rc1})")
+    problems.append(prefix_losses(ref, run_dir, steps))
+    cfg = run_dir / "config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("seed") == 5:
+        problems.append("config.json is the second run's")
+    diff = "; ".join(p for p in problems if p)
+    temps = temporaries(base)
+    shutil.rmtree(base, ignore_errors=True)
+    return {"stage": f"{name}: two writers", "trial": 0, "diff": diff, "temporaries": temps,
+            "ok": not diff and not temps, "second_run_exit": rc2,
+            "second_run_says": (out2.strip().splitlines() or [""])[-1][:300]}
 
 
 def setup(work: Path, args, log: Path) -> None:
@@ -275,6 +391,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-train", type=int, default=32)
     p.add_argument("--n-val", type=int, default=12)
     p.add_argument("--train-steps", type=int, default=10)
+    p.add_argument("--run-dir-trials", default="prior,fss",
+                   help="Trainers that also get the copied-run-dir and two-writers trials "
+                        "(issue 22 §1-§2); 'none' skips them.")
     p.add_argument("--json", type=Path, help="Write the trial records here.")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
@@ -329,11 +448,35 @@ def main(argv=None) -> int:
                   f"{'' if rec['ok'] else '  FAIL'}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
         summary.append((name, ok, n_trials, t_ref))
+    extra = []  # (row name, ok) of the run-dir trials
+    for name in [n for n in args.run_dir_trials.split(",") if n and n != "none"]:
+        ref = work / "ref" / name
+        if not ref.exists():  # the kill trials of this trainer did not run: its reference
+            ref.mkdir(parents=True)
+            run(all_stages[name].cmd(ref, False, None), log=log)
+        trials = (("copied run dir", functools.partial(copied_run_dir_trial, name, work,
+                                                        ref / name, log)),
+                  ("two writers", functools.partial(two_writers_trial, name, work, ref / name,
+                                                    log, args.train_steps)))
+        for kind, trial in trials:
+            try:
+                rec = trial()
+            except RuntimeError as e:  # a command of the trial failed outright
+                rec = {"stage": f"{name}: {kind}", "trial": 0, "diff": str(e), "temporaries": [],
+                       "ok": False}
+            records.append(rec)
+            extra.append((rec["stage"], rec["ok"]))
+            print(f"{rec['stage']:26s} {'ok' if rec['ok'] else 'FAIL: ' + rec['diff']}"
+                  f"{'; temporaries ' + str(rec['temporaries']) if rec['temporaries'] else ''}",
+                  flush=True)
     print("\n| stage | schedulers | trials identical, no orphan, no temporary | reference run |")
     print("|---|---|---|---|")
     for name, ok, n, t_ref in summary:
         sch = ", ".join(s for s in all_stages[name].schedulers if s) or "-"
         print(f"| {name} | {sch} | {ok}/{n} | {t_ref:.1f} s |")
+    for name, ok in extra:
+        print(f"| {name} | - | {int(ok)}/1 | - |")
+    summary += [(name, int(ok), 1, 0.0) for name, ok in extra]
     total = sum(s[1] for s in summary)
     print(f"\n{total}/{sum(s[2] for s in summary)} trials passed "
           f"({time.perf_counter() - t0:.0f} s in all)")

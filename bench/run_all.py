@@ -35,7 +35,7 @@ def _prep(cache: str) -> Path:
     sys.path.insert(0, str(ROOT))
     from pipeline.superpixel_stage import locate_superpixel_store
 
-    return locate_superpixel_store("demo", "train", "slic", cache_dir=cache)
+    return locate_superpixel_store("demo", "train", "slic", cache_dir=cache).path
 
 
 def main() -> int:

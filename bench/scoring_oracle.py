@@ -86,10 +86,9 @@ def synthetic():
 def camvid(cache_dir, n):
     from pipeline.episode_stage import load_test_episodes
     from pipeline.mask_stage import locate_mask_store
-    from pipeline.store import ShardedStore
 
     eps = load_test_episodes("camvid", 0, 1, cache_dir=cache_dir)
-    store = ShardedStore.open(locate_mask_store("camvid", "val", cache_dir=cache_dir), kind="masks")
+    store = locate_mask_store("camvid", "val", cache_dir=cache_dir)
     out = {}
     for kind in ("hard", "soft"):
         per_class, total = {}, np.zeros((2, 2), np.int64)

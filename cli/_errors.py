@@ -16,7 +16,7 @@ import functools
 
 import click
 
-from pipeline.errors import QgnetError
+from pipeline.errors import QgnetError, worker_message
 
 # OS errors whose message (with the file name) already tells the user what to fix.
 _USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -28,15 +28,15 @@ def message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, QgnetError) and exc.filename:
         reason = exc.strerror or str(exc)
         return f"{exc.filename}: {reason}"
-    return str(exc)
+    return worker_message(str(exc))  # a FileNotFoundError re-raised by a DataLoader worker
 
 
 def is_user_error(exc: BaseException) -> bool:
     """True for errors the user fixes (shown as one line), False for bugs (traceback)."""
     if isinstance(exc, (QgnetError, *_USER_OS_ERRORS)):
         return True
-    # read-only file system, disk full, quota: the path and the reason are enough
-    return isinstance(exc, OSError) and exc.errno in {errno.EROFS, errno.ENOSPC,
+    # read-only file system, disk full, file size limit, quota: the path and the reason are enough
+    return isinstance(exc, OSError) and exc.errno in {errno.EROFS, errno.ENOSPC, errno.EFBIG,
                                                       errno.EDQUOT, errno.EACCES}
 
 

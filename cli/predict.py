@@ -3,12 +3,15 @@
 Thin: collect the files, check the supports, call :class:`model.predict.Segmenter`, write
 one 0/255 PNG mask per query (and an overlay with ``--overlay``) plus ``summary.csv``.
 An unreadable query is reported, skipped and listed in summary.csv; the exit code is then
-3 (0 when every query was segmented).
+3 (0 when every query was segmented). No input file is ever written: an ``--out`` folder
+where a mask, overlay or summary.csv would land on a query, a support, a support mask or
+the model (``--out photos/ photos/``) is refused before anything is computed.
 """
 from __future__ import annotations
 
 import csv
 import glob
+import os
 import time
 from pathlib import Path
 
@@ -54,6 +57,39 @@ def output_names(paths: list[Path]) -> list[str]:
         seen[p.stem] = n
         names.append(p.stem if n == 1 else f"{p.stem}-{n}")
     return names
+
+
+def output_files(out_dir: Path, names: list[str], *, with_overlay: bool) -> list[Path]:
+    """Every file the command writes into ``out_dir`` for queries named ``names``."""
+    files = [out_dir / f"{n}.png" for n in names]
+    if with_overlay:
+        files += [out_dir / f"{n}.overlay.jpg" for n in names]
+    return files + [out_dir / "summary.csv"]
+
+
+def refuse_overwriting_inputs(outputs: list[Path], inputs: list[Path], *, out: str) -> None:
+    """:class:`ConfigError` if writing any of ``outputs`` would replace one of ``inputs``.
+
+    Files are compared as the file system sees them (device and inode, following links), so
+    ``photos/q1.png``, ``./photos/../photos/q1.png``, a symlink to it and a hard link all
+    count as the same photo."""
+    from pipeline.errors import ConfigError
+
+    def key(p: Path):
+        try:
+            st = os.stat(p)
+        except OSError:  # not there (yet): nothing to overwrite
+            return None
+        return st.st_dev, st.st_ino
+
+    given = {k: p for p in inputs if (k := key(p)) is not None}
+    hits = [(o, given[k]) for o in outputs if (k := key(o)) is not None and k in given]
+    if hits:
+        o, i = hits[0]
+        more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
+        raise ConfigError(f"--out {out}: writing {o.name} would overwrite the input {i}{more}; "
+                          f"masks are named after their queries (NAME.png), so pass another "
+                          f"--out folder")
 
 
 def overlay(image, mask, *, color=(255, 40, 40), alpha: float = 0.5):
@@ -123,6 +159,11 @@ def main(model_path, supports, support_masks, mask_value, out, with_overlay, dev
         raise ConfigError(f"{len(supports)} --support but {len(support_masks)} --support-mask; "
                           f"give one mask per support image, in the same order")
     paths = collect_queries(queries)
+    out_dir = Path(out)
+    names = output_names(paths)
+    refuse_overwriting_inputs(
+        output_files(out_dir, names, with_overlay=with_overlay),
+        [*paths, *map(Path, supports), *map(Path, support_masks), Path(model_path)], out=out)
     import numpy as np
     import torch
     from PIL import Image
@@ -139,10 +180,8 @@ def main(model_path, supports, support_masks, mask_value, out, with_overlay, dev
     s_masks = [read_support_mask(Path(p)) for p in support_masks]
     s, m = seg.prepare_supports(s_imgs, s_masks, mask_value=mask_value,
                                 names=[str(p) for p in support_masks])
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, failed = [], 0
-    names = output_names(paths)
     bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
     for i in range(0, len(paths), batch_size):
         batch = list(zip(paths[i:i + batch_size], names[i:i + batch_size], strict=True))

@@ -1,4 +1,10 @@
-"""``qgnet-prep info STORE_OR_DIR``: print what a store, an episode folder or a cache folder holds."""
+"""``qgnet-prep info STORE_OR_DIR``: print what a store, an episode folder or a cache folder holds.
+
+By default every chunk of every store is read once (:meth:`pipeline.store.ShardedStore.verify`):
+a file that does not decode is listed with the images it holds and the command that
+rebuilds the store, and the exit code is 1. ``--no-verify`` skips the reading (the
+summary then comes from the metadata alone).
+"""
 from __future__ import annotations
 
 import json
@@ -23,8 +29,22 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def store_lines(path: Path, *, all_failures: bool = False) -> list[str]:
-    """Summary of one store: parameters, counts, failures, size; per-class counts for masks.
+def verify_lines(store) -> tuple[list[str], int]:
+    """``(lines, number of damaged files)`` of :meth:`ShardedStore.verify` on ``store``."""
+    problems = store.verify()
+    if not problems:
+        return [f"verified:   every chunk read back ({store.n_shards} shards of "
+                f"{len(store.attrs.get('extras', [])) + 3} arrays)"], 0
+    lines = [f"DAMAGED:    {len(problems)} file(s) cannot be read; {store.damage_hint()}"]
+    lines += [f"  {p['file']}" + (f" (images {p['images']})" if p["images"] else "")
+              + f": {p['error']}" for p in problems]
+    return lines, len(problems)
+
+
+def store_lines(path: Path, *, all_failures: bool = False, verify: bool = True
+                ) -> tuple[list[str], int]:
+    """Summary of one store: parameters, counts, failures, size; per-class counts for masks;
+    with ``verify``, whether every chunk reads back. Returns ``(lines, damaged files)``.
 
     Counts cover the finished shards only (an interrupted store's other rows hold the
     sizes of its layout, not results); ``all_failures`` lists every failure, not the first 5.
@@ -70,7 +90,11 @@ def store_lines(path: Path, *, all_failures: bool = False) -> list[str]:
                      + ("):" if len(shown) == len(failures) else f", first {len(shown)}; "
                         f"--failures lists all):"))
         lines += [f"  {f['id']}: {f['reason']}" for f in shown]
-    return lines
+    damaged = 0
+    if verify:
+        more, damaged = verify_lines(store)
+        lines += more
+    return lines, damaged
 
 
 def episodes_lines(path: Path) -> list[str]:
@@ -101,35 +125,51 @@ def episodes_lines(path: Path) -> list[str]:
     return lines
 
 
-def folder_lines(path: Path) -> list[str]:
-    """A folder holding stores (e.g. ``cache/coco``): one line per store found."""
-    from pipeline.store import ShardedStore
+def folder_lines(path: Path, *, verify: bool = True) -> tuple[list[str], int]:
+    """A folder holding stores (e.g. ``cache/coco``): one line per store found (a damaged
+    one says so and the listing goes on). Returns ``(lines, damaged stores)``."""
+    from pipeline.store import ShardedStore, StoreError
 
     stores = sorted(p for p in path.rglob("*.zarr") if _is_store(p))
-    lines = []
+    lines, damaged = [], 0
     for p in stores:
-        s = ShardedStore.open(p).summary()
+        try:
+            store = ShardedStore.open(p)
+            s = store.summary()
+            problems = store.verify() if verify else []
+        except StoreError as exc:
+            lines.append(f"{p}: DAMAGED: {exc}")
+            damaged += 1
+            continue
         lines.append(f"{p}: {s['kind']} {s['dataset']}/{s['split']}, {s['images']} images, "
                      f"shards {s['shards_done']}, {s['failures']} failed, "
-                     f"{_fmt_bytes(s['bytes_per_image'])} per image")
+                     f"{_fmt_bytes(s['bytes_per_image'])} per image"
+                     + ("" if not verify else ", every chunk read back" if not problems else
+                        f", DAMAGED: {len(problems)} file(s) cannot be read, e.g. "
+                        f"{problems[0]['file']}; {store.damage_hint()}"))
+        damaged += bool(problems)
     for d in sorted({f.parent for f in path.rglob("folds.json")}):
         lines.append(f"{d}: episodes ({len(list(d.glob('*.npz')))} .npz files)")
-    return lines
+    return lines, damaged
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("store_or_dir", type=click.Path(exists=True, path_type=Path))
 @click.option("--failures", "all_failures", is_flag=True,
               help=f"List every failed image of a store (default: the first {SHOW_FAILURES}).")
-def info(store_or_dir: Path, all_failures: bool):
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Read every chunk of every store once and list the files that cannot be "
+                   "read (exit code 1 if any).")
+def info(store_or_dir: Path, all_failures: bool, verify: bool):
     """Print what a store (.zarr), an episode folder or a cache folder holds."""
     path = store_or_dir
+    damaged = 0
     if _is_store(path):
-        lines = store_lines(path, all_failures=all_failures)
+        lines, damaged = store_lines(path, all_failures=all_failures, verify=verify)
     elif path.is_dir() and (path / "folds.json").is_file():
         lines = episodes_lines(path)
     elif path.is_dir():
-        lines = folder_lines(path)
+        lines, damaged = folder_lines(path, verify=verify)
         if not lines:
             raise click.ClickException(f"{path} holds no qgnet store (a .zarr folder with ids.json) "
                                        f"and no episode folder (folds.json + .npz files)")
@@ -137,3 +177,6 @@ def info(store_or_dir: Path, all_failures: bool):
         raise click.ClickException(f"{path} is not a qgnet store, episode folder or cache folder")
     for line in lines:
         click.echo(line)
+    if damaged:
+        raise click.ClickException(f"{damaged} damaged {'file' if _is_store(path) else 'store'}"
+                                   f"{'s' if damaged > 1 else ''} in {path} (listed above)")

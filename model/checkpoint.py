@@ -4,6 +4,7 @@ In the spirit of timm's ``CheckpointSaver``: the trainers build a plain dict (mo
 optimiser, scheduler, step, RNG states, config) and this module does the rest::
 
     save_checkpoint(path, state, kind=...)   temporary file, fsync, rename; adds kind/version
+    save_atomic(obj, path)                   the same for any torch.save object (the model bundle)
     load_checkpoint(path, kind=...)          the ONE loader: weights_only=True, and every
                                              unreadable / foreign file -> CheckpointError
     CheckpointSaver(folder, ...)             keep-N rotation of step-*.pt, best/last files
@@ -71,25 +72,75 @@ RESUMABLE_COMMON = frozenset({"resume", "out", "max_steps", "device", "workers",
 # ------------------------------------------------------------------------------ save / load
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], *,
                     kind: str | None = None) -> Path:
-    """Write ``state`` (plus ``kind``, a version and the time) atomically: temporary file
-    ``<name>.tmp<pid>``, fsync, rename. A run killed while saving leaves the previous
-    checkpoint intact (and a temporary that :func:`pipeline.fileio.remove_stale_temporaries` removes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` (plus ``kind``, a version and the time) atomically with
+    :func:`save_atomic`: a run killed while saving, or a full disk, leaves the previous
+    checkpoint intact."""
     state = {**state, "checkpoint_version": CHECKPOINT_VERSION, "saved_at": time.time()}
     if kind is not None:
         state["kind"] = kind
+    return save_atomic(state, path)
+
+
+class _KeepWriteError:
+    """The file object handed to ``torch.save``: it writes through to ``fh`` and keeps the
+    first ``OSError`` of a write. torch's zip writer reports a failed write (disk full, file
+    size limit) as ``RuntimeError: ... unexpected pos N vs M``, without errno or file name;
+    :func:`save_atomic` raises the kept ``OSError`` instead."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` through ``<name>.tmp<pid>``, fsync and a rename.
+
+    Any failure removes the temporary, so ``path`` is either the new file or untouched. A
+    refusal of the operating system (disk full, file too large, read-only or forbidden
+    folder) is raised as that ``OSError`` (same errno) naming ``path`` and saying the
+    previous file is unchanged, which the command line prints as one line
+    (:mod:`cli._errors`). A run killed while saving leaves the temporary for
+    :func:`pipeline.fileio.remove_stale_temporaries`.
+    """
+    path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            torch.save(state, fh)
+            writer = _KeepWriteError(fh)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        kept = "the previous file is unchanged" if os.path.lexists(path) else "nothing was written"
+        raise OSError(exc.errno, f"{exc.strerror or exc}; {kept}", str(path)) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return path
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a folder that turned read-only: the temporary is left to a later cleanup
+        pass
 
 
 def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None,

@@ -80,11 +80,16 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
     """
     from importlib import metadata
 
+    from model.checkpoint import save_atomic
     from model.fss.build import load_model
+    from pipeline.fileio import remove_stale_temporaries
 
     obj = _read(checkpoint)
     if obj.get("format") == BUNDLE_FORMAT:
         raise CheckpointError(f"{checkpoint} is already a model bundle; copy it instead")
+    if Path(out).exists() and Path(out).resolve() == Path(checkpoint).resolve():
+        raise ConfigError(f"--out {out} is the checkpoint itself; write the bundle to another "
+                          f"file (e.g. model.fss.qgnet)")
     model, ckpt = load_model(checkpoint)
     try:
         version = metadata.version("qgnet")
@@ -99,25 +104,64 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
         "qgnet_version": version,
     }
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(bundle, tmp)
-    tmp.replace(out)
-    return out
+    remove_stale_temporaries(out.parent, base=out.name)  # <out>.tmp<pid> of a killed export
+    return save_atomic(bundle, out)  # disk full / read-only: one OSError, no temporary left
+
+
+#: what :func:`model.fss.build.build_model` reads from a model meta (``prior`` and
+#: ``prior_backbone`` only with the prior map)
+META_KEYS = ("backbone", "weights", "use_prior_map", "crop")
+PRIOR_META_KEYS = ("prior", "prior_backbone")
+
+
+def _reexport(bundle: Mapping[str, Any], path: Path) -> str:
+    """The fix for a damaged bundle: export it again, from the checkpoint it names if any."""
+    source = bundle.get("source")
+    ckpt = source.get("checkpoint") if isinstance(source, Mapping) else None
+    return (f"re-export it: qgnet-export --checkpoint {ckpt if isinstance(ckpt, str) else 'best.pt'}"
+            f" --out {path}")
+
+
+def check_meta(meta: Any, path: Path, *, what: str, fix: str) -> dict[str, Any]:
+    """The ``model_meta`` of a ``what`` ("bundle", "checkpoint") as a dict, or
+    :class:`CheckpointError` naming the file, what is wrong (empty, not a dict, a key
+    missing) and ``fix``."""
+    if not isinstance(meta, Mapping) or not meta:
+        got = "empty" if isinstance(meta, Mapping) else f"a {type(meta).__name__}"
+        raise CheckpointError(f"{path}: the {what}'s model_meta (the network description) is "
+                              f"{got}; {fix}")
+    keys = META_KEYS + (PRIOR_META_KEYS if meta.get("use_prior_map") else ())
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: the {what}'s model_meta lacks {', '.join(missing)}; {fix}")
+    return dict(meta)
 
 
 def _build_from_bundle(bundle: Mapping[str, Any], path: Path):
     from model.fss.build import build_model
 
+    fix = _reexport(bundle, path)
     if bundle.get("format_version") != BUNDLE_VERSION:
         raise CheckpointError(f"{path}: bundle format {bundle.get('format_version')!r}, this "
                               f"qgnet reads {BUNDLE_VERSION}; re-export it with this version")
-    model = build_model(bundle["model_meta"], stems=bundle.get("stems", {}))
+    meta = check_meta(bundle.get("model_meta"), path, what="bundle", fix=fix)
+    state = bundle.get("state_dict")
+    if not isinstance(state, Mapping) or not state:
+        got = "no state_dict" if state is None else (
+            "an empty state_dict" if isinstance(state, Mapping) else
+            f"a {type(state).__name__} as state_dict")
+        raise CheckpointError(f"{path}: the bundle holds {got} (the weights); {fix}")
+    stems = bundle.get("stems") or {}
     try:
-        model.load_state_dict(bundle["state_dict"], strict=True)
-    except RuntimeError as exc:
+        model = build_model(meta, stems=stems if isinstance(stems, Mapping) else {})
+    except (KeyError, ValueError, TypeError) as exc:  # a value the network cannot be built from
+        raise CheckpointError(f"{path}: the bundle's model_meta does not describe a network "
+                              f"this qgnet builds ({type(exc).__name__}: {exc}); {fix}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the network the bundle describes "
-                              f"({str(exc).splitlines()[0]})") from None
+                              f"({str(exc).splitlines()[0]}); {fix}") from None
     return model
 
 
@@ -131,7 +175,16 @@ def load_network(path: str | Path, *, device: str | torch.device = "cpu"):
         model = _build_from_bundle(obj, path)
         return model.to(device).eval(), dict(obj["model_meta"])
     if "model_meta" in obj:  # a best.pt / last.pt
-        model, ckpt = load_model(path, device=device)
+        check_meta(obj["model_meta"], path, what="checkpoint",
+                   fix="pass a best.pt / last.pt written by `qgnet-train fss`")
+        try:
+            model, ckpt = load_model(path, device=device)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ValueError) and str(path) in str(exc):
+                raise CheckpointError(str(exc)) from None  # load_model's "does not fit"
+            raise CheckpointError(f"{path}: the checkpoint's model_meta does not describe a "
+                                  f"network this qgnet builds ({type(exc).__name__}: {exc})"
+                                  ) from None
         return model.eval(), dict(ckpt["model_meta"])
     raise CheckpointError(f"{path}: neither a model bundle nor a few-shot checkpoint (a prior "
                           f"extractor or another file?); pass a bundle written by "

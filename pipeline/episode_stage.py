@@ -124,19 +124,11 @@ def _masks_command(dataset: str, split: str, cache_dir) -> str:
     return build_command(dataset, split, cache_dir=cache_dir or None)
 
 
-def _locate_masks(dataset: str, split: str, cache_dir) -> Path:
-    """Path of the complete mask store (:func:`pipeline.mask_stage.locate_mask_store`)."""
+def _open_masks(dataset: str, split: str, cache_dir):
+    """The complete mask store, open (:func:`pipeline.mask_stage.locate_mask_store`)."""
     from pipeline.mask_stage import locate_mask_store
 
-    return Path(locate_mask_store(dataset, split, cache_dir=cache_dir))
-
-
-def _open_masks(dataset: str, split: str, cache_dir):
-    from pipeline.store import ShardedStore
-
-    path = _locate_masks(dataset, split, cache_dir)
-    return ShardedStore.open_complete(path, "masks", _masks_command(dataset, split, cache_dir),
-                                      what="mask store")
+    return locate_mask_store(dataset, split, cache_dir=cache_dir)
 
 
 def _episodes_command(dataset: str, cache_dir, **opts) -> str:
@@ -292,12 +284,12 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
 
 def _check_current(data: dict, path: Path, dataset: str, split: str, cache_dir, command: str,
                    fold: int) -> None:
-    from pipeline.store import StoreError, read_ids
+    from pipeline.store import StoreError
 
-    store = _locate_masks(dataset, split, cache_dir)
-    current = ids_hash(read_ids(store))
+    store = _open_masks(dataset, split, cache_dir)
+    current = ids_hash(store.ids)
     if data.get("ids_hash") != current:
-        raise StoreError(f"{path} was built from another version of the mask store {store} "
+        raise StoreError(f"{path} was built from another version of the mask store {store.path} "
                          f"(its image ids changed); rebuild the episodes with: {command}")
     folds_path = path.parent / "folds.json"
     if folds_path.is_file():

@@ -12,8 +12,25 @@ IGNORE = 255
 """Label value that carries no loss and no score (PASCAL's object borders, padding)."""
 
 
+def worker_message(text: str) -> str:
+    """The original message of an error re-raised from a torch DataLoader worker.
+
+    torch re-raises a worker's exception as the same type built from the text "Caught E in
+    DataLoader worker process N. Original Traceback (...) E: <message>"; the user needs the
+    last part only. Any other text is returned as it is."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.rsplit(".", 1)[-1].isidentifier() else last
+
+
 class QgnetError(Exception):
-    """Base class: a problem the user can fix; the message says how."""
+    """Base class: a problem the user can fix; the message says how (one line, also when a
+    DataLoader worker raised it: :func:`worker_message`)."""
+
+    def __str__(self) -> str:
+        return worker_message(super().__str__())
 
 
 class ConfigError(QgnetError, ValueError):

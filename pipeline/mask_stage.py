@@ -106,13 +106,15 @@ def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = 
         desc=f"masks {name}/{split}", root=data_root)
 
 
-def locate_mask_store(dataset: str, split: str, *, cache_dir: str | Path | None = None) -> Path:
-    """Path of the complete mask store of ``dataset``/``split``; :class:`StoreError` naming
-    the ``qgnet-prep masks`` command when it is missing or incomplete."""
+def locate_mask_store(dataset: str, split: str, *, cache_dir: str | Path | None = None
+                      ) -> ShardedStore:
+    """The complete mask store of ``dataset``/``split``, open for reading (its path is
+    ``.path``); :class:`StoreError` naming the ``qgnet-prep masks`` command when it is
+    missing, incomplete or damaged."""
     path = mask_store_path(dataset, split, cache_dir=cache_dir)
-    ShardedStore.open_complete(path, "masks", build_command(dataset, split, cache_dir=cache_dir),
-                               what="mask store")
-    return path
+    return ShardedStore.open_complete(path, "masks",
+                                      build_command(dataset, split, cache_dir=cache_dir),
+                                      what="mask store")
 
 
 def class_image_counts(store: ShardedStore, *, min_pixels: int = MIN_CLASS_PIXELS) -> np.ndarray:

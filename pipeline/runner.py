@@ -69,6 +69,57 @@ def is_address(scheduler: str) -> bool:
     return "://" in scheduler
 
 
+SCHEDULER_PROBE_S = 5.0  # how long a scheduler address may take to accept a connection
+
+
+def probe_scheduler(address: str, *, timeout: float = SCHEDULER_PROBE_S) -> None:
+    """Refuse, quickly and before anything is written, a scheduler address where no dask
+    scheduler answers.
+
+    ``distributed.Client`` retries a refused connection for 30 s and then raises a bare
+    ``OSError`` traceback: one TCP connection attempt tells "connection refused" at once
+    (an unreachable host after ``timeout`` s; ``tcp://`` and ``tls://`` only). Something
+    else listening there is found by one client handshake (:func:`connect`).
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme in ("tcp", "tls"):
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:  # a port that is not a number
+            host = port = None
+        if not host or port is None:
+            raise ConfigError(f"--scheduler {address}: expected a dask scheduler address such "
+                              f"as tcp://127.0.0.1:8786")
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise _no_scheduler(address, reason) from None
+    connect(address).close()
+
+
+def _no_scheduler(address: str, reason: str) -> ConfigError:
+    return ConfigError(f"--scheduler {address}: no dask scheduler answers at that address "
+                       f"({reason}); start one (`dask scheduler`, then `dask worker {address}`) "
+                       f"or use --scheduler threads")
+
+
+def connect(address: str):
+    """``distributed.Client(address)``; a failed handshake (nothing that speaks dask's
+    protocol there: a timeout, or garbage read as a message length) is a
+    :class:`ConfigError` saying so, not distributed's traceback."""
+    from distributed import Client
+
+    try:
+        return Client(address)
+    except Exception as exc:  # noqa: BLE001 - the connect phase only; any failure means "not a scheduler"
+        text = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise _no_scheduler(address, f"{type(exc).__name__}: {text}") from None
+
+
 # ------------------------------------------------------------------------------ report
 @dataclass
 class RunReport:
@@ -305,9 +356,9 @@ def _run_processes(store, fn, dataset, plan, workers, bar):
 
 
 def _run_distributed(store, fn, dataset, plan, address, bar):
-    from distributed import Client, as_completed
+    from distributed import as_completed
 
-    with Client(address) as client:
+    with connect(address) as client:
         # every worker: malloc settings and kernels loaded once, before any shard (what
         # ``dask worker --preload pipeline.dask_preload`` does at start-up; idempotent)
         from pipeline.dask_preload import prepare
@@ -344,9 +395,7 @@ def read_sizes(dataset, ids: Sequence[str], *, scheduler: str = "threads", worke
         return np.asarray(_sizes_of(dataset, ids), dtype=np.int32).reshape(len(ids), 2)
     chunks = [ids[i:i + SIZE_CHUNK] for i in range(0, len(ids), SIZE_CHUNK)]
     if is_address(scheduler):
-        from distributed import Client
-
-        with Client(scheduler) as client:
+        with connect(scheduler) as client:
             parts = client.gather(client.map(_sizes_of, [dataset] * len(chunks), chunks,
                                              pure=False))
     else:
@@ -400,6 +449,8 @@ def build_store(dataset, *, split: str, limit: int | None, path: Path, kind: str
         dataset. New stores record it as the attribute ``root``.
     """
     check_scheduler(scheduler, workers)
+    if is_address(scheduler):
+        probe_scheduler(scheduler)  # before the lock and the store layout: nothing written
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be an int >= 1, got {limit}")
     if shard_size is not None and shard_size < 1:

@@ -28,6 +28,12 @@ would make every map read (and the store) as large as it: an image with a side a
 :data:`MAX_MAP_SIDE` (4096 px) is refused by the stages as a failure of its own, with a
 message to downscale it, and does not enter the padding (docs/data.md).
 
+**Damaged stores.** Every read names what it could not read: an unparsable ``zarr.json`` or
+``ids.json``, a chunk file that does not decode (zstd or shard-index errors) and a failures
+file are :class:`StoreError` naming the file and the command that rebuilds the store
+(``... --overwrite``); :meth:`ShardedStore.verify` reads every chunk once
+(``qgnet-prep info`` runs it).
+
 **One writer per store.** :class:`StoreLock` (``<name>.zarr.lock`` beside the store, an
 ``fcntl.flock`` plus the holder's pid and host) is held by every command that writes a store:
 a second writer is refused with "store in use by pid N"; the lock of a killed process is
@@ -38,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -46,6 +53,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from pipeline.errors import StoreError  # noqa: F401 - re-exported: callers import it from here
+from pipeline.settings import format_command
 
 DEFAULT_SHARD_SIZE = 128
 MIN_AUTO_SHARD_SIZE = 16
@@ -66,7 +74,65 @@ def read_ids(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not is_store(path):
         raise StoreError(f"no qgnet store at {path}")
-    return json.loads((path / "ids.json").read_text())
+    return _read_json(path / "ids.json", store=path, attrs=_raw_attrs(path))
+
+
+def rebuild_hint(path: str | os.PathLike, attrs: Mapping[str, Any] | None = None,
+                 hint: str = "") -> str:
+    """How to replace a damaged store: its recorded ``qgnet-prep`` command (else ``hint``,
+    the command that builds it) with ``--overwrite``."""
+    attrs = attrs or {}
+    command = str(attrs.get("command") or "")
+    if command.startswith("prep.py "):  # recorded from ``python -m cli.prep``
+        command = "qgnet-prep " + command[len("prep.py "):]
+    if not command.startswith("qgnet-prep "):
+        command = hint
+    if not command and attrs.get("kind") in ("masks", "superpixels") and attrs.get("dataset"):
+        command = format_command(  # the store's own facts, as a command
+            "qgnet-prep", attrs["kind"], dataset=attrs["dataset"], root=attrs.get("root"),
+            split=attrs.get("split"), method=attrs.get("method"), out=str(path))
+    if not command:
+        return f"delete {path} and build it again with the qgnet-prep command that made it"
+    return f"rebuild it: {command}" + ("" if "--overwrite" in command.split() else " --overwrite")
+
+
+def _raw_attrs(path: Path) -> dict[str, Any]:
+    """The group attributes read as plain JSON; from a ``zarr.json`` that does not parse,
+    the recorded ``command`` if it can still be found in the text (else ``{}``)."""
+    try:
+        text = (path / "zarr.json").read_text(errors="replace")
+    except OSError:
+        return {}
+    try:
+        return dict(json.loads(text).get("attributes") or {})
+    except (ValueError, AttributeError, TypeError):
+        found = re.search(r'"command":\s*("(?:[^"\\]|\\.)*")', text)
+        try:
+            return {"command": json.loads(found.group(1))} if found else {}
+        except ValueError:
+            return {}
+
+
+def _read_json(file: Path, *, store: Path, attrs: Mapping[str, Any] | None = None,
+               hint: str = "") -> Any:
+    """``json.loads`` of one file of a store; unparsable: :class:`StoreError` naming it."""
+    try:
+        return json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise StoreError(f"{file}: not valid JSON ({exc}); the store {store} is damaged; "
+                         f"{rebuild_hint(store, attrs, hint)}") from None
+
+
+def _damaged_json(path: Path) -> Path | None:
+    """The first JSON file of the store at ``path`` that does not parse, if any."""
+    for f in [path / "zarr.json", path / "ids.json", *sorted(path.glob("*/zarr.json"))]:
+        try:
+            json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return f
+        except OSError:
+            continue
+    return None
 
 
 def lock_path(path: str | os.PathLike) -> Path:
@@ -185,18 +251,20 @@ class ShardedStore:
     Use :meth:`create` to lay a new store out, :meth:`open` to read or resume one.
     """
 
-    def __init__(self, path: Path, group, *, mode: str):
+    def __init__(self, path: Path, group, *, mode: str, hint: str = ""):
         self.path = Path(path)
         self._group = group
         self.mode = mode
+        self.hint = hint  # the command that builds this store (quoted in damage messages)
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.maps_name: str = self.attrs["maps"]
         self.shard_size: int = int(self.attrs["shard_size"])
-        self.ids: list[str] = json.loads((self.path / "ids.json").read_text())
+        self.ids: list[str] = _read_json(self.path / "ids.json", store=self.path,
+                                         attrs=self.attrs, hint=hint)
         self._index = {k: i for i, k in enumerate(self.ids)}
-        self.hw: np.ndarray = np.asarray(group["hw"][:])  # N x 2
         self._maps = group[self.maps_name]
         self._reader = None  # pipeline.zarr_shards.ShardReader of the maps (False: use zarr)
+        self.hw: np.ndarray = np.asarray(self._read_whole("hw"))  # N x 2
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -278,8 +346,17 @@ class ShardedStore:
         if not (path / "zarr.json").is_file() or not (path / "ids.json").is_file():
             more = f"; create it with: {hint}" if hint else ""
             raise StoreError(f"no qgnet store at {path}{more}")
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
-        store = cls(path, group, mode=mode)
+        try:
+            group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+            store = cls(path, group, mode=mode, hint=hint)
+        except (StoreError, PermissionError):
+            raise  # a file we may not read is not a damaged one
+        except Exception as exc:  # noqa: BLE001 - zarr's metadata errors have no common type
+            bad = _damaged_json(path)
+            where = bad or path
+            raise StoreError(f"{where}: cannot be read ({type(exc).__name__}: {exc}); the store "
+                             f"{path} is damaged; {rebuild_hint(path, _raw_attrs(path), hint)}"
+                             ) from None
         if kind is not None and store.attrs.get("kind") != kind:
             raise StoreError(f"{path} holds {store.attrs.get('kind')!r}, expected {kind!r}")
         return store
@@ -325,7 +402,7 @@ class ShardedStore:
     @property
     def done(self) -> np.ndarray:
         """(n_shards,) bool, read fresh from disk."""
-        return np.asarray(self._group["done"][:])
+        return np.asarray(self._read_whole("done"))
 
     @property
     def complete(self) -> bool:
@@ -430,15 +507,21 @@ class ShardedStore:
         ``pread`` and a zstd decode, the same array as zarr's, ~10x cheaper); through zarr
         when the array's layout is not the one that reader knows."""
         h, w = (int(v) for v in self.hw[i])
-        if self._reader is None:
-            from pipeline.zarr_shards import ShardReader
+        try:
+            if self._reader is None:
+                from pipeline.zarr_shards import ShardReader
 
-            reader = ShardReader.open(self.path / self.maps_name)
-            self._reader = reader if reader is not None and reader.chunk_shape == (
-                1,) + self.map_shape else False
-        if self._reader:
-            return np.ascontiguousarray(self._reader.read((int(i), 0, 0))[0, :h, :w])
-        return np.asarray(self._maps[i, :h, :w])
+                reader = ShardReader.open(self.path / self.maps_name)
+                self._reader = reader if reader is not None and reader.chunk_shape == (
+                    1,) + self.map_shape else False
+            if self._reader:
+                return np.ascontiguousarray(self._reader.read((int(i), 0, 0))[0, :h, :w])
+            return np.asarray(self._maps[i, :h, :w])
+        except PermissionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codec / shard-index errors of a damaged file
+            raise self._damaged(self.maps_name, int(i) // self._rows(self.maps_name), exc,
+                                what=f"the map of image {self.ids[i]!r}") from None
 
     def get_by_id(self, image_id: str) -> np.ndarray:
         return self.get(self.index(image_id))
@@ -447,7 +530,79 @@ class ShardedStore:
         """A side array, loaded whole."""
         if name not in self._group:
             raise KeyError(f"store {self.path} has no array {name!r}")
-        return np.asarray(self._group[name][: self.n])
+        return np.asarray(self._read_whole(name)[: self.n])
+
+    # ---------------------------------------------------------------- damage
+    def _rows(self, name: str) -> int:
+        """Rows of ``name`` per file (a shard, or one chunk where the array is not sharded)."""
+        arr = self._group[name]
+        return int((getattr(arr, "shards", None) or arr.chunks)[0])
+
+    def chunk_file(self, name: str, k: int) -> Path:
+        """The file holding rows ``k * rows .. (k + 1) * rows`` of array ``name`` (zarr's
+        default chunk keys: ``<name>/c/<k>/0/...``)."""
+        ndim = self._group[name].ndim
+        return self.path.joinpath(name, "c", str(int(k)), *["0"] * (ndim - 1))
+
+    def _damaged(self, name: str, k: int, exc: BaseException, *, what: str) -> StoreError:
+        return StoreError(f"{self.chunk_file(name, k)}: cannot be read ({type(exc).__name__}: "
+                          f"{exc}); {what} in the store {self.path} is damaged; "
+                          f"{rebuild_hint(self.path, self.attrs, self.hint)}")
+
+    def _read_whole(self, name: str) -> np.ndarray:
+        """Array ``name`` read whole; a file that does not decode is found and named."""
+        arr = self._group[name]
+        try:
+            return arr[:]
+        except PermissionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - find the file, then say which
+            bad = self._unreadable(name)
+            k = bad[0][0] if bad else 0
+            raise self._damaged(name, k, exc if not bad else bad[0][1],
+                                what=f"the array {name!r}") from None
+
+    def _unreadable(self, name: str) -> list[tuple[int, BaseException]]:
+        """``(file index, error)`` of every file of array ``name`` that does not decode."""
+        arr = self._group[name]
+        rows = self._rows(name)
+        out = []
+        for k, start in enumerate(range(0, int(arr.shape[0]), rows)):
+            try:
+                arr[start:start + rows]
+            except Exception as exc:  # noqa: BLE001
+                out.append((k, exc))
+        return out
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> list[dict[str, str]]:
+        """Read every file of the store once: every chunk of every array and every JSON
+        file. Returns one ``{"file", "error", "images"}`` per file that cannot be read
+        (``[]``: the store reads back whole). ``progress(n)`` is told each array's files."""
+        problems: list[dict[str, str]] = []
+        names = [self.maps_name, "hw", "done", *self.attrs.get("extras", [])]
+        for name in names:
+            rows = self._rows(name)
+            for k, exc in self._unreadable(name):
+                start = k * rows if name != "done" else k * self.shard_size
+                stop = min(start + (rows if name != "done" else self.shard_size), self.n)
+                problems.append({"file": str(self.chunk_file(name, k)),
+                                 "error": f"{type(exc).__name__}: {exc}",
+                                 "images": f"{start}..{stop - 1}" if stop > start else ""})
+            if progress is not None:
+                progress(-(-int(self._group[name].shape[0]) // rows))
+        if len(self.ids) != int(self.attrs.get("n_images", len(self.ids))):
+            problems.append({"file": str(self.path / "ids.json"), "images": "",
+                             "error": f"{len(self.ids)} ids for {self.attrs['n_images']} images"})
+        for f in sorted((self.path / "failures").glob("shard-*.json")):
+            try:
+                json.loads(f.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                problems.append({"file": str(f), "error": f"not valid JSON ({exc})", "images": ""})
+        return problems
+
+    def damage_hint(self) -> str:
+        """The command that replaces this store (``rebuild it: ... --overwrite``)."""
+        return rebuild_hint(self.path, self.attrs, self.hint)
 
     @property
     def failures(self) -> list[dict[str, str]]:
@@ -457,7 +612,7 @@ class ShardedStore:
         for f in sorted((self.path / "failures").glob("shard-*.json")):
             k = int(f.stem.split("-")[1])
             if k < len(done) and done[k]:
-                out.extend(json.loads(f.read_text()))
+                out.extend(_read_json(f, store=self.path, attrs=self.attrs, hint=self.hint))
         return out
 
     def finished_rows(self, done: np.ndarray | None = None) -> np.ndarray:

@@ -258,8 +258,9 @@ def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic
 
 def locate_superpixel_store(dataset: str, split: str, method: str, *,
                             cache_dir: str | Path | None = None,
-                            params: Mapping[str, Any] | None = None) -> Path:
-    """Path of the complete superpixel store of ``dataset``/``split``/``method``.
+                            params: Mapping[str, Any] | None = None) -> ShardedStore:
+    """The complete superpixel store of ``dataset``/``split``/``method``, open for reading
+    (its path is ``.path``).
 
     With ``params`` (method parameters, optionally ``backend`` and ``limit``) the store of
     exactly that key. Without, the store of the defaults (``DEFAULTS[method]``, backend
@@ -283,7 +284,7 @@ def locate_superpixel_store(dataset: str, split: str, method: str, *,
         found = sorted(folder.glob(f"{method}-{split}-*.zarr")) if folder.is_dir() else []
         complete = [f for f in found if _is_complete(f)]
         if len(complete) == 1:
-            return complete[0]
+            return _complete_or_raise(complete[0], command)
         if len(complete) > 1:
             listing = "\n".join(f"  {f}  {_describe(f)}" for f in complete)
             raise StoreError(f"several complete {method} stores for {dataset}/{split}:\n{listing}\n"
@@ -314,6 +315,5 @@ def _describe(path: Path) -> str:
     return str(_attrs(path).get("params"))
 
 
-def _complete_or_raise(path: Path, command: str) -> Path:
-    ShardedStore.open_complete(path, "superpixels", command, what="superpixel store")
-    return path
+def _complete_or_raise(path: Path, command: str) -> ShardedStore:
+    return ShardedStore.open_complete(path, "superpixels", command, what="superpixel store")

@@ -56,3 +56,52 @@ def make_fss_toy(tmp_path_factory):
         return {"root": str(root), "cache": cache, "base": base}
 
     return make
+
+
+@pytest.fixture
+def file_size_limit():
+    """``with file_size_limit(nbytes): ...``: every file this process writes is capped at
+    ``nbytes`` (``RLIMIT_FSIZE``, what ``ulimit -f`` sets): a longer write fails with the
+    kernel's EFBIG, as a full disk fails with ENOSPC. Python ignores SIGXFSZ, so the process
+    sees the error instead of being killed. No root needed; the limit is restored after."""
+    import contextlib
+    import resource
+
+    @contextlib.contextmanager
+    def limit(nbytes: int):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(nbytes), hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    return limit
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nothing can be written into: mode 0o555, and where that does not stop this
+    process (root ignores modes), also the immutable attribute (``chattr +i``); skips where
+    neither works. Cleared again after the test."""
+    import os
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK):  # root: modes do not bind
+        chattr = shutil.which("chattr")
+        if chattr and subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode == 0:
+            immutable = True
+        else:
+            folder.chmod(0o755)
+            pytest.skip("running as root without chattr +i: cannot make a read-only folder")
+    try:
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run([shutil.which("chattr"), "-i", str(folder)], check=True)
+        folder.chmod(0o755)

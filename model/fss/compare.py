@@ -222,7 +222,9 @@ def compare_checkpoints(checkpoint_a: str | Path, checkpoint_b: str | Path, *,
 
     Each is scored by :func:`model.fss.evaluate.evaluate` (its own training crop, the
     evaluator's scoring path, nothing written); dataset, fold and shot come from checkpoint
-    A, and B must have been trained on the same dataset and fold. Returns
+    A, and B must have been trained on the same dataset, fold and shot (a 5-shot model
+    scored on 1-shot episodes beside a 1-shot one is not the comparison either run
+    reports). Returns
     :func:`compare_results`.
     """
     from model.fss.evaluate import evaluate
@@ -230,11 +232,11 @@ def compare_checkpoints(checkpoint_a: str | Path, checkpoint_b: str | Path, *,
     from pipeline.errors import ConfigError
 
     cfgs = [dict(load_checkpoint(ck).get("config", {})) for ck in (checkpoint_a, checkpoint_b)]
-    for key in ("dataset", "fold"):
+    for key in ("dataset", "fold", "shot"):
         if cfgs[0].get(key) != cfgs[1].get(key):
             raise ConfigError(f"--checkpoint {checkpoint_a} and {checkpoint_b} were trained with "
                               f"{key} {cfgs[0].get(key)!r} and {cfgs[1].get(key)!r}; compare models "
-                              f"of the same dataset and fold")
+                              f"of the same dataset, fold and shot")
     shot = int(shot if shot is not None else cfgs[0].get("shot", 1))
     cache_dir = cache_dir or cfgs[0].get("cache_dir")
     root = root or cfgs[0].get("root")

@@ -2,8 +2,16 @@
 
 Images come from the dataset reader (``open_dataset(...).load_image``), masks only from
 the mask store (``qgnet-prep masks``), episode indices only from the episode files
-(``qgnet-prep episodes``). Stores and readers are opened lazily, once per DataLoader
-worker (they are dropped when the dataset is pickled).
+(``qgnet-prep episodes``). The mask store is opened and the image root resolved when the
+dataset is made (in the main process, so that a missing store or image folder fails before
+anything runs); readers are opened lazily, once per DataLoader worker (store and reader are
+dropped when the dataset is pickled).
+
+Where the images are read from (:func:`images_root`): ``--root`` when given, else the
+dataset root recorded in the mask store when it was built. A cache folder copied or moved
+elsewhere keeps pointing at that recorded root: the root used is printed when it is not the
+dataset's default under this cache, and a recorded root that no longer exists is refused
+with the ``--root`` fix instead of failing on the first image.
 
 Training item (PFENet ``SemData.__getitem__``, mode train): item ``i`` of the fold's
 training list is the query image; its class is drawn uniformly among the training classes
@@ -32,6 +40,8 @@ the validation loss), ``orig_label`` (at original resolution; the collate pads i
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -45,24 +55,58 @@ from pipeline.errors import DatasetError, ImageReadError
 MAX_SUBSTITUTES = 16  # consecutive unreadable training episodes before giving up
 
 
+_ANNOUNCED: set[tuple[str, str]] = set()  # (store, root) pairs already printed by this process
+
+
+def images_root(store, dataset: str, root: str | None = None, *,
+                cache_dir: str | None = None) -> str | None:
+    """The folder images are read from for a mask store: ``root`` when given, else the
+    root recorded in the store (``None``: the reader's default, for stores without one).
+
+    Raises :class:`DatasetError` when the recorded root no longer exists (a cache folder
+    copied to another machine, a dataset moved), naming it and the ``--root`` fix. The
+    recorded root is printed (once per process) where it is not the dataset's default
+    under this cache, so a copied cache does not silently read another folder.
+    """
+    from pipeline.datasets import dataset_root
+
+    if root:
+        return root
+    recorded = store.attrs.get("root")
+    if not recorded:
+        return None
+    here = str(dataset_root(dataset, None, cache_dir=cache_dir))
+    if not os.path.isdir(recorded):
+        hint = f" (e.g. --root {here}, the {dataset} data under this cache)" if (
+            os.path.isdir(here) and here != os.path.realpath(recorded)) else ""
+        raise DatasetError(f"the mask store {store.path} was made from the images in {recorded}, "
+                           f"which no longer exists (a copied or moved cache or dataset?); pass "
+                           f"--root DIR where those images are now{hint}")
+    key = (str(store.path), str(recorded))
+    if os.path.realpath(recorded) != here and key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(f"images: {recorded} (the dataset root recorded in {store.path}; --root DIR "
+              f"reads them from elsewhere)", file=sys.stderr, flush=True)
+    return str(recorded)
+
+
 class _StoreMixin:
-    """Lazy, per-process handles on the mask store and the image reader."""
+    """The mask store (opened now) and the image reader (opened lazily, per process)."""
 
     ignore_classes: np.ndarray | None = None  # classes whose pixels :meth:`load` makes 255
 
     def _init_sources(self, *, dataset: str, split: str, root: str | None, cache_dir: str | None):
-        self.dataset_name, self.split, self.root, self.cache_dir = dataset, split, root, cache_dir
+        self.dataset_name, self.split, self.cache_dir = dataset, split, cache_dir
         self._store = None
         self._reader = None
+        self.root = images_root(self.store, dataset, root, cache_dir=cache_dir)
 
     @property
     def store(self):
         if self._store is None:
             from pipeline.mask_stage import locate_mask_store
-            from pipeline.store import ShardedStore
 
-            path = locate_mask_store(self.dataset_name, self.split, cache_dir=self.cache_dir)
-            self._store = ShardedStore.open(path, kind="masks")
+            self._store = locate_mask_store(self.dataset_name, self.split, cache_dir=self.cache_dir)
         return self._store
 
     @property
@@ -70,8 +114,7 @@ class _StoreMixin:
         if self._reader is None:
             from pipeline.datasets import open_dataset
 
-            root = self.root or self.store.attrs.get("root")
-            self._reader = open_dataset(self.dataset_name, root, cache_dir=self.cache_dir)
+            self._reader = open_dataset(self.dataset_name, self.root, cache_dir=self.cache_dir)
         return self._reader
 
     def load(self, index: int, cls: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +207,7 @@ class TrainEpisodes(_StoreMixin, Dataset):
         else:
             raise DatasetError(f"{MAX_SUBSTITUTES + 1} consecutive training episodes from item "
                                f"{i} could not be read; check the images of {self.dataset_name} "
-                               f"(root {self.root or self.store.attrs.get('root')}) and rebuild "
+                               f"(root {self.root}) and rebuild "
                                f"with qgnet-prep masks")
         out["skipped"] = torch.tensor(skipped)
         return out

@@ -295,10 +295,9 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
 def _class_names(dataset: str, cache_dir) -> dict[int, str]:
     from pipeline.errors import QgnetError
     from pipeline.mask_stage import locate_mask_store
-    from pipeline.store import ShardedStore
 
     try:
-        store = ShardedStore.open(locate_mask_store(dataset, "val", cache_dir=cache_dir), kind="masks")
+        store = locate_mask_store(dataset, "val", cache_dir=cache_dir)
     except QgnetError:  # names are cosmetic: no complete val mask store, the ids are shown
         return {}
     return {i + 1: n for i, n in enumerate(store.attrs.get("class_names", []))}

@@ -123,13 +123,13 @@ def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
             ids = ids[: cfg.limit]
         hint = _store_command(cfg, split)
         if cfg.patch_store:
-            store_path = Path(cfg.patch_store)
+            store = ShardedStore.open(Path(cfg.patch_store), kind="superpixels", hint=hint)
         else:
             from pipeline.superpixel_stage import locate_superpixel_store
 
-            store_path = locate_superpixel_store(ds.name, split, cfg.patches,
-                                                 cache_dir=cfg.cache_dir or None)
-        store = ShardedStore.open(store_path, kind="superpixels", hint=hint)
+            store = locate_superpixel_store(ds.name, split, cfg.patches,
+                                            cache_dir=cfg.cache_dir or None)
+        store_path = store.path
         check_patch_store(store, dataset=ds.name, split=split, split_ids=ids, hint=hint)
         if store.attrs.get("method") not in (None, cfg.patches):
             raise ValueError(f"patch store {store_path} holds {store.attrs.get('method')} maps but "

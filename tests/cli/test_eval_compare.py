@@ -84,3 +84,21 @@ def test_missing_checkpoint_and_episodes_are_one_line_errors(two_runs, tmp_path)
                                      str(runs["qgnet"]), "--seed", "7", "--device", "cpu",
                                      "--workers", "0"])
     assert r.exit_code == 1 and "qgnet-prep episodes" in r.output, r.output
+
+
+def test_checkpoints_of_other_shots_or_folds_are_refused(two_runs, tmp_path):
+    """Issue 22 §4: a 2-shot checkpoint was silently scored on checkpoint A's 1-shot
+    episodes beside it (different folds were already refused)."""
+    import torch
+
+    _, runs = two_runs
+    ckpt = torch.load(runs["qgnet"], map_location="cpu", weights_only=True)
+    for key, value in (("shot", 2), ("fold", 1)):
+        other = tmp_path / f"{key}.pt"
+        torch.save({**ckpt, "config": {**ckpt["config"], key: value}}, other)
+        r = CliRunner().invoke(compare, ["--checkpoint", str(runs["baseline"]), "--checkpoint",
+                                         str(other), "--device", "cpu", "--workers", "0"])
+        line = r.output.strip()
+        assert r.exit_code == 1 and "\n" not in line, r.output
+        assert f"were trained with {key} {ckpt['config'][key]!r} and {value!r}" in line, line
+        assert line.endswith("compare models of the same dataset, fold and shot"), line

@@ -255,3 +255,40 @@ def test_stale_demo_temporary_of_a_killed_run_is_removed(tmp_path):
     code, out = run("demo", "--cache-dir", tmp_path, "--n-train", 3, "--n-val", 2)
     assert code == 0, out
     assert not stale.exists() and (tmp_path / "demo" / "data" / "DONE").is_file()
+
+
+def test_info_reads_every_chunk_and_names_damaged_files(folder, tmp_path, monkeypatch):
+    """Issue 22 §4: a corrupt zarr.json / ids.json was a JSONDecodeError traceback in ``info``
+    and ``masks``; a corrupt chunk was reported as fine."""
+    argv = ["masks", *map(str, base(folder, tmp_path, "--max-failures", 1))]
+    monkeypatch.setattr(sys, "argv", ["qgnet-prep", *argv])  # what the store records
+    code, out = run(*argv)
+    assert code == 0, out
+    path = tmp_path / "cache" / "folder" / "masks" / "train.zarr"
+    code, out = run("info", path)
+    assert code == 0 and "verified:   every chunk read back (2 shards of 4 arrays)" in out, out
+    chunk = path / "masks" / "c" / "1" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[10:40] = b"x" * 30
+    chunk.write_bytes(bytes(data))
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 1, r.output
+    assert "DAMAGED:    1 file(s) cannot be read; rebuild it: qgnet-prep masks" in r.output
+    assert f"  {chunk} (images 4..7): RuntimeError: Zstd" in r.output
+    assert r.output.rstrip().splitlines()[-1] == f"Error: 1 damaged file in {path} (listed above)"
+    r = CliRunner().invoke(main, ["info", "--no-verify", str(path)])
+    assert r.exit_code == 0 and "DAMAGED" not in r.output and "verified" not in r.output
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "cache")])  # the folder view goes on
+    assert r.exit_code == 1 and f"{path}: masks folder/train" in r.output
+    assert f"DAMAGED: 1 file(s) cannot be read, e.g. {chunk}" in r.output
+    # unparsable JSON: one line naming the file, from info and from the stage itself (the
+    # rebuild command is still found in a damaged zarr.json's text)
+    for name in ("ids.json", "zarr.json"):
+        good = (path / name).read_text()
+        (path / name).write_text("{" + good[len(good) // 3:])
+        for args in (["info", str(path)], ["masks", *map(str, base(folder, tmp_path))]):
+            r = CliRunner().invoke(main, args)
+            line = r.output.strip()
+            assert r.exit_code == 1 and "\n" not in line and "Traceback" not in line, r.output
+            assert line.startswith(f"Error: {path / name}: ") and "--overwrite" in line, line
+        (path / name).write_text(good)

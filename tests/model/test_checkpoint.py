@@ -177,3 +177,36 @@ def test_the_resume_rule():
     assert (cfg.fold, cfg.crop, cfg.workers, cfg.threads, cfg.max_steps) == (0, 161, 0, 1, 0)
     with pytest.raises(ConfigError, match="unknown option"):
         C.resume_config(FssConfig, saved, {"nope": 1}, resumable=RESUMABLE)
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(
+        tmp_path, file_size_limit):
+    """A write refused by the OS (here EFBIG from a file size limit, as ENOSPC from a full
+    disk) used to surface as torch's ``RuntimeError: unexpected pos``: a traceback."""
+    import errno
+
+    from cli._errors import is_user_error, message
+
+    path = C.save_checkpoint(tmp_path / "last.pt", {"step": 1, "w": torch.zeros(10)}, kind="fss")
+    before = path.read_bytes()
+    with file_size_limit(200_000), pytest.raises(OSError) as err:
+        C.save_checkpoint(path, {"step": 2, "w": torch.zeros(1_000_000)}, kind="fss")
+    assert err.value.errno == errno.EFBIG and err.value.filename == str(path)
+    assert is_user_error(err.value)
+    assert message(err.value) == f"{path}: File too large; the previous file is unchanged"
+    assert path.read_bytes() == before  # the previous checkpoint, byte for byte
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left
+    with file_size_limit(200_000), pytest.raises(OSError, match="nothing was written"):
+        C.save_checkpoint(tmp_path / "new.pt", {"w": torch.zeros(1_000_000)})
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_a_save_into_a_read_only_folder_is_one_line(read_only_dir):
+    from cli._errors import is_user_error, message
+
+    with pytest.raises(OSError) as err:
+        C.save_checkpoint(read_only_dir / "last.pt", {"step": 1})
+    assert is_user_error(err.value)
+    assert message(err.value).startswith(f"{read_only_dir / 'last.pt'}: ")
+    assert "nothing was written" in message(err.value)
+    assert list(read_only_dir.iterdir()) == []

@@ -309,3 +309,96 @@ def test_docs_example_runs(trained, tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(block, "docs/predict.md", "exec"), scope)
     assert scope["masks"][0].shape == (50, 70)
+
+
+# ---------------------------------------------------------------------------- issue 22
+def test_predict_never_writes_over_an_input(trained, tmp_path):
+    """``--out photos/ photos/q1.png`` replaced the photo with its mask (rc 0)."""
+    qdir = _write_support(tmp_path, trained)
+    s, sm = str(tmp_path / "s.png"), str(tmp_path / "s_mask.png")
+    (qdir / "link.png").symlink_to(qdir / "q1.png")
+    before = {p.name: p.read_bytes() for p in [*qdir.iterdir(), tmp_path / "s_mask.png"]}
+
+    def run(out, *queries, extra=()):
+        return CliRunner().invoke(predict_cli, [
+            "--model", str(trained["bundle"]), "--support", s, "--support-mask", sm,
+            "--out", str(out), "--device", "cpu", "--no-progress", *extra, *map(str, queries)])
+
+    cases = [
+        (run(qdir, qdir / "q1.png"), "writing q1.png would overwrite the input"),
+        (run(f"{qdir}/../{qdir.name}", qdir), "would overwrite the input"),  # same folder, other spelling
+        (run(tmp_path, tmp_path / "s_mask.png"), "would overwrite the input"),  # the support mask
+        (run(qdir, tmp_path / "s.png"), None),  # s.png -> qdir/s.png: no input there
+    ]
+    (qdir / "s.png").unlink()
+    for r, words in cases[:3]:
+        assert r.exit_code == 1, r.output
+        line = r.output.strip()
+        assert line.startswith("Error: --out") and "\n" not in line and words in line, line
+    assert {p.name: p.read_bytes() for p in [*qdir.iterdir(), tmp_path / "s_mask.png"]
+            if p.name in before} == before  # no input touched
+    # a link in --out that points at a query counts as that query
+    r = run(tmp_path / "other", qdir / "link.png")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "o2"
+    out.mkdir()
+    (out / "q1.png").symlink_to(qdir / "q1.png")
+    r = run(out, qdir / "q1.png")
+    assert r.exit_code == 1 and "would overwrite the input" in r.output, r.output
+    assert (qdir / "q1.png").read_bytes() == before["q1.png"]
+
+
+def test_export_on_a_full_disk_or_read_only_folder_is_one_line(trained, tmp_path, file_size_limit,
+                                                              read_only_dir):
+    """Disk full left ``*.qgnet.tmp`` and a traceback; a read-only --out a traceback."""
+    bundle = tmp_path / "m.qgnet"
+    r = CliRunner().invoke(export_cli, ["--checkpoint", str(trained["ckpt"]), "--out", str(bundle)])
+    assert r.exit_code == 0, r.output
+    before = bundle.read_bytes()
+    with file_size_limit(2**20):
+        r = CliRunner().invoke(export_cli, ["--checkpoint", str(trained["ckpt"]),
+                                            "--out", str(bundle)])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip() == f"Error: {bundle}: File too large; the previous file is unchanged"
+    assert bundle.read_bytes() == before and [p.name for p in tmp_path.iterdir()
+                                              if p.name.startswith("m.qgnet")] == ["m.qgnet"]
+    r = CliRunner().invoke(export_cli, ["--checkpoint", str(trained["ckpt"]),
+                                        "--out", str(read_only_dir / "m.qgnet")])
+    assert r.exit_code == 1, r.output
+    line = r.output.strip()
+    assert line.startswith(f"Error: {read_only_dir / 'm.qgnet'}: ") and "\n" not in line, line
+    assert "nothing was written" in line and list(read_only_dir.iterdir()) == []
+    r = CliRunner().invoke(export_cli, ["--checkpoint", str(trained["ckpt"]),
+                                        "--out", str(trained["ckpt"])])
+    assert r.exit_code == 1 and "is the checkpoint itself" in r.output, r.output
+
+
+def test_damaged_bundles_are_one_line_errors(trained, tmp_path):
+    """An empty / invalid model_meta or no state_dict: KeyError, ValueError or TypeError
+    tracebacks in qgnet-predict before."""
+    good = torch.load(trained["bundle"], map_location="cpu", weights_only=True)
+    meta = good["model_meta"]
+    bad = {
+        "empty-meta": ({**good, "model_meta": {}}, "model_meta (the network description) is empty"),
+        "list-meta": ({**good, "model_meta": [1, 2]}, "is a list"),
+        "no-crop": ({**good, "model_meta": {k: v for k, v in meta.items() if k != "crop"}},
+                    "model_meta lacks crop"),
+        "backbone": ({**good, "model_meta": {**meta, "backbone": "resnet9"}}, "unknown backbone"),
+        "crop": ({**good, "model_meta": {**meta, "crop": "abc"}}, "does not describe a network"),
+        "no-state": ({k: v for k, v in good.items() if k != "state_dict"}, "holds no state_dict"),
+        "list-state": ({**good, "state_dict": [1]}, "a list as state_dict"),
+        "half-state": ({**good, "state_dict": dict(list(good["state_dict"].items())[:3])},
+                       "weights do not fit"),
+    }
+    qdir = _write_support(tmp_path, trained)
+    for name, (obj, words) in bad.items():
+        path = tmp_path / f"{name}.qgnet"
+        torch.save(obj, path)
+        r = CliRunner().invoke(predict_cli, [
+            "--model", str(path), "--support", str(tmp_path / "s.png"), "--support-mask",
+            str(tmp_path / "s_mask.png"), "--out", str(tmp_path / "o"), "--device", "cpu",
+            "--no-progress", str(qdir)])
+        line = r.output.strip()
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (name, r.exception)
+        assert line.startswith(f"Error: {path}: ") and "\n" not in line, (name, line)
+        assert words in line and "re-export it: qgnet-export --checkpoint" in line, (name, line)

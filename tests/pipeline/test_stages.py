@@ -425,19 +425,20 @@ def test_locate_superpixel_store(fake_kernels, toy, tmp_path):
         locate_superpixel_store("toy", "val", "slic", cache_dir=cache)
     default, _ = build_superpixel_store(toy, split="val", method="slic", cache_dir=cache,
                                         progress=False)
-    assert locate_superpixel_store("toy", "val", "slic", cache_dir=cache) == default.path
+    located = locate_superpixel_store("toy", "val", "slic", cache_dir=cache)
+    assert located.path == default.path and located.complete  # the open store, not a path
     # exact params: another hash is not accepted in place of the asked one
     with pytest.raises(StoreError, match="--n-segments 40"):
         locate_superpixel_store("toy", "val", "slic", cache_dir=cache, params={"n_segments": 40})
     other, _ = build_superpixel_store(toy, split="val", method="slic", params={"n_segments": 40},
                                       cache_dir=cache, progress=False)
     assert locate_superpixel_store("toy", "val", "slic", cache_dir=cache,
-                                   params={"n_segments": 40}) == other.path
+                                   params={"n_segments": 40}).path == other.path
     # no default store, one other complete store: accepted; two: an error listing them
     import shutil
 
     shutil.rmtree(default.path)
-    assert locate_superpixel_store("toy", "val", "slic", cache_dir=cache) == other.path
+    assert locate_superpixel_store("toy", "val", "slic", cache_dir=cache).path == other.path
     third, _ = build_superpixel_store(toy, split="val", method="slic", params={"n_segments": 30},
                                       cache_dir=cache, progress=False)
     with pytest.raises(StoreError, match="(?s)several complete.*--patch-store"):
@@ -458,7 +459,9 @@ def test_locate_mask_store(toy, tmp_path):
     with pytest.raises(StoreError, match="qgnet-prep masks --dataset toy --split train"):
         locate_mask_store("toy", "train", cache_dir=cache)
     store, _ = build_mask_store(toy, split="train", cache_dir=cache, progress=False)
-    assert locate_mask_store("toy", "train", cache_dir=cache) == store.path
+    located = locate_mask_store("toy", "train", cache_dir=cache)
+    assert located.path == store.path and located.attrs["kind"] == "masks"
+    np.testing.assert_array_equal(located.extra("class_pixels"), store.extra("class_pixels"))
     with pytest.raises(StoreError, match="other settings.*limit"):
         build_mask_store(toy, split="train", cache_dir=cache, limit=3, progress=False)
     assert mask_stage.class_image_counts(store, min_pixels=1).shape == (NUM_CLASSES + 1,)
@@ -525,3 +528,48 @@ def test_distributed_scheduler_address(toy, tmp_path):
                                          progress=False)
     assert report.shards_run == 3 and store.complete
     assert_same_store(serial.path, store.path)
+
+
+def test_an_address_where_no_scheduler_answers_is_refused_at_once(toy, tmp_path):
+    """Issue 22 §4: ``--scheduler tcp://127.0.0.1:1`` was a traceback after 30 s, with an
+    incomplete store left behind; a port where something else listens (here a server that
+    answers garbage) crashed distributed's handshake."""
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"^--scheduler tcp://127.0.0.1:{port}: no dask "
+                                          rf"scheduler answers at that address \(Connection "
+                                          rf"refused\); start one .* or use --scheduler threads"):
+        build_mask_store(toy, split="train", out=tmp_path / "m.zarr", scheduler=f"tcp://127.0.0.1:{port}",
+                         progress=False)
+    assert time.perf_counter() - t0 < 10  # the client alone retried for 30 s
+    assert not (tmp_path / "m.zarr").exists() and not list(tmp_path.glob("m.zarr*"))
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def babble():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 8)
+            conn.close()
+
+    threading.Thread(target=babble, daemon=True).start()
+    try:
+        with pytest.raises(ConfigError, match="no dask scheduler answers at that address"):
+            build_mask_store(toy, split="train", out=tmp_path / "m.zarr", progress=False,
+                             scheduler=f"tcp://127.0.0.1:{server.getsockname()[1]}")
+    finally:
+        server.close()
+    assert not (tmp_path / "m.zarr").exists()
+    with pytest.raises(ConfigError, match="expected a dask scheduler address"):
+        build_mask_store(toy, split="train", out=tmp_path / "m.zarr", scheduler="tcp://host:x",
+                         progress=False)

@@ -125,3 +125,73 @@ def test_attrs_and_ids_on_disk(tmp_path):
     assert meta["maps"] == "labels" and meta["shard_size"] == 3 and meta["n_shards"] == 3
     assert meta["extras"] == ["hist", "n_segments"]
     assert json.loads((tmp_path / "s.zarr" / "ids.json").read_text()) == IDS
+
+
+# ---------------------------------------------------------------------------- damaged files
+def _garble(path, at=10, n=30):
+    data = bytearray(path.read_bytes())
+    data[at:at + n] = b"x" * min(n, max(len(data) - at, 0))
+    path.write_bytes(bytes(data))
+
+
+HINT = "qgnet-prep superpixels --dataset d --split train"
+
+
+@pytest.mark.parametrize("file, words", [
+    ("zarr.json", "zarr.json: cannot be read (JSONDecodeError"),
+    ("labels/zarr.json", "labels/zarr.json: cannot be read (JSONDecodeError"),
+    ("ids.json", "ids.json: not valid JSON"),
+    ("hw/c/1/0", "hw/c/1/0: cannot be read"),
+    ("done/c/2", "done/c/2: cannot be read"),
+])
+def test_a_damaged_file_is_named_with_the_rebuild_command(tmp_path, file, words):
+    """A corrupt zarr.json or ids.json was a JSONDecodeError traceback naming no file."""
+    fill(make(tmp_path / "s.zarr"))
+    target = tmp_path / "s.zarr" / file
+    if target.suffix == ".json":
+        target.write_text('{"zarr_format": 3, "no')
+    else:
+        _garble(target, at=0, n=64)
+    with pytest.raises(StoreError) as err:
+        store = ShardedStore.open(tmp_path / "s.zarr", hint=HINT)
+        store.done  # noqa: B018 - done is read fresh from disk
+    msg = str(err.value)
+    assert words in msg and "\n" not in msg, msg
+    assert f"the store {tmp_path / 's.zarr'} is damaged; rebuild it: {HINT} --overwrite" in msg
+
+
+def test_a_damaged_chunk_is_named_on_read_and_found_by_verify(tmp_path):
+    """A corrupt map chunk was reported as fine by ``info`` and failed in fss without a file."""
+    store = make(tmp_path / "s.zarr")
+    fill(store)
+    assert store.verify() == []  # a sound store reads back whole
+    _garble(tmp_path / "s.zarr" / "labels" / "c" / "1" / "0" / "0")
+    _garble(tmp_path / "s.zarr" / "hist" / "c" / "2" / "0", at=0, n=64)
+    (tmp_path / "s.zarr" / "failures" / "shard-000000.json").write_text("[{")
+    store = ShardedStore.open(tmp_path / "s.zarr", hint=HINT)
+    np.testing.assert_array_equal(store.get(0), maps_of(0, store)[0])  # other shards still read
+    with pytest.raises(StoreError, match=r"labels/c/1/0/0: cannot be read .*the map of image "
+                                         r"'im3' in the store .* is damaged; rebuild it"):
+        store.get(3)
+    with pytest.raises(StoreError, match=r"hist/c/2/0: cannot be read .*the array 'hist'"):
+        store.extra("hist")
+    problems = store.verify()
+    assert [(p["file"].split("s.zarr/")[1], p["images"]) for p in problems] == [
+        ("labels/c/1/0/0", "3..5"), ("hist/c/2/0", "6..6"), ("failures/shard-000000.json", "")]
+    assert "not valid JSON" in problems[2]["error"]
+
+
+def test_rebuild_hint_prefers_the_recorded_command():
+    from pipeline.store import rebuild_hint
+
+    assert rebuild_hint("s", {"command": "prep.py masks --dataset d"}) == \
+        "rebuild it: qgnet-prep masks --dataset d --overwrite"
+    assert rebuild_hint("s", {"command": "qgnet-prep masks --overwrite"}) == \
+        "rebuild it: qgnet-prep masks --overwrite"
+    assert rebuild_hint("s", {"command": "pytest -q"}, "qgnet-prep masks --dataset x") == \
+        "rebuild it: qgnet-prep masks --dataset x --overwrite"  # not a qgnet-prep command
+    assert rebuild_hint("/c/s.zarr", {"kind": "masks", "dataset": "d", "split": "val",
+                                      "root": "/data"}) == \
+        ("rebuild it: qgnet-prep masks --dataset d --root /data --split val --out /c/s.zarr "
+         "--overwrite")
+    assert rebuild_hint("s", {}).startswith("delete s and build it again")

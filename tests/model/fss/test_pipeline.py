@@ -92,13 +92,12 @@ def test_scoring_at_original_resolution_ignores_255(toy):
     from model.fss.evaluate import evaluate
     from pipeline.episode_stage import load_test_episodes
     from pipeline.mask_stage import locate_mask_store
-    from pipeline.store import ShardedStore
 
     eps = load_test_episodes("folder", 0, 1, cache_dir=toy["cache"])
     # crop 33 < 80: the query is shrunk to 32 x 32 and padded, scored back at 80 x 80
     res = evaluate(AllForeground(), eps, dataset="folder", crop=33, cache_dir=toy["cache"],
                    device="cpu", workers=0, progress=False, write=False, regions=True)
-    store = ShardedStore.open(locate_mask_store("folder", "val", cache_dir=toy["cache"]))
+    store = locate_mask_store("folder", "val", cache_dir=toy["cache"])
     inter, union = {}, {}
     for q, c in zip(eps["query"], eps["cls"], strict=True):
         m = store.get(int(q))

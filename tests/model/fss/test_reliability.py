@@ -210,3 +210,81 @@ def test_ddp_refusals_are_raised_on_every_rank(toy, tmp_path):
     assert all(r.startswith("ConfigError") and "--batch-size 3" in r and "2 processes" in r
                for r in res), res
     assert not (toy["base"] / "odd").exists()
+
+
+# ---------------------------------------------------------------------------- issue 22 §4
+def test_a_copied_cache_says_which_images_it_reads_and_refuses_a_vanished_root(
+        make_fss_toy, tmp_path, capsys):
+    """A copied cache silently read images from the root recorded in its mask store, and a
+    vanished root failed at the first image without naming the store or --root."""
+    import shutil
+
+    from model.fss.data import TestEpisodes
+    from model.fss.trainer import train_fss
+    from pipeline.episode_stage import load_test_episodes
+    from pipeline.errors import DatasetError
+
+    toy = make_fss_toy("copied", n_episodes=4)
+    copy = str(tmp_path / "cache-copy")
+    shutil.copytree(toy["cache"], copy)
+    eps = load_test_episodes("folder", 0, 1, cache_dir=copy)
+    ds = TestEpisodes(eps, crop=33, dataset="folder", cache_dir=copy)
+    err = capsys.readouterr().err
+    assert ds.root == toy["root"]
+    assert f"images: {toy['root']} (the dataset root recorded in {copy}/folder/masks/val.zarr" in err
+    TestEpisodes(eps, crop=33, dataset="folder", cache_dir=copy)
+    assert "images:" not in capsys.readouterr().err  # said once per process
+    moved = toy["root"] + "-moved"
+    shutil.move(toy["root"], moved)
+    try:
+        with pytest.raises(DatasetError, match=(
+                rf"mask store {copy}/folder/masks/val.zarr was made from the images in "
+                rf"{toy['root']}, which no longer exists .*pass --root DIR")):
+            TestEpisodes(eps, crop=33, dataset="folder", cache_dir=copy)
+        run = tmp_path / "run"
+        with pytest.raises(DatasetError, match="--root DIR"):  # before anything is written
+            train_fss(_cfg({**toy, "cache": copy}, max_steps=1, out=str(run)))
+        assert not run.exists()
+        ds = TestEpisodes(eps, crop=33, dataset="folder", cache_dir=copy, root=moved)
+        image, label = ds.load(int(eps["query"][0]), int(eps["cls"][0]))  # the fix works
+        assert image.shape[:2] == label.shape == (80, 80)
+    finally:
+        shutil.move(moved, toy["root"])
+
+
+def test_a_damaged_mask_chunk_read_by_a_loader_worker_is_one_line_naming_it(make_fss_toy):
+    """fss errors named no file; from a DataLoader worker they also carried its traceback."""
+    from cli._errors import is_user_error, message
+    from model.fss.evaluate import test_loader
+    from pipeline.episode_stage import load_test_episodes
+    from pipeline.errors import StoreError
+
+    toy = make_fss_toy("damaged", n_episodes=4)
+    eps = load_test_episodes("folder", 0, 1, cache_dir=toy["cache"])
+    chunk = Path(toy["cache"]) / "folder" / "masks" / "val.zarr" / "masks" / "c" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[10:40] = b"x" * 30
+    chunk.write_bytes(bytes(data))
+    loader = test_loader(eps, dataset="folder", crop=33, cache_dir=toy["cache"], workers=2)
+    with pytest.raises(StoreError) as err:
+        next(iter(loader))
+    line = message(err.value)
+    assert is_user_error(err.value) and "\n" not in line and "Traceback" not in line, line
+    assert line.startswith(f"{chunk}: cannot be read (RuntimeError: Zstd") and "rebuild it:" in line
+
+
+def test_disk_full_during_a_training_checkpoint_keeps_the_previous_one(toy, file_size_limit):
+    """Issue 22 §4: a full disk during the fss checkpoint save was a traceback (torch's
+    "unexpected pos"); now one line, no temporary, the step-1 last.pt byte-identical."""
+    from cli._errors import is_user_error, message
+    from model.fss.trainer import train_fss
+
+    run = toy["base"] / "diskfull"
+    train_fss(_cfg(toy, max_steps=1, ckpt_every=1, out=str(run)))
+    before = (run / "last.pt").read_bytes()
+    with file_size_limit(len(before) // 2), pytest.raises(OSError) as err:
+        train_fss(_cfg(toy, max_steps=2, ckpt_every=1, out=str(run), resume=str(run)))
+    assert is_user_error(err.value)
+    assert message(err.value) == f"{run / 'last.pt'}: File too large; the previous file is unchanged"
+    assert (run / "last.pt").read_bytes() == before
+    assert not list(run.glob("*.tmp*"))

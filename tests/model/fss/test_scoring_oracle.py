@@ -203,9 +203,8 @@ def test_evaluator_oracle_end_to_end(sized, crop):
     run = res["runs"][0]
     assert run["episodes"] == 8 and res["miou"]["mean"] >= 0.99
     from pipeline.mask_stage import locate_mask_store
-    from pipeline.store import ShardedStore
 
-    store = ShardedStore.open(locate_mask_store("folder", "val", cache_dir=sized["cache"]))
+    store = locate_mask_store("folder", "val", cache_dir=sized["cache"])
     longer = {max(store.get(int(q)).shape) for q in eps["query"][:8]}
     assert min(longer) < 473 < max(longer)  # queries smaller and larger than the crop
     inter = np.asarray(run["per_episode"]["inter"])

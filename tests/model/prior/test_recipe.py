@@ -61,7 +61,8 @@ def test_split_all_reads_train_and_val(tmp_path, monkeypatch):
     stores = {"train": tmp_path / "train.zarr", "val": tmp_path / "val.zarr"}
     import pipeline.superpixel_stage as stage
 
-    monkeypatch.setattr(stage, "locate_superpixel_store", lambda ds, split, method, cache_dir=None: stores[split])
+    monkeypatch.setattr(stage, "locate_superpixel_store",
+                        lambda ds, split, method, cache_dir=None: ShardedStore.open(stores[split]))
     base = dict(dataset="folder", root=str(root), backbone="tiny", init="none", crop=32,
                 batch_size=4, workers=0, device="cpu")
     pairs, _, _ = build_data(finalize_config(PriorConfig(**base)), DistInfo(), device=torch.device("cpu"))

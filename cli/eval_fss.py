@@ -39,7 +39,7 @@ def common_options(f=None, *, resolved: bool = False):
                      help="best.pt / last.pt of `qgnet-train fss`."
                           + (" Required." if resolved else "")),
         click.option("--shot", type=int, help="Shots (default: the training shot)."),
-        click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]),
+        click.option("--protocol", type=click.Choice(["pfenet", "hsnet", "patnet"]),
                      **dflt("pfenet", "Episode protocol of the episode files.")),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root (default: the checkpoint's)."),
         click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: the checkpoint's)."),
@@ -64,7 +64,7 @@ def set_threads(threads: int) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @common_options(resolved=True)
 @click.option("--episodes", "n_episodes", type=int, help="First N episodes of each file (default all).")
-@click.option("--seeds", default=None, help="Episode seeds, comma-separated (default 321; hsnet: 0). "
+@click.option("--seeds", default=None, help="Episode seeds, comma-separated (default 321; hsnet, patnet: 0). "
                                             "Several -> mean and std.")
 @click.option("--batch-size", type=int, default=None,
               help="Episodes per forward (default 4 on CUDA, 1 on CPU; the scores do not depend on it).")

@@ -256,7 +256,7 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     fold_list = list(range(n_f)) if not folds else [int(f) for f in folds]
     seeds = list(seeds) if seeds else [default_seed(protocol), VAL_SEED]
     e = default_episode_count(dataset, protocol) if n_episodes is None else int(n_episodes)
-    e_text = f"{e} episodes" if e is not None else "one episode per test image"
+    e_text = "" if e is not None else " (one per test image)"
 
     def name(k: int) -> str:
         return names[k - 1] if 0 < k <= len(names) else str(k)
@@ -342,8 +342,8 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
                 st = episode_stats(ep["query"], ep["support"], ep["cls"])
                 summary["test"][(f, int(k), int(s))] = {"path": str(path), **st,
                                                         "skipped": ep["skipped_classes"].tolist()}
-                echo(f"  test {k}-shot seed {s} ({protocol}): {st['episodes']} episodes "
-                     f"({e_text}), "
+                echo(f"  test {k}-shot seed {s} ({protocol}): {st['episodes']} episodes"
+                     f"{e_text}, "
                      f"{st['distinct_queries']} distinct queries (list {int(ep['n_queries'])}), "
                      f"{st['distinct_supports']} distinct supports (max uses "
                      f"{st['support_uses_max']}); per class: "

@@ -18,7 +18,6 @@ from pipeline.datasets.imageclass import MAX_SIDE
 from pipeline.episodes import numeric_name_rank, reference_episodes
 from pipeline.errors import DatasetError, ImageReadError
 
-
 # ----------------------------------------------------------------------------------------
 # the references' sampling, re-enacted on file paths (HSNet data/fss.py, PATNet data/*.py)
 # ----------------------------------------------------------------------------------------

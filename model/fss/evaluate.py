@@ -50,6 +50,7 @@ class EvalConfig:
     ``None`` is "not set": the checkpoint's training value, or the default named here."""
 
     checkpoint: str | None = None     # best.pt / last.pt of `qgnet-train fss` (required)
+    dataset: str | None = None        # None: the checkpoint's; another: its fold 0 (cross-domain)
     shot: int | None = option(None, min=1)  # None: the training shot
     protocol: str = "pfenet"          # pfenet | hsnet | patnet
     cache_dir: str | None = None      # None: the checkpoint's
@@ -291,7 +292,9 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     }
     target = Path(out_dir) if out_dir else (ckpt_path.parent if ckpt_path else None)
     if write and target is not None:
-        write_results(target, result, key="regions" if regions else None)
+        key = "-".join(k for k in ((None if same else dataset), "regions" if regions else None)
+                       if k)  # another dataset's result never replaces the checkpoint's own
+        write_results(target, result, key=key or None)
     return result
 
 

@@ -146,6 +146,26 @@ def test_coco_json_through_every_stage(tmp_path, monkeypatch):
     assert entry["dataset"] == "shop" and entry["episodes"] == [4]
     assert set(entry["per_class"]) == {"1"} and entry["per_class"]["1"]["name"] == "mug"
 
+    # the same checkpoint on a cross-domain set, no fine-tuning: its fold 0, protocol, seed,
+    # test split and root (the mask store's, not the checkpoint's)
+    chest = fx.make_chest(tmp_path / "chest")
+    code, out = run(prep, ["masks", "--dataset", "chest", "--root", str(chest), "--split", "test",
+                           "--cache-dir", cache, "--workers", "1", "--no-progress"])
+    assert code == 0, out
+    code, out = run(prep, ["episodes", "--dataset", "chest", "--cache-dir", cache, "--shot", "1",
+                           "--episodes", "3"])
+    assert code == 0, out
+    r = CliRunner().invoke(eval_fss, ["--checkpoint", str(fss_run / "best.pt"), "--workers", "0",
+                                      "--no-progress", "--device", "cpu", "--dataset", "chest",
+                                      "--protocol", "patnet", "--shot", "1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((fss_run / "results.json").read_text())
+    assert len(res) == 2  # the checkpoint's own result is kept
+    (cross,) = [v for k, v in res.items() if k.endswith("-chest")]
+    assert (cross["dataset"], cross["fold"], cross["seeds"], cross["episodes"]) == (
+        "chest", 0, [0], [3])
+    assert cross["per_class"]["1"]["name"] == "lung"
+
 
 def test_object_mask_store_binarises_with_the_image_class(tmp_path):
     """The few-shot loader on a one-class-per-image store: the object is the episode's class

@@ -255,8 +255,8 @@ class CocoDataset(Dataset):
         images: dict[str, tuple[int, str, int | None, int | None]] = {}
         by_id: dict[int, str] = {}
         for im in data["images"]:
-            try:
-                coco_id, file_name = int(im["id"]), str(im["file_name"])
+            try:  # a Windows export writes sub\name.jpg
+                coco_id, file_name = int(im["id"]), str(im["file_name"]).replace("\\", "/")
             except (KeyError, TypeError, ValueError):
                 raise DatasetError(f"{path}: image entry {str(im)[:80]} lacks an 'id' or "
                                    f"'file_name'") from None

@@ -200,7 +200,8 @@ def make_coco_json(root: Path, *, n: int = 6) -> Path:
     split, every one with a 30 x 40 mug box (label 1) and a 20 x 20 kettle box (label 3).
 
     Quirks of real exports in the val split: image ``v0`` is a grayscale JPEG and ``v1`` a
-    CMYK JPEG; ``v2`` lives in a sub folder (``file_name`` ``sub/v2.jpg``); ``v3``'s entry has
+    CMYK JPEG; ``v2`` lives in a sub folder (``file_name`` ``sub\\v2.jpg``, as a Windows export
+    writes it); ``v3``'s entry has
     no height / width; the spoon of ``v0`` is two polygons (one object); ``v1`` has a crowd
     region (uncompressed RLE, label 255) the kettle partly covers; one annotation refers to
     image id 999, which the json does not list. The train split is plain.
@@ -219,7 +220,8 @@ def make_coco_json(root: Path, *, n: int = 6) -> Path:
                 _Image.fromarray(arr).convert("L").save(path, quality=90)
             if (split, i) == ("val", 1):
                 _Image.fromarray(arr).convert("CMYK").save(path, quality=90)
-            entry = {"id": 100 + i, "file_name": file_name, "height": h, "width": w}
+            entry = {"id": 100 + i, "file_name": file_name.replace("/", "\\") if i == 2 else
+                     file_name, "height": h, "width": w}
             if (split, i) == ("val", 3):
                 del entry["height"], entry["width"]
             images.append(entry)

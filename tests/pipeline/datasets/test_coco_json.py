@@ -256,3 +256,28 @@ def test_from_json_still_opens_one_json(coco_json_root):
     assert ds.class_names == ("mug", "spoon", "kettle") and ds.splits == ("val",)
     img = Image.open(ds.image_path("v1"))
     assert img.mode == "CMYK"
+
+
+@pytest.mark.realdata
+def test_labelme_export_in_folder_layout_reads_as_its_voc_export(tmp_path):
+    """The folder reader on the same real photos: labelme's VOC export laid out as
+    images/, masks/ (its palette PNGs) and classes.txt (with labelme's leading _background_)."""
+    import os
+
+    voc_root = LABELME / "semantic_segmentation" / "data_dataset_voc"
+    if not voc_root.is_dir():
+        pytest.skip(f"real data not found at {voc_root} (see ../shared/data)")
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for p in (voc_root / "JPEGImages").glob("*.jpg"):
+        os.symlink(p.resolve(), root / "images" / p.name)
+    for p in (voc_root / "SegmentationClass").glob("*.png"):
+        os.symlink(p.resolve(), root / "masks" / p.name)
+    (root / "classes.txt").write_text((voc_root / "class_names.txt").read_text())
+    ds = open_dataset("labelme-folder", root)
+    voc = open_dataset("pascal", voc_root)
+    assert ds.class_names == voc.class_names and ds.ids("all") == voc.ids("all")
+    for image_id in ds.ids("all"):
+        assert np.array_equal(ds.load_mask(image_id), voc.load_mask(image_id))
+        assert np.array_equal(ds.load_image(image_id), voc.load_image(image_id))

@@ -193,7 +193,8 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     shot and seed into :func:`pipeline.cache.episodes_dir`, and prints the counts.
     Defaults from :func:`pipeline.benchmarks.benchmark_for`: the protocol (pfenet; hsnet for
     FSS-1000; patnet for the cross-domain sets), all folds, shots 1 and 5, the protocol's
-    test seed (321 / 0) plus :data:`VAL_SEED` for model selection during training, E from
+    test seed (321 / 0) plus, where training lists are written, :data:`VAL_SEED` for model
+    selection during training, E from
     :func:`default_episode_count`. ``training_lists``: None builds them where the benchmark
     trains (FSS-1000: when its ``train`` store exists; the cross-domain sets: never).
     Returns a summary dict (paths and counts).
@@ -254,7 +255,9 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
         folds_file = cand if cand.is_file() else None
     n_f = num_dataset_folds(dataset, folds_file=folds_file)
     fold_list = list(range(n_f)) if not folds else [int(f) for f in folds]
-    seeds = list(seeds) if seeds else [default_seed(protocol), VAL_SEED]
+    # the validation seed only where a model is trained (derive_test_episodes makes it later)
+    seeds = list(seeds) if seeds else ([default_seed(protocol)]
+                                       + ([VAL_SEED] if train_store is not None else []))
     e = default_episode_count(dataset, protocol) if n_episodes is None else int(n_episodes)
     e_text = "" if e is not None else " (one per test image)"
 

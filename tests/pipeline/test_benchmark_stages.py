@@ -91,8 +91,7 @@ def test_fss1000_episodes_default_to_hsnets_protocol(fss_cache):
     assert "test episodes only" in text and "qgnet-prep masks --dataset fss1000 --split train" in text
     assert "test 1-shot seed 0 (hsnet): 2400 episodes (one per test image)" in text
     names = sorted(p.name for p in episodes_dir("fss1000", cache_dir=cache).iterdir())
-    assert names == ["folds.json", "test-fold0-shot1-hsnet-seed0.npz",
-                     "test-fold0-shot1-hsnet-seed123.npz"]
+    assert names == ["folds.json", "test-fold0-shot1-hsnet-seed0.npz"]  # no training: no val seed
     info = json.loads((episodes_dir("fss1000", cache_dir=cache) / "folds.json").read_text())
     assert info["eval_split"] == "test" and info["split_kind"] == "fss1000-hsnet"
     ep = load_test_episodes("fss1000", 0, 1, seed=0, protocol="hsnet", cache_dir=cache)

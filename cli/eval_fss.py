@@ -39,7 +39,7 @@ def common_options(f=None, *, resolved: bool = False):
                      help="best.pt / last.pt of `qgnet-train fss`."
                           + (" Required." if resolved else "")),
         click.option("--shot", type=int, help="Shots (default: the training shot)."),
-        click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]),
+        click.option("--protocol", type=click.Choice(["pfenet", "hsnet", "patnet"]),
                      **dflt("pfenet", "Episode protocol of the episode files.")),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root (default: the checkpoint's)."),
         click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: the checkpoint's)."),
@@ -63,8 +63,11 @@ def set_threads(threads: int) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @common_options(resolved=True)
+@click.option("--dataset", help="Evaluate on another dataset's episodes than the checkpoint's "
+                                "(e.g. a PASCAL model on fss1000, deepglobe, isic, chest: "
+                                "fold 0, no fine-tuning). Default: the checkpoint's.")
 @click.option("--episodes", "n_episodes", type=int, help="First N episodes of each file (default all).")
-@click.option("--seeds", default=None, help="Episode seeds, comma-separated (default 321; hsnet: 0). "
+@click.option("--seeds", default=None, help="Episode seeds, comma-separated (default 321; hsnet, patnet: 0). "
                                             "Several -> mean and std.")
 @click.option("--batch-size", type=int, default=None,
               help="Episodes per forward (default 4 on CUDA, 1 on CPU; the scores do not depend on it).")
@@ -86,7 +89,7 @@ def fss(config_file, **given):
             raise click.UsageError("--checkpoint is required (or QGNET_CHECKPOINT / checkpoint "
                                    "in --config)")
         set_threads(cfg.threads)
-        res = evaluate(cfg.checkpoint, shot=cfg.shot, seeds=cfg.seed_list(),
+        res = evaluate(cfg.checkpoint, dataset=cfg.dataset, shot=cfg.shot, seeds=cfg.seed_list(),
                        protocol=cfg.protocol, n_episodes=cfg.n_episodes, root=cfg.root,
                        cache_dir=cfg.cache_dir, device=cfg.device, amp=cfg.amp,
                        batch_size=cfg.batch_size, workers=cfg.workers, progress=cfg.progress,

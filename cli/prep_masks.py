@@ -19,4 +19,5 @@ def masks(**kwargs):
     run_and_report(lambda: build_mask_store(
         cfg.dataset, root=cfg.root, split=cfg.split, out=cfg.out, cache_dir=cfg.cache_dir,
         workers=cfg.workers, scheduler=cfg.scheduler, limit=cfg.limit, overwrite=cfg.overwrite,
-        shard_size=cfg.shard_size, progress=cfg.progress), max_failures=cfg.max_failures)
+        shard_size=cfg.shard_size, progress=cfg.progress, year=cfg.year),
+        max_failures=cfg.max_failures)

@@ -22,9 +22,25 @@ SCHEDULER_HELP = ("threads (default), processes, sync, or a dask.distributed sch
 def stage_options(fn):
     """Options every store-building command takes."""
     options = [
-        click.option("--dataset", help="Dataset: coco, pascal, folder or demo. [default: demo]"),
+        click.option("--dataset", help="Dataset: coco, coco-json, pascal, fss1000, deepglobe, "
+                                       "isic, chest, folder, demo, or a name of your own with "
+                                       "--root (or --train-json/--val-json). [default: demo]"),
         click.option("--root", type=click.Path(file_okay=False),
                      help="Dataset root (default: the reader's own default)."),
+        click.option("--year", type=int, help="COCO only: 2014 or 2017 (default: the release "
+                                              "under --root; 2014 when both are)."),
+        click.option("--train-json", type=click.Path(dir_okay=False),
+                     help="A COCO-style instances json for split train (labelme, CVAT, Label "
+                          "Studio); its categories are the classes. Written with the other "
+                          "--*-json/--*-images into <cache>/<dataset>/data/dataset.toml, so "
+                          "later commands need only --dataset."),
+        click.option("--train-images", type=click.Path(file_okay=False),
+                     help="Folder the train json's file_name entries are relative to "
+                          "(default: the json's folder)."),
+        click.option("--val-json", type=click.Path(dir_okay=False),
+                     help="A COCO-style instances json for split val."),
+        click.option("--val-images", type=click.Path(file_okay=False),
+                     help="Folder the val json's file_name entries are relative to."),
         click.option("--split", help="Split to process. [default: train]"),
         click.option("--workers", type=int, help="Parallel workers (threads or processes). "
                                                  "[default: 2]"),
@@ -53,12 +69,32 @@ def resolve(cls, kwargs: dict, section: str):
     """The command's config: defaults < ``--config`` TOML ``[section]`` < ``QGNET_*`` < flags,
     every value converted and range-checked by its field (:func:`pipeline.settings.resolve_config`;
     a bad value is a :class:`~pipeline.errors.ConfigError`, shown as one line by cli/_errors.py)."""
+    import dataclasses
+
     from pipeline.cache import validate_dataset_name
+    from pipeline.errors import ConfigError
     from pipeline.settings import resolve_config
 
     config_file = kwargs.pop("config_file", None)
     cfg = resolve_config(cls, cli=kwargs, config_file=config_file, section=section)
     validate_dataset_name(cfg.dataset)
+    if cfg.year is not None and cfg.year not in (2014, 2017):
+        raise ConfigError(f"--year must be 2014 or 2017, got {cfg.year}")
+    splits = {s: (getattr(cfg, f"{s}_json"), getattr(cfg, f"{s}_images")) for s in ("train", "val")}
+    if any(v is not None for pair in splits.values() for v in pair):
+        from pipeline.datasets import DATASETS
+        from pipeline.datasets.spec import prepare_json_dataset
+
+        if cfg.root is not None:
+            raise ConfigError("--root and --train-json/--val-json both name the data; give "
+                              "one: the jsons (written to <cache>/<dataset>/data/dataset.toml) "
+                              "or a --root holding a dataset.toml")
+        if cfg.dataset in DATASETS and cfg.dataset != "coco-json":
+            raise ConfigError(f"--train-json/--val-json describe your own COCO-style data; "
+                              f"--dataset {cfg.dataset} is a built-in reader. Pass --dataset "
+                              f"coco-json or a name of your own")
+        root = prepare_json_dataset(cfg.dataset, cache_dir=cfg.cache_dir, splits=splits)
+        cfg = dataclasses.replace(cfg, root=str(root))
     return cfg
 
 
@@ -116,4 +152,5 @@ def superpixels(**kwargs):
         cfg.dataset, root=cfg.root, split=cfg.split, method=cfg.method, params=params,
         backend=cfg.backend, out=cfg.out, cache_dir=cfg.cache_dir, workers=cfg.workers,
         scheduler=cfg.scheduler, limit=cfg.limit, overwrite=cfg.overwrite,
-        shard_size=cfg.shard_size, progress=cfg.progress), max_failures=cfg.max_failures)
+        shard_size=cfg.shard_size, progress=cfg.progress, year=cfg.year),
+        max_failures=cfg.max_failures)

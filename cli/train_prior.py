@@ -17,7 +17,8 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", help="Dataset name (coco, pascal, folder, demo).")
+@click.option("--dataset", help="Dataset name (coco, coco-json, pascal, fss1000, folder, demo, "
+                                "or your own).")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: the reader's).")
 @click.option("--split", help="Split to pretrain on: train (default), val, or all (train + val, "
                               "no labels read: the paper's \"entire dataset\").")
@@ -26,6 +27,8 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--patch-store", type=click.Path(file_okay=False),
               help="Explicit superpixel store (default: located in the cache).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root.")
+@click.option("--year", type=int, help="COCO only: 2014 or 2017 (default: the release under "
+                                       "--root; 2014 when both are).")
 @click.option("--limit", type=int, help="Only the first N images of the split.")
 @click.option("--backbone", help="Backbone: " + ", ".join(BACKBONES) + " (default: resnet50 for "
                                  "pascal/coco, the paper's; efficientnet_lite0 for folder/demo).")

@@ -11,6 +11,11 @@ Files under ``episodes_dir(dataset)``::
     folds.json                                   fold classes (ids and names), stores, params
     train-fold{F}[-aug][-dropnovel].npz          training list of fold F
     test-fold{F}-shot{K}-{protocol}-seed{S}.npz  fixed test episodes
+
+The test episodes index the mask store of the dataset's evaluation split
+(:func:`pipeline.benchmarks.eval_split`: ``val``, or ``test`` for FSS-1000 and the
+cross-domain sets); each file records it (``split``) and its loaders follow it. The
+cross-domain sets have no training list; FSS-1000's is built when its ``train`` store exists.
 """
 from __future__ import annotations
 
@@ -28,8 +33,8 @@ from pipeline.episodes import (
     DEFAULT_MIN_PIXELS,
     DEFAULT_SEED,
     DEFAULT_SHOTS,
+    EVAL_ONLY,
     FOLDS_FILE_NAME,
-    NUM_FOLDS,
     PROTOCOLS,
     VAL_SEED,
     EpisodeWarning,
@@ -39,7 +44,10 @@ from pipeline.episodes import (
     default_seed,
     episode_stats,
     fold_classes,
-    num_folds,
+    num_dataset_folds,
+    numeric_name_rank,
+    reference_episodes,
+    reference_rule,
     sample_episodes,
     split_kind,
     training_list,
@@ -58,13 +66,15 @@ class EpisodesConfig:
     folds: tuple[int, ...] | None = None      # default: every fold
     shots: tuple[int, ...] = (1, 5)
     seeds: tuple[int, ...] | None = None      # default: 321 (pfenet) or 0 (hsnet), plus 123 (validation)
-    episodes: int | None = option(None, min=1)  # default: 1000; 20,000 for COCO with pfenet
-    protocol: str = "pfenet"
+    episodes: int | None = option(None, min=1)  # default: pipeline.episodes.default_episode_count
+    protocol: str | None = None               # default: the benchmark's (pipeline.benchmarks)
     min_pixels: int = option(2048, min=1)
     drop_novel_images: bool = False
     pascal_train_set: str = "train"
     coco_split: str = "interleaved"
     folds_file: str | None = None
+    training_lists: bool | None = None  # default: needed, except FSS-1000 (when its train
+    #                                    store exists) and the cross-domain sets (never)
 
 
 # ========================================================================================
@@ -138,21 +148,48 @@ def _episodes_command(dataset: str, cache_dir, **opts) -> str:
                           cache_dir=cache_dir or None)
 
 
+def _test_episodes(store, cp: np.ndarray, *, dataset: str, protocol: str, test, shot: int,
+                   n_episodes: int | None, seed: int, min_pixels: int, warn: bool = True
+                   ) -> dict[str, Any]:
+    """The episodes of one fold, shot and seed from an evaluation store: the reference draws
+    of :func:`pipeline.episodes.reference_episodes` for FSS-1000 and the cross-domain sets,
+    :func:`pipeline.episodes.sample_episodes` otherwise."""
+    rule = reference_rule(dataset, protocol)
+    if rule is None:
+        e = default_episode_count(dataset, protocol) if n_episodes is None else n_episodes
+        return sample_episodes(cp, test, shot=shot, n_episodes=int(e), seed=seed,
+                               protocol=protocol, dataset_name=dataset, min_pixels=min_pixels,
+                               warn=warn)
+    if "image_class" not in store.attrs.get("extras", []):
+        raise ConfigError(f"{store.path} has no image_class table (made before this reader "
+                          f"kept it); rebuild it with "
+                          f"{_masks_command(dataset, store.attrs.get('split'), None)} "
+                          f"--overwrite")
+    return reference_episodes(store.extra("image_class"), test, shot=shot, seed=seed, rule=rule,
+                              n_episodes=n_episodes, warn=warn,
+                              pool_rank=numeric_name_rank(store.ids) if rule == "fss" else None)
+
+
 def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None = None,
                    shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] | None = None,
-                   protocol: str = "pfenet", n_episodes: int | None = None,
+                   protocol: str | None = None, n_episodes: int | None = None,
                    min_pixels: int = DEFAULT_MIN_PIXELS, drop_novel_images: bool = False,
                    train_set: str | None = None, coco_split: str = "interleaved",
                    folds_file: str | os.PathLike | None = None,
+                   training_lists: bool | None = None,
                    config: Mapping[str, Any] | None = None,
                    echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Read the train and val mask stores of ``dataset`` and write every episode file.
+    """Read the mask stores of ``dataset`` and write every episode file.
 
     Writes ``folds.json``, one training list per fold and one test-episode file per fold,
     shot and seed into :func:`pipeline.cache.episodes_dir`, and prints the counts.
-    Defaults: all folds, shots 1 and 5, seed 321 (pfenet) / 0 (hsnet) for testing plus
-    :data:`VAL_SEED` for model selection during training, E from
-    :func:`default_episode_count`. Returns a summary dict (paths and counts).
+    Defaults from :func:`pipeline.benchmarks.benchmark_for`: the protocol (pfenet; hsnet for
+    FSS-1000; patnet for the cross-domain sets), all folds, shots 1 and 5, the protocol's
+    test seed (321 / 0) plus, where training lists are written, :data:`VAL_SEED` for model
+    selection during training, E from
+    :func:`default_episode_count`. ``training_lists``: None builds them where the benchmark
+    trains (FSS-1000: when its ``train`` store exists; the cross-domain sets: never).
+    Returns a summary dict (paths and counts).
 
     Raises
     ------
@@ -162,34 +199,59 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     ValueError
         Overlapping train/val ids, bad folds, an impossible episode set.
     """
+    from pipeline.benchmarks import benchmark_for
     from pipeline.cache import episodes_dir
     from pipeline.fileio import write_json_atomic
     from pipeline.provenance import provenance
+    from pipeline.store import StoreError
 
+    bench = benchmark_for(dataset)
+    protocol = protocol or bench.protocol
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    reference_rule(dataset, protocol)  # refuses a protocol the dataset does not take
+    esplit = bench.eval_split
     tsplit = train_split_name(dataset, train_set)
-    train_store = _open_masks(dataset, tsplit, cache_dir)
-    val_store = _open_masks(dataset, "val", cache_dir)
+    if dataset in EVAL_ONLY:
+        if training_lists:
+            raise ConfigError(f"{dataset} is an evaluation-only benchmark (PATNet tests models "
+                              f"trained on PASCAL): it has no training split")
+        training_lists = False
+    val_store = _open_masks(dataset, esplit, cache_dir)
+    train_store = None
+    if training_lists is not False:
+        try:
+            train_store = _open_masks(dataset, tsplit, cache_dir)
+        except StoreError:
+            if training_lists or dataset != "fss1000":
+                raise
+            echo(f"note: no complete {dataset} {tsplit} mask store: test episodes only (build "
+                 f"it with {_masks_command(dataset, tsplit, cache_dir)} for training lists)")
     attrs = val_store.attrs
     names = list(attrs.get("class_names") or [])
     c = int(attrs.get("num_classes") or len(names))
-    tcp, vcp = train_store.extra("class_pixels"), val_store.extra("class_pixels")
-    for s, cp in ((train_store, tcp), (val_store, vcp)):
-        if cp.shape != (s.n, c + 1):
-            raise ConfigError(f"{s.path}: class_pixels has shape {cp.shape}, expected "
-                              f"({s.n}, {c + 1}); rebuild it with "
-                              f"{_masks_command(dataset, s.attrs.get('split'), cache_dir)}")
-    if int(train_store.attrs.get("num_classes", c)) != c:
-        raise ConfigError(f"{train_store.path} and {val_store.path} disagree on the number of classes")
-    check_disjoint(train_store.ids, val_store.ids, names=(tsplit, "val"))
+    vcp = val_store.extra("class_pixels")
+    tcp = train_store.extra("class_pixels") if train_store is not None else None
+    for st, cp in ((train_store, tcp), (val_store, vcp)):
+        if st is not None and cp.shape != (st.n, c + 1):
+            raise ConfigError(f"{st.path}: class_pixels has shape {cp.shape}, expected "
+                              f"({st.n}, {c + 1}); rebuild it with "
+                              f"{_masks_command(dataset, st.attrs.get('split'), cache_dir)}")
+    if train_store is not None:
+        if int(train_store.attrs.get("num_classes", c)) != c:
+            raise ConfigError(f"{train_store.path} and {val_store.path} disagree on the number "
+                              f"of classes")
+        check_disjoint(train_store.ids, val_store.ids, names=(tsplit, esplit))
     if folds_file is None and dataset not in ("pascal", "coco") and attrs.get("root"):
         cand = Path(attrs["root"]) / FOLDS_FILE_NAME
         folds_file = cand if cand.is_file() else None
-    n_f = NUM_FOLDS if dataset in ("pascal", "coco") else num_folds(folds_file=folds_file)
+    n_f = num_dataset_folds(dataset, folds_file=folds_file)
     fold_list = list(range(n_f)) if not folds else [int(f) for f in folds]
-    seeds = list(seeds) if seeds else [default_seed(protocol), VAL_SEED]
-    e = int(default_episode_count(dataset, protocol) if n_episodes is None else n_episodes)
+    # the validation seed only where a model is trained (derive_test_episodes makes it later)
+    seeds = list(seeds) if seeds else ([default_seed(protocol)]
+                                       + ([VAL_SEED] if train_store is not None else []))
+    e = default_episode_count(dataset, protocol) if n_episodes is None else int(n_episodes)
+    e_text = "" if e is not None else " (one per test image)"
 
     def name(k: int) -> str:
         return names[k - 1] if 0 < k <= len(names) else str(k)
@@ -206,10 +268,11 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     for f in fold_list:
         _check_fold(f, n_f, dataset)
     kind = split_kind(dataset, coco_split=coco_split, folds_file=folds_file)
-    stores = {tsplit: {"path": str(train_store.path), "n": train_store.n,
-                       "ids_hash": ids_hash(train_store.ids)},
-              "val": {"path": str(val_store.path), "n": val_store.n,
-                      "ids_hash": ids_hash(val_store.ids)}}
+    stores = {esplit: {"path": str(val_store.path), "n": val_store.n,
+                       "ids_hash": ids_hash(val_store.ids)}}
+    if train_store is not None:
+        stores[tsplit] = {"path": str(train_store.path), "n": train_store.n,
+                          "ids_hash": ids_hash(train_store.ids)}
     folds_path = out_dir / "folds.json"
     if folds_path.is_file():  # keep the other training store when the folds did not change
         old = json.loads(folds_path.read_text())
@@ -221,61 +284,76 @@ def build_episodes(dataset: str, *, cache_dir=None, folds: Sequence[int] | None 
     write_json_atomic(folds_path, {
         "dataset": dataset, "split_kind": kind, "num_classes": c, "class_names": names,
         "min_pixels": min_pixels, "folds_file": str(folds_file) if folds_file else None,
-        "folds": fold_info, "stores": stores, "config": dict(config or {}),
+        "eval_split": esplit, "folds": fold_info, "stores": stores, "config": dict(config or {}),
         **provenance({"protocol": protocol, "shots": list(shots), "seeds": seeds,
                       "episodes": e, "drop_novel_images": drop_novel_images,
-                      "train_set": tsplit, "coco_split": coco_split})})
-    echo(f"{dataset}: {kind}, {c} classes, min_pixels {min_pixels}; train store {tsplit} "
-         f"({train_store.n} images), val store ({val_store.n} images) -> {out_dir}")
+                      "train_set": tsplit if train_store is not None else None,
+                      "coco_split": coco_split})})
+    echo(f"{dataset}: {kind}, {c} classes, min_pixels {min_pixels}; "
+         + (f"train store {tsplit} ({train_store.n} images), " if train_store is not None
+            else "no training lists, ")
+         + f"{esplit} store ({val_store.n} images) -> {out_dir}")
 
     summary: dict[str, Any] = {"dir": str(out_dir), "train": {}, "test": {}}
-    thash, vhash = ids_hash(train_store.ids), ids_hash(val_store.ids)
+    vhash = ids_hash(val_store.ids)
+    thash = ids_hash(train_store.ids) if train_store is not None else None
     for f in fold_list:
         test = np.asarray(fold_info[f]["test_classes"], dtype=np.int32)
         train = np.asarray(fold_info[f]["train_classes"], dtype=np.int32)
-        tl = training_list(tcp, train, test_classes=test, min_pixels=min_pixels,
-                           drop_novel_images=drop_novel_images)
-        path = out_dir / train_list_name(f, train_set=tsplit, drop_novel_images=drop_novel_images)
-        _save_npz_atomic(path, {**tl, "train_classes": train, "test_classes": test,
-                                "fold": f, "min_pixels": min_pixels,
-                                "drop_novel_images": drop_novel_images, "split": tsplit,
-                                "ids_hash": thash, "dataset": dataset})
-        per_class = np.diff(tl["class_indptr"])[1:]
-        summary["train"][f] = {"path": str(path), "images": int(len(tl["image_index"])),
-                               "pairs": int(len(tl["classes"])),
-                               "per_class": {int(k): int(per_class[k - 1]) for k in train}}
-        echo(f"fold {f}: test {', '.join(fold_info[f]['test_names'])}")
-        echo(f"  train list ({'BAM: novel images dropped' if drop_novel_images else 'PFENet: novel pixels = background'}): "
-             f"{len(tl['image_index'])} images, {len(tl['classes'])} (image, class) pairs")
-        echo("  per class: " + ", ".join(f"{name(k)} {per_class[k - 1]}" for k in train))
+        echo(f"fold {f}: test {_names_line([name(k) for k in test])}")
+        if train_store is not None:
+            tl = training_list(tcp, train, test_classes=test, min_pixels=min_pixels,
+                               drop_novel_images=drop_novel_images)
+            path = out_dir / train_list_name(f, train_set=tsplit,
+                                             drop_novel_images=drop_novel_images)
+            _save_npz_atomic(path, {**tl, "train_classes": train, "test_classes": test,
+                                    "fold": f, "min_pixels": min_pixels,
+                                    "drop_novel_images": drop_novel_images, "split": tsplit,
+                                    "ids_hash": thash, "dataset": dataset})
+            per_class = np.diff(tl["class_indptr"])[1:]
+            summary["train"][f] = {"path": str(path), "images": int(len(tl["image_index"])),
+                                   "pairs": int(len(tl["classes"])),
+                                   "per_class": {int(k): int(per_class[k - 1]) for k in train}}
+            echo(f"  train list ({'BAM: novel images dropped' if drop_novel_images else 'PFENet: novel pixels = background'}): "
+                 f"{len(tl['image_index'])} images, {len(tl['classes'])} (image, class) pairs")
+            echo("  per class: " + _names_line([f"{name(k)} {per_class[k - 1]}" for k in train]))
         val_counts = usable_classes(vcp, min_pixels=min_pixels)[:, test - 1].sum(0)
-        echo("  val images per test class: "
-             + ", ".join(f"{name(k)} {m}" for k, m in zip(test, val_counts, strict=True)))
+        echo(f"  {esplit} images per test class (>= {min_pixels} px): "
+             + _names_line([f"{name(k)} {m}" for k, m in zip(test, val_counts, strict=True)]))
         for k in shots:
             for s in seeds:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", EpisodeWarning)
-                    ep = sample_episodes(vcp, test, shot=int(k), n_episodes=e, seed=int(s),
-                                         protocol=protocol, dataset_name=dataset,
-                                         min_pixels=min_pixels)
+                    ep = _test_episodes(val_store, vcp, dataset=dataset, protocol=protocol,
+                                        test=test, shot=int(k), n_episodes=n_episodes,
+                                        seed=int(s), min_pixels=min_pixels)
                 for w in caught:  # recorded in the file too (skipped_classes)
                     echo(f"  warning: {w.message}")
                 path = out_dir / episode_file_name(f, int(k), seed=int(s), protocol=protocol)
                 _save_npz_atomic(path, {**ep, "test_classes": test, "fold": f, "shot": int(k),
                                         "seed": int(s), "protocol": protocol,
-                                        "min_pixels": min_pixels, "split": "val",
+                                        "min_pixels": min_pixels, "split": esplit,
                                         "ids_hash": vhash, "dataset": dataset})
                 st = episode_stats(ep["query"], ep["support"], ep["cls"])
                 summary["test"][(f, int(k), int(s))] = {"path": str(path), **st,
                                                         "skipped": ep["skipped_classes"].tolist()}
-                echo(f"  test {k}-shot seed {s} ({protocol}): {e} episodes, "
+                echo(f"  test {k}-shot seed {s} ({protocol}): {st['episodes']} episodes"
+                     f"{e_text}, "
                      f"{st['distinct_queries']} distinct queries (list {int(ep['n_queries'])}), "
                      f"{st['distinct_supports']} distinct supports (max uses "
                      f"{st['support_uses_max']}); per class: "
-                     + ", ".join(f"{name(q)} {v}" for q, v in st["episodes_per_class"].items())
+                     + _names_line([f"{name(q)} {v}" for q, v in st["episodes_per_class"].items()])
                      + (f"; skipped {[name(q) for q in ep['skipped_classes']]}"
                         if ep["skipped_classes"].size else ""))
     return summary
+
+
+def _names_line(items: Sequence[str], limit: int = 24) -> str:
+    """``a, b, c`` or, for long lists (FSS-1000's 240 classes), the first ``limit`` and a count."""
+    items = list(items)
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", ... ({len(items) - limit} more)"
 
 
 # ========================================================================================
@@ -357,7 +435,7 @@ def load_test_episodes(dataset: str, fold: int, shot: int, *, seed: int = DEFAUL
     if not path.is_file():
         raise FileNotFoundError(f"no test episodes at {path}; build them with: {command}")
     data = _load_npz(path)
-    _check_current(data, path, dataset, "val", cache_dir, command, fold)
+    _check_current(data, path, dataset, str(data.get("split", "val")), cache_dir, command, fold)
     data["path"] = str(path)
     return data
 
@@ -380,16 +458,17 @@ def derive_test_episodes(dataset: str, fold: int, shot: int, *, seed: int,
     except FileNotFoundError:
         like = load_test_episodes(dataset, fold, shot, protocol=protocol, cache_dir=cache_dir,
                                   seed=default_seed(protocol) if like_seed is None else like_seed)
-    vcp = _open_masks(dataset, "val", cache_dir).extra("class_pixels")
+    split = str(like.get("split", "val"))
+    store = _open_masks(dataset, split, cache_dir)
     test = np.asarray(like["test_classes"], dtype=np.int32)
-    ep = sample_episodes(vcp, test, shot=int(shot), n_episodes=len(like["query"]), seed=int(seed),
-                         protocol=protocol, dataset_name=dataset,
-                         min_pixels=int(like["min_pixels"]), warn=False)
+    ep = _test_episodes(store, store.extra("class_pixels"), dataset=dataset, protocol=protocol,
+                        test=test, shot=int(shot), n_episodes=len(like["query"]), seed=int(seed),
+                        min_pixels=int(like["min_pixels"]), warn=False)
     path = episodes_dir(dataset, cache_dir=cache_dir) / episode_file_name(
         fold, shot, seed=seed, protocol=protocol)
     _save_npz_atomic(path, {**ep, "test_classes": test, "fold": int(fold), "shot": int(shot),
                             "seed": int(seed), "protocol": protocol,
-                            "min_pixels": int(like["min_pixels"]), "split": "val",
+                            "min_pixels": int(like["min_pixels"]), "split": split,
                             "ids_hash": like["ids_hash"], "dataset": dataset})
     return load_test_episodes(dataset, fold, shot, seed=seed, protocol=protocol,
                               cache_dir=cache_dir)

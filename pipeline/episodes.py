@@ -31,12 +31,21 @@ Protocols matched (read in the reference code, see ``docs/episodes.md``):
   PASCAL/folder/demo: the (image, class) pairs of the fold in order, episode i uses pair
   i mod P; COCO: class uniform over the fold's classes, query uniform in its list. Supports
   uniform from the class list, not the query.
+* **Datasets of one class per image** (:func:`reference_episodes`), the same draws as the
+  reference code: FSS-1000 (HSNet ``data/fss.py``, which PATNet reuses): every test image
+  is the query once, in list order; each support is drawn from the class's images ``1..10``
+  again until it is not the query, so the supports of one episode may repeat. Deepglobe,
+  ISIC, Chest X-ray (PATNet ``data/{deepglobe,isic,lung}.py``): episode i has class
+  ``i mod C``, a query drawn from the class's images and supports drawn as above; 600
+  episodes. Both seed numpy's legacy global state with 0 (``utils.fix_randseed(0)``) and
+  draw with ``np.random.choice(list, 1, replace=False)``; we replay those calls on a
+  ``np.random.RandomState(seed)``, so on the same files the episodes are theirs.
 
-Randomness is a numpy ``Generator`` (PCG64) seeded with the episode seed; PFENet and HSNet
-use Python's ``random`` / numpy's legacy global state, so our episodes follow the same
-protocol but are not the same draws as their files. Our draw order puts the query and
-class first and the supports shot by shot, so for one seed the 1-shot episodes are the
-first support of the 5-shot episodes (same query, class and first support).
+Randomness of the other protocols is a numpy ``Generator`` (PCG64) seeded with the episode
+seed; PFENet and HSNet use Python's ``random`` / numpy's legacy global state there, so our
+episodes follow the same protocol but are not the same draws as their files. Our draw order
+puts the query and class first and the supports shot by shot, so for one seed the 1-shot
+episodes are the first support of the 5-shot episodes (same query, class and first support).
 """
 from __future__ import annotations
 
@@ -52,9 +61,14 @@ from pipeline.errors import ConfigError
 
 DEFAULT_MIN_PIXELS = 2 * 32 * 32  # 2048: PFENet's (Shaban's) small-object rule
 DEFAULT_SEED = 321  # PFENet / QGNet val seed
-HSNET_SEED = 0
+HSNET_SEED = 0  # HSNet and PATNet test.py: utils.fix_randseed(0)
 VAL_SEED = 123  # model selection during training: not the test seed (docs/fss.md)
-PROTOCOLS = ("pfenet", "hsnet")
+PROTOCOLS = ("pfenet", "hsnet", "patnet")
+PATNET_EPISODES = 600  # PATNet data/{deepglobe,isic,lung}.py: num=600
+#: FSS-1000 with HSNet's split (pipeline.datasets.fss1000): class ids of each block.
+FSS1000_CLASSES = {"train": (1, 520), "val": (521, 760), "test": (761, 1000)}
+#: Cross-domain test sets (PATNet): one fold, every class a test class, no training list.
+EVAL_ONLY = ("deepglobe", "isic", "chest")
 COCO_SPLITS = ("interleaved", "contiguous")
 DEFAULT_SHOTS = (1, 5)
 NUM_FOLDS = 4
@@ -146,7 +160,10 @@ def fold_classes(dataset_name: str, num_classes: int, fold: int, *,
     Parameters
     ----------
     dataset_name : str
-        ``"pascal"`` (PASCAL-5i), ``"coco"`` (COCO-20i) or any other dataset (folder, demo).
+        ``"pascal"`` (PASCAL-5i), ``"coco"`` (COCO-20i), ``"fss1000"`` (one fold: HSNet's
+        240 test classes 761..1000, trained on 1..520), ``"deepglobe"``, ``"isic"``,
+        ``"chest"`` (one fold, every class tested, none trained) or any other dataset
+        (folder, demo).
     num_classes : int
         C (20 for PASCAL, 80 for COCO).
     fold : int
@@ -189,6 +206,17 @@ def fold_classes(dataset_name: str, num_classes: int, fold: int, *,
             test = np.arange(20 * fold + 1, 20 * fold + 21, dtype=np.int64)
         else:
             raise ConfigError(f"coco_split must be one of {COCO_SPLITS}, got {coco_split!r}")
+    elif dataset_name == "fss1000":
+        if num_classes != 1000:
+            raise ConfigError(f"FSS-1000 needs 1000 classes, the store has {num_classes}")
+        _check_fold(fold, 1, "FSS-1000 (one fixed split)")
+        lo, hi = FSS1000_CLASSES["test"]
+        test = np.arange(lo, hi + 1, dtype=np.int64)
+        lo, hi = FSS1000_CLASSES["train"]
+        return test, np.arange(lo, hi + 1, dtype=np.int64)  # the val classes are in neither
+    elif dataset_name in EVAL_ONLY:
+        _check_fold(fold, 1, f"{dataset_name} (an evaluation-only benchmark)")
+        return all_classes, np.zeros(0, dtype=np.int64)
     elif folds_file is not None:
         folds = parse_folds_file(folds_file, class_names, num_classes=num_classes)
         _check_fold(fold, len(folds), str(folds_file))
@@ -218,7 +246,21 @@ def split_kind(dataset_name: str, *, coco_split: str = "interleaved",
         return "pascal-5i"
     if dataset_name == "coco":
         return f"coco-20i-{coco_split}"
+    if dataset_name == "fss1000":
+        return "fss1000-hsnet"
+    if dataset_name in EVAL_ONLY:
+        return "cross-domain"
     return "folds.txt" if folds_file is not None else "interleaved"
+
+
+def num_dataset_folds(dataset_name: str, *, folds_file: str | os.PathLike | None = None) -> int:
+    """Folds of a dataset: 4 (PASCAL-5i, COCO-20i, interleaved), 1 (FSS-1000 and the
+    cross-domain sets), or the lines of ``folds_file``."""
+    if dataset_name in ("pascal", "coco"):
+        return NUM_FOLDS
+    if dataset_name == "fss1000" or dataset_name in EVAL_ONLY:
+        return 1
+    return num_folds(folds_file=folds_file)
 
 
 # ========================================================================================
@@ -480,13 +522,155 @@ def episode_stats(query: np.ndarray, support: np.ndarray, cls: np.ndarray) -> di
     }
 
 
-def default_episode_count(dataset_name: str, protocol: str = "pfenet") -> int:
-    """1000 (PASCAL: QGNet's train.py; folder/demo; every HSNet run), 20,000 for COCO/PFENet."""
+def default_episode_count(dataset_name: str, protocol: str = "pfenet") -> int | None:
+    """1000 (PASCAL: QGNet's train.py; folder/demo; HSNet on PASCAL and COCO), 20,000 for
+    COCO/PFENet, 600 for PATNet's cross-domain sets, ``None`` (every test image once: 2,400)
+    for FSS-1000 under HSNet's or PATNet's protocol."""
+    if dataset_name == "fss1000" and protocol in ("hsnet", "patnet"):
+        return None
+    if protocol == "patnet":
+        return PATNET_EPISODES
     if protocol == "pfenet" and dataset_name == "coco":
         return 20000
     return 1000
 
 
 def default_seed(protocol: str) -> int:
-    """321 for PFENet, 0 for HSNet."""
-    return HSNET_SEED if protocol == "hsnet" else DEFAULT_SEED
+    """321 for PFENet, 0 for HSNet and PATNet."""
+    return HSNET_SEED if protocol in ("hsnet", "patnet") else DEFAULT_SEED
+
+
+def reference_rule(dataset_name: str, protocol: str) -> str | None:
+    """Which :func:`reference_episodes` rule a dataset and protocol take, or None when the
+    episodes come from :func:`sample_episodes`.
+
+    Raises
+    ------
+    ConfigError
+        ``patnet`` on a dataset PATNet does not test on, or ``hsnet`` on a cross-domain set.
+    """
+    if dataset_name == "fss1000" and protocol in ("hsnet", "patnet"):
+        return "fss"
+    if dataset_name in EVAL_ONLY:
+        if protocol != "patnet":
+            raise ConfigError(f"{dataset_name} is a PATNet cross-domain test set: its episodes "
+                              f"use --protocol patnet (got {protocol!r})")
+        return "patnet"
+    if protocol == "patnet":
+        raise ConfigError(f"--protocol patnet applies to fss1000, {', '.join(EVAL_ONLY)}; "
+                          f"{dataset_name!r} takes pfenet or hsnet")
+    return None
+
+
+def numeric_name_rank(ids: Sequence[str]) -> np.ndarray:
+    """(N,) rank of each id when sorted by its last path part read as a number
+    (``cls/2`` before ``cls/10``; non-numbers after numbers, by text): the order in which
+    HSNet's FSS-1000 reader draws supports (``np.random.choice(range(1, 11))``)."""
+    def key(i: int):
+        stem = ids[i].rsplit("/", 1)[-1]
+        return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+    order = sorted(range(len(ids)), key=key)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    return rank
+
+
+def reference_episodes(image_class: np.ndarray, test_classes: Iterable[int], *, shot: int,
+                       seed: int, rule: str, n_episodes: int | None = None,
+                       pool_rank: np.ndarray | None = None, warn: bool = True
+                       ) -> dict[str, np.ndarray]:
+    """Test episodes of a one-class-per-image dataset, drawn as HSNet's or PATNet's reader
+    draws them.
+
+    Parameters
+    ----------
+    image_class : (N,) int array
+        Class of every image of the evaluation store (0: none, e.g. a failed image).
+    test_classes : ints
+        Classes tested (FSS-1000: 761..1000; the cross-domain sets: all).
+    shot : int
+        K supports per episode; each is drawn from the class's images again until it is not
+        the query, so supports of one episode may repeat (as in the references).
+    seed : int
+        Seed of the ``np.random.RandomState`` that replays the references' global numpy
+        draws (their test.py seeds 0).
+    rule : {"fss", "patnet"}
+        ``fss`` (HSNet ``data/fss.py``): every image of a test class is the query once, in
+        store order (class by class); supports come from the class's images ordered by
+        ``pool_rank`` (HSNet draws file numbers 1..10). ``patnet`` (PATNet
+        ``data/{deepglobe,isic,lung}.py``): episode i has the i mod T-th test class, its query
+        and supports drawn from the class's images in store order.
+    n_episodes : int, optional
+        E. Default: ``fss`` one per test image, ``patnet`` 600. A smaller E keeps the first
+        E episodes of the default sequence (the same draws); a larger ``fss`` E walks the
+        images again.
+    pool_rank : (N,) int array, optional
+        Order of the images within a class's support pool (default: store order).
+    warn : bool
+        Emit an :class:`EpisodeWarning` for classes left out (fewer than 2 images: the
+        references would loop forever).
+
+    Returns
+    -------
+    dict
+        As :func:`sample_episodes`: ``query`` (E,), ``support`` (E, K) int32 store indices,
+        ``cls`` (E,), ``skipped_classes``, ``n_queries``.
+
+    Examples
+    --------
+    >>> ep = reference_episodes(np.array([1, 1, 1, 2, 2]), [1, 2], shot=1, seed=0, rule="fss")
+    >>> ep["query"].tolist(), ep["cls"].tolist()
+    ([0, 1, 2, 3, 4], [1, 1, 1, 2, 2])
+    >>> bool((ep["support"][:, 0] != ep["query"]).all())
+    True
+    """
+    if rule not in ("fss", "patnet"):
+        raise ValueError(f"rule must be 'fss' or 'patnet', got {rule!r}")
+    if shot < 1 or (n_episodes is not None and n_episodes < 1):
+        raise ConfigError(f"shot and n_episodes must be >= 1, got {shot}, {n_episodes}")
+    ic = np.asarray(image_class, dtype=np.int64).reshape(-1)
+    test = np.unique(np.asarray(list(test_classes), dtype=np.int64))
+    rank = np.arange(len(ic)) if pool_rank is None else np.asarray(pool_rank, dtype=np.int64)
+    pools = {}
+    for c in test.tolist():
+        members = np.flatnonzero(ic == c)
+        pools[c] = members[np.argsort(rank[members], kind="stable")]
+    skipped = np.array([c for c in test.tolist() if len(pools[c]) < 2], dtype=np.int32)
+    able = [c for c in test.tolist() if len(pools[c]) >= 2]
+    if skipped.size and warn:
+        warnings.warn(f"{len(skipped)} test class(es) have fewer than 2 images and are left "
+                      f"out of the episodes: {skipped.tolist()}", EpisodeWarning, stacklevel=2)
+    if not able:
+        raise ConfigError(f"no test class of {test.tolist()} has 2 images: no episode can be "
+                          f"formed")
+    rs = np.random.RandomState(int(seed))
+
+    def draw(pool: np.ndarray) -> int:  # np.random.choice(pool, 1, replace=False)[0]
+        return int(pool[rs.permutation(len(pool))[0]])
+
+    if rule == "fss":
+        qlist = np.flatnonzero(np.isin(ic, able))  # store order: HSNet's img_metadata
+        e = len(qlist) if n_episodes is None else int(n_episodes)
+        queries = qlist[np.arange(e) % len(qlist)]
+        classes = ic[queries]
+        n_queries = len(qlist)
+    else:
+        e = PATNET_EPISODES if n_episodes is None else int(n_episodes)
+        classes = np.asarray(able, dtype=np.int64)[np.arange(e) % len(able)]
+        queries = np.empty(e, dtype=np.int64)
+        n_queries = int(sum(len(pools[c]) for c in able))
+    support = np.empty((e, shot), dtype=np.int64)
+    for i in range(e):
+        pool = pools[int(classes[i])]
+        if rule == "patnet":
+            queries[i] = draw(pool)
+        q, k = int(queries[i]), 0
+        while k < shot:  # "keep sampling support set if query == support"
+            s = draw(pool)
+            if s != q:
+                support[i, k] = s
+                k += 1
+    return {"query": queries.astype(np.int32), "support": support.astype(np.int32),
+            "cls": classes.astype(np.int32), "skipped_classes": skipped,
+            "n_queries": np.int64(n_queries)}

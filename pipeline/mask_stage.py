@@ -5,7 +5,14 @@
 
 Store kind ``"masks"`` at ``mask_store_path(dataset, split)`` (docs/contracts.md), attrs
 ``dataset``, ``split``, ``class_names``, ``num_classes``, ``root``, ``params`` (``{"limit":
-...}``) plus provenance. ``limit`` is not part of the path (the contract fixes the path): a
+...}``) plus provenance.
+
+Readers of one class per image (``dataset.image_classes``: FSS-1000 and the cross-domain
+sets, :mod:`pipeline.datasets.imageclass`) give an object mask (0 / 1 / 255) and the image's
+class; their stores keep that mask, the extra ``image_class`` (N,) int32 (0 for a failed
+image) and the attribute ``image_classes: true``, and count the object's pixels in the
+class's column of ``class_pixels``. FSS-1000's 1,000 classes would not fit a uint8 class
+mask; the few-shot loader binarises such a mask with ``image_class``. ``limit`` is not part of the path (the contract fixes the path): a
 store made with another ``--limit`` is refused; pass ``--out`` or ``--overwrite``.
 """
 from __future__ import annotations
@@ -42,6 +49,11 @@ class MaskConfig:
     max_failures: int = option(0, min=0)
     shard_size: int | None = option(None, min=1)
     progress: bool = True
+    year: int | None = option(None, min=2014, max=2017)  # COCO only: 2014 or 2017
+    train_json: str | None = None    # a COCO-style json per split (pipeline.datasets.spec)
+    train_images: str | None = None
+    val_json: str | None = None
+    val_images: str | None = None
 
 
 def mask_map(dataset, image_id: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -54,6 +66,8 @@ def mask_map(dataset, image_id: str) -> tuple[np.ndarray, dict[str, np.ndarray]]
     c = dataset.num_classes
     image = np.asarray(dataset.load_image(image_id))  # raises ImageReadError when it can't decode
     mask = np.asarray(dataset.load_mask(image_id))
+    if getattr(dataset, "image_classes", False):
+        return _object_map(dataset, image_id, image, mask)
     if mask.ndim != 2:
         raise ValueError(f"mask has shape {mask.shape}, expected H x W")
     if image.shape[:2] != mask.shape:
@@ -70,6 +84,26 @@ def mask_map(dataset, image_id: str) -> tuple[np.ndarray, dict[str, np.ndarray]]
     return mask, {"class_pixels": counts.astype(np.int64)}
 
 
+def _object_map(dataset, image_id: str, image: np.ndarray, mask: np.ndarray):
+    """:func:`mask_map` of a one-class-per-image reader: the object mask (0 / 1 / 255) and
+    ``{"class_pixels": (C+1,), "image_class": ()}``."""
+    c, k = dataset.num_classes, int(dataset.image_class(image_id))
+    if not 1 <= k <= c:
+        raise ValueError(f"image class {k} is outside 1..{c}")
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image is {image.shape[0]} x {image.shape[1]} but its mask is "
+                         f"{mask.shape[0]} x {mask.shape[1]}")
+    bad = ~np.isin(mask, (0, 1, IGNORE))
+    if bad.any():
+        raise ValueError(f"object mask holds values {np.unique(mask[bad])[:5].tolist()} "
+                         f"(expected 0, 1 and {IGNORE})")
+    mask = mask.astype(np.uint8)
+    counts = np.zeros(c + 1, dtype=np.int64)
+    counts[0] = int((mask == 0).sum())
+    counts[k] = int((mask == 1).sum())
+    return mask, {"class_pixels": counts, "image_class": np.int32(k)}
+
+
 def build_command(dataset: str, split: str, limit: int | None = None,
                   cache_dir: str | Path | None = None) -> str:
     """The ``qgnet-prep masks`` command that builds this store (quoted in messages)."""
@@ -81,7 +115,8 @@ def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = 
                      cache_dir: str | Path | None = None, workers: int = 2,
                      scheduler: str = "threads", limit: int | None = None,
                      overwrite: bool = False, shard_size: int | None = None, progress: bool = True,
-                     root: str | Path | None = None) -> tuple[ShardedStore, RunReport]:
+                     root: str | Path | None = None, year: int | None = None
+                     ) -> tuple[ShardedStore, RunReport]:
     """Build (or resume) the mask store of one split; arguments as
     :func:`pipeline.superpixel_stage.build_superpixel_store`.
 
@@ -91,16 +126,26 @@ def build_mask_store(dataset, *, split: str = "train", out: str | Path | None = 
     if limit is not None and int(limit) < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     limit = None if limit is None else int(limit)
-    name, ds, data_root = dataset_source(dataset, root, cache_dir)
+    name, ds, data_root = dataset_source(dataset, root, cache_dir, year=year)
     path = Path(out) if out else mask_store_path(name, split, cache_dir=cache_dir)
     check = {"kind": "masks", "dataset": name, "split": split, "params": {"limit": limit}}
 
     def attrs(d):
-        return {**provenance({"limit": limit}), "class_names": list(d.class_names), "num_classes": d.num_classes}
+        extra = {"image_classes": True} if getattr(d, "image_classes", False) else {}
+        if getattr(d, "year", None):
+            extra["year"] = int(d.year)
+        return {**provenance({"limit": limit}), "class_names": list(d.class_names),
+                "num_classes": d.num_classes, **extra}
+
+    def extras(d):
+        out = {"class_pixels": ((d.num_classes + 1,), "int64")}
+        if getattr(d, "image_classes", False):
+            out["image_class"] = ((), "int32")
+        return out
 
     return build_store(
         ds, split=split, limit=limit, path=path, kind="masks", maps="masks", dtype="uint8",
-        extras=lambda d: {"class_pixels": ((d.num_classes + 1,), "int64")}, attrs=attrs,
+        extras=extras, attrs=attrs,
         check=check, fn=mask_map, hint=build_command(name, split, limit), workers=workers,
         scheduler=scheduler, overwrite=overwrite, shard_size=shard_size, progress=progress,
         desc=f"masks {name}/{split}", root=data_root)

@@ -409,16 +409,18 @@ def read_sizes(dataset, ids: Sequence[str], *, scheduler: str = "threads", worke
 
 
 # ------------------------------------------------------------------------------ the stage
-def dataset_source(dataset, root=None, cache_dir=None) -> tuple[str, Any, Path]:
+def dataset_source(dataset, root=None, cache_dir=None, *, year: int | None = None
+                   ) -> tuple[str, Any, Path]:
     """``(name, reader or zero-argument opener, absolute root)`` for :func:`build_store`: a
-    registry name is not opened here (a complete store needs no reader)."""
+    registry name is not opened here (a complete store needs no reader). ``year``: COCO's
+    release (:func:`pipeline.datasets.open_dataset`)."""
     from pipeline.datasets import dataset_root
 
     if isinstance(dataset, str):
         def opener():
             from pipeline.datasets import open_dataset
 
-            return open_dataset(dataset, root, cache_dir=cache_dir)
+            return open_dataset(dataset, root, cache_dir=cache_dir, year=year)
 
         return dataset, opener, dataset_root(dataset, root, cache_dir=cache_dir)
     return dataset.name, dataset, dataset_root(dataset.name, dataset.root)

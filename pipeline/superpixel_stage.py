@@ -72,6 +72,11 @@ class SuperpixelConfig:
     max_failures: int = option(0, min=0)
     shard_size: int | None = option(None, min=1)
     progress: bool = True
+    year: int | None = option(None, min=2014, max=2017)  # COCO only: 2014 or 2017
+    train_json: str | None = None    # a COCO-style json per split (pipeline.datasets.spec)
+    train_images: str | None = None
+    val_json: str | None = None
+    val_images: str | None = None
 
 
 # ------------------------------------------------------------------------------ parameters
@@ -209,8 +214,9 @@ def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic
                            workers: int = 2, scheduler: str = "threads",
                            limit: int | None = None, overwrite: bool = False,
                            shard_size: int | None = None, progress: bool = True,
-                           root: str | Path | None = None) -> tuple[ShardedStore, RunReport]:
-    """Build (or resume) the superpixel store of one split.
+                           root: str | Path | None = None, year: int | None = None
+                           ) -> tuple[ShardedStore, RunReport]:
+    """Build (or resume) the superpixel store of one split (``year``: COCO's release).
 
     Parameters
     ----------
@@ -241,7 +247,7 @@ def build_superpixel_store(dataset, *, split: str = "train", method: str = "slic
     StoreError : a store made with other settings exists at the path.
     """
     key = superpixel_params(method, params, backend=backend, limit=limit)
-    name, ds, data_root = dataset_source(dataset, root, cache_dir)
+    name, ds, data_root = dataset_source(dataset, root, cache_dir, year=year)
     path = Path(out) if out else superpixel_store_path(name, method, split, key,
                                                        cache_dir=cache_dir)
     check = {"kind": "superpixels", "dataset": name, "split": split, "method": method,

@@ -119,19 +119,36 @@ class _StoreMixin:
 
     def load(self, index: int, cls: int) -> tuple[np.ndarray, np.ndarray]:
         """Image (H x W x 3 uint8) and binarised mask of store image ``index`` (pixels of
-        ``self.ignore_classes``, if any, become 255 first)."""
+        ``self.ignore_classes``, if any, become 255 first). A store of object masks
+        (``image_class``: FSS-1000, the cross-domain sets) holds 0 / 1 / 255 per image: its
+        object is ``cls`` when the image's class is."""
         image = self.reader.load_image(self.store.ids[index])
         mask = self.store.get(int(index))
         if image.shape[:2] != mask.shape:
             raise ImageReadError(f"image {self.store.ids[index]!r} is {image.shape[:2]} but its mask in "
                              f"{self.store.path} is {mask.shape}; rebuild the mask store")
+        if self.image_class is not None:
+            label = T.binarize(mask, 1)  # the image's object -> 1, 255 kept
+            if int(self.image_class[int(index)]) != int(cls):  # another class: no object
+                label[label == 1] = 0
+            return image, label
         if self.ignore_classes is not None and len(self.ignore_classes):
             mask = np.where(np.isin(mask, self.ignore_classes), T.IGNORE, mask).astype(mask.dtype)
         return image, T.binarize(mask, cls)
 
+    @property
+    def image_class(self) -> np.ndarray | None:
+        """(N,) class of each image of an object-mask store, else None (loaded once)."""
+        if not hasattr(self, "_image_class"):
+            store = self.store
+            self._image_class = (store.extra("image_class")
+                                 if "image_class" in store.attrs.get("extras", []) else None)
+        return self._image_class
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_store"] = state["_reader"] = None
+        state.pop("_image_class", None)
         return state
 
 
@@ -242,7 +259,8 @@ class TestEpisodes(_StoreMixin, Dataset):
     def __init__(self, episodes: dict[str, Any], *, crop: int, dataset: str,
                  root: str | None = None, cache_dir: str | None = None,
                  limit: int | None = None):
-        self._init_sources(dataset=dataset, split="val", root=root, cache_dir=cache_dir)
+        self._init_sources(dataset=dataset, split=str(episodes.get("split", "val")), root=root,
+                           cache_dir=cache_dir)
         n = len(episodes["query"]) if not limit else min(int(limit), len(episodes["query"]))
         self.query = np.asarray(episodes["query"][:n], np.int64)
         self.support = np.asarray(episodes["support"][:n], np.int64).reshape(n, -1)

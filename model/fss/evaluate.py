@@ -50,8 +50,9 @@ class EvalConfig:
     ``None`` is "not set": the checkpoint's training value, or the default named here."""
 
     checkpoint: str | None = None     # best.pt / last.pt of `qgnet-train fss` (required)
+    dataset: str | None = None        # None: the checkpoint's; another: its fold 0 (cross-domain)
     shot: int | None = option(None, min=1)  # None: the training shot
-    protocol: str = "pfenet"          # pfenet | hsnet
+    protocol: str = "pfenet"          # pfenet | hsnet | patnet
     cache_dir: str | None = None      # None: the checkpoint's
     root: str | None = None           # None: the checkpoint's
     device: str = "auto"              # auto | cpu | cuda
@@ -65,8 +66,10 @@ class EvalConfig:
     progress: bool = True
 
     def seed_list(self) -> list[int]:
-        """The episode seeds: ``seeds``, else 321 (PFENet's test seed; hsnet: 0)."""
-        return list(self.seeds) if self.seeds else ([0] if self.protocol == "hsnet" else [321])
+        """The episode seeds: ``seeds``, else 321 (PFENet's test seed; hsnet, patnet: 0)."""
+        from pipeline.episodes import default_seed
+
+        return list(self.seeds) if self.seeds else [default_seed(self.protocol)]
 
 
 def default_batch(device) -> int:
@@ -234,10 +237,11 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
         cfg = dict(ckpt.get("config", {}))
     else:
         model = model_or_checkpoint.to(dev)
+    same = not dataset or dataset == cfg.get("dataset")  # else: another benchmark (cross-domain)
     dataset = dataset or cfg.get("dataset")
-    fold = int(fold if fold is not None else cfg.get("fold", 0))
+    fold = int(fold if fold is not None else (cfg.get("fold", 0) if same else 0))
     shot = int(shot if shot is not None else cfg.get("shot", 1))
-    root = root or cfg.get("root")
+    root = root or (cfg.get("root") if same else None)  # None: the mask store's root
     cache_dir = cache_dir or cfg.get("cache_dir")
     crop = int(crop or cfg.get("crop") or 0)
     if not dataset or not crop:
@@ -288,7 +292,9 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     }
     target = Path(out_dir) if out_dir else (ckpt_path.parent if ckpt_path else None)
     if write and target is not None:
-        write_results(target, result, key="regions" if regions else None)
+        key = "-".join(k for k in ((None if same else dataset), "regions" if regions else None)
+                       if k)  # another dataset's result never replaces the checkpoint's own
+        write_results(target, result, key=key or None)
     return result
 
 
@@ -297,7 +303,9 @@ def _class_names(dataset: str, cache_dir) -> dict[int, str]:
     from pipeline.mask_stage import locate_mask_store
 
     try:
-        store = locate_mask_store(dataset, "val", cache_dir=cache_dir)
+        from pipeline.benchmarks import eval_split
+
+        store = locate_mask_store(dataset, eval_split(dataset), cache_dir=cache_dir)
     except QgnetError:  # names are cosmetic: no complete val mask store, the ids are shown
         return {}
     return {i + 1: n for i, n in enumerate(store.attrs.get("class_names", []))}

@@ -52,6 +52,7 @@ class PriorConfig:
     patches: str = "slic"             # superpixel method: slic | felzenszwalb
     patch_store: str = ""             # explicit store path ("" = locate in the cache)
     cache_dir: str = ""
+    year: int | None = None           # COCO only: 2014 or 2017 (None: the release under root)
     limit: int = 0                    # first N images of the split (0 = all)
     crop: int = 0                     # RandomResizedCrop size (0 = the dataset's, below)
     scale_min: float = 0.2            # RandomResizedCrop scale (scale_min, 1)

@@ -115,7 +115,8 @@ def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
     from pipeline.datasets import open_dataset
     from pipeline.store import ShardedStore
 
-    ds = open_dataset(cfg.dataset, cfg.root or None, cache_dir=cfg.cache_dir or None)
+    ds = open_dataset(cfg.dataset, cfg.root or None, cache_dir=cfg.cache_dir or None,
+                      year=cfg.year)
     parts = []
     for k, split in enumerate(SPLITS.get(cfg.split, (cfg.split,))):
         ids = ds.ids(split)

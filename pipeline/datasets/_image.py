@@ -64,8 +64,9 @@ def exif_orientation(path: str | Path) -> int:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(H, W)`` of an image as :func:`load_rgb` returns it (EXIF-rotated), from the header.
+def image_size(path: str | Path, *, exif: bool = True) -> tuple[int, int]:
+    """``(H, W)`` of an image as :func:`load_rgb` returns it (EXIF-rotated unless
+    ``exif=False``), from the header.
 
     Raises
     ------
@@ -75,7 +76,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if _orientation(im) in (5, 6, 7, 8):  # quarter turns swap the axes
+            if exif and _orientation(im) in (5, 6, 7, 8):  # quarter turns swap the axes
                 h, w = w, h
     except FileNotFoundError:
         raise ImageReadError(f"missing image {path}") from None
@@ -96,8 +97,10 @@ def raw_size(path: str | Path) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode ``path`` to an ``H x W x 3`` uint8 RGB array, EXIF orientation applied.
+def load_rgb(path: str | Path, *, exif: bool = True) -> np.ndarray:
+    """Decode ``path`` to an ``H x W x 3`` uint8 RGB array, EXIF orientation applied
+    (``exif=False``: the stored pixels as they are, as the HSNet / PATNet readers'
+    ``Image.open(p).convert('RGB')`` sees them).
 
     Raises
     ------
@@ -108,7 +111,8 @@ def load_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()  # decode everything now, so truncation raises here
-            im = ImageOps.exif_transpose(im)
+            if exif:
+                im = ImageOps.exif_transpose(im)
             arr = _to_rgb(im)
     except FileNotFoundError:
         raise ImageReadError(f"missing image {path}") from None
@@ -168,6 +172,64 @@ def load_index_mask(path: str | Path, *, missing: str | None = None) -> np.ndarr
     except _DECODE_ERRORS as exc:
         raise ImageReadError(f"cannot read mask {path}: {exc}") from exc
     return arr
+
+
+def load_binary_mask(path: str | Path, *, threshold: int = 128,
+                     missing: str | None = None) -> np.ndarray:
+    """Read an object mask as ``H x W`` uint8 0 / 1, the HSNet / PATNet way.
+
+    The file is converted to 8-bit grey (``Image.convert("L")``: RGB, palette and 1-bit
+    masks alike) and thresholded: ``>= threshold`` (128) is the object. One exception: a
+    mask whose grey values are all 0 or 1 is taken as it is (0 / 1), where the reference
+    readers would threshold it to an empty mask (docs/data.md, "Binary masks").
+
+    Raises
+    ------
+    ImageReadError
+        Missing (``missing`` or "missing mask {path}") or undecodable file.
+    """
+    _check_strict()
+    try:
+        with Image.open(path) as im:
+            im.load()
+            grey = np.array(im.convert("L"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageReadError(missing or f"missing mask {path}") from None
+    except _DECODE_ERRORS as exc:
+        raise ImageReadError(f"cannot read mask {path}: {exc}") from exc
+    if grey.size and grey.max() <= 1:
+        return grey
+    return (grey >= threshold).astype(np.uint8)
+
+
+def resize_nearest(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A 2-D uint8 array resized to ``hw`` (H, W) with nearest-neighbour sampling (PIL)."""
+    if tuple(arr.shape[:2]) == tuple(hw):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((int(hw[1]), int(hw[0])),
+                                                  Image.Resampling.NEAREST)).copy()
+
+
+def resize_rgb(arr: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """An ``H x W x 3`` uint8 image resized to ``hw`` (bilinear with PIL's antialiasing)."""
+    if tuple(arr.shape[:2]) == tuple(hw):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((int(hw[1]), int(hw[0])),
+                                                  Image.Resampling.BILINEAR)).copy()
+
+
+def fit_within(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``hw`` scaled down (aspect kept, sides rounded) so that neither side exceeds
+    ``max_side``; unchanged when it fits or ``max_side`` is None.
+
+    >>> fit_within((6000, 4000), 4096)
+    (4096, 2731)
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if max_side is None or max(h, w) <= max_side:
+        return h, w
+    s = max_side / max(h, w)
+    return max(1, min(max_side, round(h * s))), max(1, min(max_side, round(w * s)))
 
 
 def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:

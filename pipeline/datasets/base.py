@@ -28,7 +28,8 @@ class Dataset(ABC):
     Attributes
     ----------
     name : str
-        Registry name (``"coco"``, ``"pascal"``, ``"folder"``, ``"demo"``).
+        Registry name (``"coco"``, ``"pascal"``, ``"fss1000"``, ...; a user-named dataset's
+        own name): the key of its cache folder.
     root : Path
         The dataset root it was opened on.
     class_names : tuple of str
@@ -46,6 +47,10 @@ class Dataset(ABC):
     def num_classes(self) -> int:
         """C, the number of foreground classes."""
         return len(self.class_names)
+
+    #: True for readers of one class per image (:mod:`pipeline.datasets.imageclass`): their
+    #: ``load_mask`` gives the object (0 / 1) and ``image_class(id)`` its class.
+    image_classes: bool = False
 
     @abstractmethod
     def ids(self, split: str) -> list[str]:

@@ -10,6 +10,11 @@ Fixtures (reuse them freely):
 * ``camvid_folder_root``  real CamVid (../shared/data/camvid) converted to the folder layout:
                      ids 0..10 -> 1..11, void 11 -> 255; 24 train + 12 val images (session).
 * ``demo_root``      a small generated demo dataset (40 train + 20 val, seed 0; session).
+* ``coco2017_root``  COCO 2017 layout (same annotations, 2017 file names).
+* ``coco_json_root`` a COCO-style export, one json and image folder per split, with the quirks
+                     of real exports (see :func:`make_coco_json`); answers in ``CJ_*``.
+* ``fss_root``       FSS-1000 native layout, the 240 test classes (``make_fss1000``).
+* ``deepglobe_root``, ``isic_root``, ``chest_root``  PATNet's layouts (``make_deepglobe``...).
 * ``shared_data``    Path of ../shared/data (tests skip when a folder there is missing).
 * ``dsfx``           this module: the known answers (``COCO_EXPECT``, ``PASCAL_SPLITS``...)
                      and writers (``write_jpeg``, ``write_palette_png``, ``make_folder``...).
@@ -118,13 +123,19 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
 # COCO
 # ----------------------------------------------------------------------------------------
 
-def make_coco(root: Path) -> Path:
+def coco_stem(stem: str, year: int) -> str:
+    """A 2014 file stem (``COCO_val2014_000000000042``) as the given year names it."""
+    return stem if year == 2014 else stem.rsplit("_", 1)[1]
+
+
+def make_coco(root: Path, year: int = 2014) -> Path:
     from pycocotools import mask as mask_utils
 
     h, w = COCO_HW
+    name = {s: coco_stem(s, year) for s in (COCO_VAL_ID, COCO_VAL_EMPTY, COCO_TRAIN_ID)}
     for split, stems in (("val", [COCO_VAL_ID, COCO_VAL_EMPTY]), ("train", [COCO_TRAIN_ID])):
         for i, stem in enumerate(stems):
-            write_jpeg(root / f"{split}2014" / f"{stem}.jpg", h, w, seed=i)
+            write_jpeg(root / f"{split}{year}" / f"{name[stem]}.jpg", h, w, seed=i)
     small = np.zeros((h, w), np.uint8)
     small[20:31, 20:31] = 1  # 121 px
     rle = mask_utils.encode(np.asfortranarray(small))
@@ -143,23 +154,257 @@ def make_coco(root: Path) -> Path:
         {"id": 4, "image_id": 42, "category_id": 90, "iscrowd": 0, "area": 64.0,
          "segmentation": [[0, 0, 8, 0, 8, 8, 0, 8]], "bbox": [0, 0, 8, 8]},
     ]
-    val = {"images": [{"id": 42, "file_name": f"{COCO_VAL_ID}.jpg", "height": h, "width": w},
-                      {"id": 73, "file_name": f"{COCO_VAL_EMPTY}.jpg", "height": h, "width": w}],
+    val = {"images": [{"id": 42, "file_name": f"{name[COCO_VAL_ID]}.jpg", "height": h, "width": w},
+                      {"id": 73, "file_name": f"{name[COCO_VAL_EMPTY]}.jpg", "height": h,
+                       "width": w}],
            "annotations": val_anns, "categories": cats}
-    train = {"images": [{"id": 9, "file_name": f"{COCO_TRAIN_ID}.jpg", "height": h, "width": w}],
+    train = {"images": [{"id": 9, "file_name": f"{name[COCO_TRAIN_ID]}.jpg", "height": h,
+                         "width": w}],
              "annotations": [{"id": 10, "image_id": 9, "category_id": 18, "iscrowd": 0,
                               "segmentation": [[5, 5, 40, 5, 40, 40, 5, 40]], "area": 1225.0,
                               "bbox": [5, 5, 35, 35]}],
              "categories": cats}
-    (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(val))
-    (root / "annotations" / "instances_train2014.json").write_text(json.dumps(train))
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"instances_val{year}.json").write_text(json.dumps(val))
+    (root / "annotations" / f"instances_train{year}.json").write_text(json.dumps(train))
     return root
 
 
 @pytest.fixture
 def coco_root(tmp_path) -> Path:
     return make_coco(tmp_path / "coco")
+
+
+@pytest.fixture
+def coco2017_root(tmp_path) -> Path:
+    return make_coco(tmp_path / "coco", year=2017)
+
+
+# ----------------------------------------------------------------------------------------
+# a COCO-style export (labelme / CVAT / Label Studio), one json + image folder per split
+# ----------------------------------------------------------------------------------------
+
+# the export's own categories: id 0 is labelme's background entry; ids have a gap (7)
+CJ_CATEGORIES = [{"id": 0, "name": "_background_"}, {"id": 3, "name": "mug"},
+                 {"id": 5, "name": "spoon"}, {"id": 9, "name": "kettle"}]
+CJ_CLASSES = ("mug", "spoon", "kettle")  # labels 1, 2, 3 (rank of 3, 5, 9)
+CJ_HW = (48, 64)
+
+
+def _box(x0, y0, x1, y1):
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def make_coco_json(root: Path, *, n: int = 6) -> Path:
+    """``root/{train,val}/annotations.json`` and ``root/{train,val}/images/``: ``n`` images a
+    split, every one with a 30 x 40 mug box (label 1) and a 20 x 20 kettle box (label 3).
+
+    Quirks of real exports in the val split: image ``v0`` is a grayscale JPEG and ``v1`` a
+    CMYK JPEG; ``v2`` lives in a sub folder (``file_name`` ``sub\\v2.jpg``, as a Windows export
+    writes it); ``v3``'s entry has
+    no height / width; the spoon of ``v0`` is two polygons (one object); ``v1`` has a crowd
+    region (uncompressed RLE, label 255) the kettle partly covers; one annotation refers to
+    image id 999, which the json does not list. The train split is plain.
+    """
+    from PIL import Image as _Image
+
+    h, w = CJ_HW
+    for split in ("train", "val"):
+        images, anns = [], []
+        for i in range(n):
+            stem = f"{split[0]}{i}"
+            file_name = f"sub/{stem}.jpg" if (split, i) == ("val", 2) else f"{stem}.jpg"
+            path = root / split / "images" / file_name
+            arr = write_jpeg(path, h, w, seed=i + (100 if split == "val" else 0))
+            if (split, i) == ("val", 0):
+                _Image.fromarray(arr).convert("L").save(path, quality=90)
+            if (split, i) == ("val", 1):
+                _Image.fromarray(arr).convert("CMYK").save(path, quality=90)
+            entry = {"id": 100 + i, "file_name": file_name.replace("/", "\\") if i == 2 else
+                     file_name, "height": h, "width": w}
+            if (split, i) == ("val", 3):
+                del entry["height"], entry["width"]
+            images.append(entry)
+            anns.append({"id": 1000 + 10 * i, "image_id": 100 + i, "category_id": 3,
+                         "iscrowd": 0, "segmentation": [_box(2, 2, 42, 32)]})
+            anns.append({"id": 1001 + 10 * i, "image_id": 100 + i, "category_id": 9,
+                         "iscrowd": 0, "segmentation": [_box(40, 26, 60, 46)]})
+        if split == "val":
+            anns.append({"id": 5000, "image_id": 100, "category_id": 5, "iscrowd": 0,
+                         "segmentation": [_box(44, 2, 50, 8), _box(54, 2, 60, 8)]})
+            crowd = np.zeros((h, w), np.uint8)
+            crowd[36:48, 30:64] = 1
+            anns.append({"id": 5001, "image_id": 101, "category_id": 3, "iscrowd": 1,
+                         "segmentation": uncompressed_rle(crowd)})
+            anns.append({"id": 5002, "image_id": 999, "category_id": 3, "iscrowd": 0,
+                         "segmentation": [_box(0, 0, 5, 5)]})
+        data = {"images": images, "annotations": anns, "categories": CJ_CATEGORIES}
+        (root / split / "annotations.json").write_text(json.dumps(data))
+    return root
+
+
+def write_spec(root: Path, splits: dict[str, tuple[str, str | None]]) -> Path:
+    """A ``dataset.toml`` in ``root`` naming ``{split: (json, images)}`` (relative paths)."""
+    lines = ['format = "coco-json"', ""]
+    for split, (j, d) in splits.items():
+        lines += [f"[splits.{split}]", f'json = "{j}"'] + ([f'images = "{d}"'] if d else []) + [""]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.toml").write_text("\n".join(lines))
+    return root
+
+
+@pytest.fixture
+def coco_json_root(tmp_path) -> Path:
+    """The export of :func:`make_coco_json` under ``tmp_path/export`` with a dataset.toml."""
+    export = make_coco_json(tmp_path / "export")
+    return write_spec(export, {s: (f"{s}/annotations.json", f"{s}/images")
+                               for s in ("train", "val")})
+
+
+# ----------------------------------------------------------------------------------------
+# FSS-1000 and PATNet's cross-domain layouts
+# ----------------------------------------------------------------------------------------
+
+def write_object_png(path: Path, obj: np.ndarray, style: str = "L255") -> None:
+    """An object mask file: ``L255`` grey 0/255, ``RGB255`` 3-channel 0/255 (cv2.imwrite of
+    a binary map, as PATNet's preprocessing writes), ``L01`` grey 0/1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = np.asarray(obj, bool)
+    if style == "L01":
+        Image.fromarray(obj.astype(np.uint8)).save(path)
+    elif style == "RGB255":
+        Image.fromarray(np.repeat((obj * 255).astype(np.uint8)[:, :, None], 3, 2)).save(path)
+    else:
+        Image.fromarray((obj * 255).astype(np.uint8)).save(path)
+
+
+def object_box(h: int, w: int, k: int) -> np.ndarray:
+    """A box whose size depends on ``k`` (so every mask differs)."""
+    m = np.zeros((h, w), bool)
+    m[1:1 + 2 + k % (h - 3), 2:w - 1] = True
+    return m
+
+
+FSS_SIDE = 12  # the real images are 224 x 224; the layout, not the size, is under test
+FSS_SPACED = "american_alligator"  # written "american alligator" on disk
+FSS_01 = "accordion"  # masks 0/1 instead of 0/255
+FSS_RGB = "andean_condor"  # RGB 0/255 masks
+
+
+def make_fss1000(root: Path, classes=None, *, n: int = 10) -> Path:
+    """FSS-1000's layout under ``root/FSS-1000``: for each class (default: the 240 test
+    classes) ``1.jpg .. n.jpg`` and ``N.png`` masks. Quirks: :data:`FSS_SPACED` is a folder
+    with a space; :data:`FSS_01` has 0/1 masks and :data:`FSS_RGB` RGB ones; the first class
+    holds a mask of another size (``3.png``, 2x) and the files ``notes.txt`` and ``4.x.jpg``
+    that the references' listing skips."""
+    from pipeline.datasets.fss1000_split import TEST
+
+    base = root / "FSS-1000"
+    rng = np.random.default_rng(0)
+    for ci, name in enumerate(TEST if classes is None else classes):
+        folder = base / (name.replace("_", " ") if name == FSS_SPACED else name)
+        folder.mkdir(parents=True)
+        for k in range(1, n + 1):
+            img = rng.integers(0, 255, (FSS_SIDE, FSS_SIDE, 3), dtype=np.uint8)
+            Image.fromarray(img).save(folder / f"{k}.jpg", quality=90)
+            obj = object_box(FSS_SIDE, FSS_SIDE, ci + k)
+            if ci == 0 and k == 3:
+                obj = np.kron(obj, np.ones((2, 2), bool))
+            style = "L01" if name == FSS_01 else ("RGB255" if name == FSS_RGB else "L255")
+            write_object_png(folder / f"{k}.png", obj, style)
+        if ci == 0:
+            (folder / "notes.txt").write_text("not an image")
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "4.x.jpg")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fss_root(tmp_path_factory) -> Path:
+    return make_fss1000(tmp_path_factory.mktemp("fss") / "datapath")
+
+
+DG_SIDE = 16
+DG_SHARED = "100694_sat_00"  # a tile in folders 1 and 3, with each folder's mask
+
+
+def make_deepglobe(root: Path, counts=(5, 3, 4, 2, 3, 2)) -> Path:
+    """PATNet's Deepglobe layout under ``root/Deepglobe``: folder k holds ``counts[k-1]``
+    tiles in ``test/origin`` and RGB 0/255 masks in ``test/groundtruth``."""
+    rng = np.random.default_rng(1)
+    for k, c in enumerate(counts, start=1):
+        for j in range(c):
+            stem = DG_SHARED if (j == 0 and k in (1, 3)) else f"{200000 + 10 * k + j}_sat_{j:02d}"
+            img = rng.integers(0, 255, (DG_SIDE, DG_SIDE, 3), dtype=np.uint8)
+            path = root / "Deepglobe" / str(k) / "test" / "origin" / f"{stem}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(path, quality=90)
+            write_object_png(root / "Deepglobe" / str(k) / "test" / "groundtruth" / f"{stem}.png",
+                             object_box(DG_SIDE, DG_SIDE, k + j), "RGB255")
+    return root
+
+
+@pytest.fixture
+def deepglobe_root(tmp_path) -> Path:
+    return make_deepglobe(tmp_path / "datapath")
+
+
+ISIC_TABLE = {"ISIC_0000000": "nevus", "ISIC_0000001": "nevus", "ISIC_0000003": "nevus",
+              "ISIC_0000004": "melanoma", "ISIC_0000013": "melanoma",
+              "ISIC_0000030": "seborrheic_keratosis", "ISIC_0000031": "seborrheic_keratosis",
+              "ISIC_0000099": "melanoma"}
+
+
+def make_isic(root: Path, *, folders: bool = True, csv: bool = True) -> Path:
+    """ISIC 2018 task 1 under ``root/ISIC``: images sorted into PATNet's folders 1 (nevus),
+    2 (seborrheic_keratosis), 3 (melanoma) (one of the two numberings PATNet's users use),
+    or flat as downloaded; masks ``*_segmentation.png``; PATNet's ``class_id.csv``.
+    ``ISIC_0000099`` has an image but no mask."""
+    base = root / "ISIC"
+    folder_of = {"nevus": "1", "seborrheic_keratosis": "2", "melanoma": "3"}
+    rng = np.random.default_rng(2)
+    for i, (stem, cls) in enumerate(ISIC_TABLE.items()):
+        sub = base / "ISIC2018_Task1-2_Training_Input" / (folder_of[cls] if folders else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        h, w = 10 + i, 14
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            sub / f"{stem}.jpg", quality=90)
+        if stem != "ISIC_0000099":
+            write_object_png(base / "ISIC2018_Task1_Training_GroundTruth" /
+                             f"{stem}_segmentation.png", object_box(h, w, i))
+    (base / "ISIC2018_Task1-2_Training_Input" / "LICENSE.txt").write_text("licence")
+    if csv:
+        (base / "class_id.csv").write_text(
+            "ID,Class\n" + "".join(f"{k},{v}\n" for k, v in ISIC_TABLE.items()))
+    return root
+
+
+@pytest.fixture
+def isic_root(tmp_path) -> Path:
+    return make_isic(tmp_path / "datapath")
+
+
+CHEST_IDS = ("CHNCXR_0001_0", "CHNCXR_0002_0", "CHNCXR_0003_1", "CHNCXR_0010_1")
+
+
+def make_chest(root: Path) -> Path:
+    """The Kaggle release's layout under ``root/LungSegmentation``: grayscale ``CXR_png``
+    images, ``masks/<stem>_mask.png`` for the Shenzhen ones and two Montgomery masks without
+    the suffix (``MCUCXR_0001_0.png``), which PATNet's reader cannot pair."""
+    base = root / "LungSegmentation"
+    (base / "CXR_png").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i, stem in enumerate(CHEST_IDS + ("MCUCXR_0001_0", "MCUCXR_0002_0")):
+        h, w = 18 + i, 16
+        Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(
+            base / "CXR_png" / f"{stem}.png")
+        name = f"{stem}.png" if stem.startswith("MCU") else f"{stem}_mask.png"
+        write_object_png(base / "masks" / name, object_box(h, w, i))
+    return root
+
+
+@pytest.fixture
+def chest_root(tmp_path) -> Path:
+    return make_chest(tmp_path / "datapath")
 
 
 # ----------------------------------------------------------------------------------------

@@ -37,11 +37,12 @@ def needs(path: Path) -> Path:
 
 def test_registry_is_a_plain_dict():
     assert type(DATASETS) is dict
-    assert sorted(DATASETS) == ["coco", "demo", "folder", "pascal"]
+    assert sorted(DATASETS) == ["chest", "coco", "coco-json", "deepglobe", "demo", "folder",
+                                "fss1000", "isic", "pascal"]
 
 
 def test_unknown_name_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset 'voc'.*coco, demo, folder, pascal"):
+    with pytest.raises(ValueError, match="unknown dataset 'voc'.*chest, coco, coco-json, deepglobe, demo, folder"):
         open_dataset("voc", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown dataset 'a b'.*--root"):
         open_dataset("a b", "/nowhere")
@@ -242,7 +243,7 @@ def test_coco_masks(coco_root, dsfx):
     assert ds.image_size(dsfx.COCO_VAL_ID) == dsfx.COCO_HW
     assert ds._index == {}  # 2014 ids need no json for paths and sizes
     assert ds.ids("val") == [dsfx.COCO_VAL_ID, dsfx.COCO_VAL_EMPTY]
-    assert set(ds._index) == {"val"}  # the train json stays unparsed
+    assert set(ds._index) == {"val2014"}  # the train json stays unparsed
     mask = ds.load_mask(dsfx.COCO_VAL_ID)
     assert mask.shape == dsfx.COCO_HW and mask.dtype == np.uint8
     for (r, c), label in dsfx.COCO_EXPECT.items():

@@ -15,6 +15,7 @@ every scoring of ``qgnet-eval fss --scoring`` (exact, pfenet, hsnet, hsnet-origi
 PFENet's own value computed by its test.py arithmetic beside ours::
 
     PYTHONPATH=$PWD python -m bench.scoring_oracle scorings --out scorings.json
+    PYTHONPATH=$PWD python -m bench.scoring_oracle cost     # CPU ms per episode, both vs exact
  ``camvid``: the query labels of the first N fold-0 test episodes (seed 321) of a
 ``camvid`` cache built by bench/camvid_fss.py; prints mIoU / FB-IoU (%) of the oracles,
 summed over episodes as the evaluator does. Oracles: *soft* (the label's signed distance
@@ -142,6 +143,32 @@ def scorings(sizes=SIZES, crops=(473, 97)):
     return rows
 
 
+def cost(repeats=20):
+    """CPU seconds per episode of the evaluator's scoring: "exact" alone (the old pass) vs
+    ("pfenet", "exact") in one pass, same logits, same run (time.process_time)."""
+    import time
+
+    from model.fss.metrics import episode_confusions
+
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for (h, w), crop in (((375, 500), 473), ((480, 854), 473), ((360, 480), 97)):
+        logits = torch.randn(1, 2, crop, crop, generator=gen)
+        lab = torch.from_numpy(ellipse(h, w).astype(np.int64))[None]
+        out = {}
+        for name, protocol in (("exact", "exact"), ("pfenet+exact", ("pfenet", "exact"))):
+            episode_confusions(logits, lab, [(h, w)], protocol=protocol)  # warm-up
+            t0 = time.process_time()
+            for _ in range(repeats):
+                episode_confusions(logits, lab, [(h, w)], protocol=protocol)
+            out[name] = (time.process_time() - t0) / repeats
+        rows.append({"size": [h, w], "crop": crop, **{k: round(v * 1000, 2) for k, v in out.items()},
+                     "ratio": round(out["pfenet+exact"] / out["exact"], 2)})
+        print(f"| {h} x {w} | {crop} | {rows[-1]['exact']} ms | {rows[-1]['pfenet+exact']} ms | "
+              f"{rows[-1]['ratio']} |", flush=True)
+    return rows
+
+
 def camvid(cache_dir, n):
     from pipeline.episode_stage import load_test_episodes
     from pipeline.mask_stage import locate_mask_store
@@ -171,13 +198,14 @@ def camvid(cache_dir, n):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["synthetic", "scorings", "camvid"])
+    p.add_argument("what", choices=["synthetic", "scorings", "cost", "camvid"])
     p.add_argument("--cache-dir")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--out")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    res = {"synthetic": synthetic, "scorings": scorings}.get(a.what, lambda: camvid(a.cache_dir, a.episodes))()
+    res = {"synthetic": synthetic, "scorings": scorings, "cost": cost}.get(
+        a.what, lambda: camvid(a.cache_dir, a.episodes))()
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(res, fh, indent=2)

@@ -69,7 +69,8 @@ PROTOCOLS = ("exact", "pfenet", "hsnet")  # how logits reach the label: see the 
 SCORINGS: dict[str, tuple[str, str]] = {
     "pfenet": ("pfenet", "PFENet test.py (ori_resize): comparable with the QGNet, PFENet and BAM tables"),
     "exact": ("exact", "exact inverse of the test resize (ours; not in the papers' tables)"),
-    "hsnet": ("hsnet", "HSNet test.py: a 400 x 400 square, scored there against the resized label"),
+    "hsnet": ("hsnet", "HSNet test.py: a square input (HSNet's 400 x 400), scored there against "
+                       "the resized label"),
     "hsnet-original": ("hsnet", "HSNet test.py --use_original_imgsize: the square's logits "
                                 "resized to the original label"),
 }

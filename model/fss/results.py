@@ -61,6 +61,7 @@ def format_markdown(result: Mapping[str, Any], *, title: str | None = None) -> s
     the pass, then per class."""
     scores = _scores(result)
     head = result.get("scoring", next(iter(scores)))
+    scores = {head: scores[head], **{k: v for k, v in scores.items() if k != head}}  # headline first
     n_seeds = len(result["seeds"])
     size = result.get("input_size", result["crop"])
     where = (f"on PFENet's {size} x {size} test canvas" if not head.startswith("hsnet")

@@ -10,7 +10,13 @@ scoring; a correct path scores ~1. Run it once per tree to get a before / after 
     PYTHONPATH=$PWD     python bench/scoring_oracle.py camvid --cache-dir C --episodes 100
 
 ``synthetic``: an off-centre ellipse at 9 sizes x crops 473 and 97 (the rows of the docs
-table). ``camvid``: the query labels of the first N fold-0 test episodes (seed 321) of a
+table). ``scorings`` (this tree only, issue 18 §1 / 19 §4): the same ellipse scored under
+every scoring of ``qgnet-eval fss --scoring`` (exact, pfenet, hsnet, hsnet-original), with
+PFENet's own value computed by its test.py arithmetic beside ours::
+
+    PYTHONPATH=$PWD python -m bench.scoring_oracle scorings --out scorings.json
+    PYTHONPATH=$PWD python -m bench.scoring_oracle cost     # CPU ms per episode, both vs exact
+ ``camvid``: the query labels of the first N fold-0 test episodes (seed 321) of a
 ``camvid`` cache built by bench/camvid_fss.py; prints mIoU / FB-IoU (%) of the oracles,
 summed over episodes as the evaluator does. Oracles: *soft* (the label's signed distance
 through the image path, fg logit = distance) and *hard* (the canvas label, one-hot).
@@ -83,6 +89,86 @@ def synthetic():
     return rows
 
 
+def pfenet_value(logits, lab):
+    """PFENet test.py (ori_resize) + intersectionAndUnionGPU, written out: the label padded
+    to L x L with 255, the S x S output resized to L x L (align_corners=True), argmax, the
+    foreground intersection over union."""
+    import torch.nn.functional as F
+
+    h, w = lab.shape
+    L = max(h, w)
+    target = np.full((L, L), 255, np.int64)
+    target[:h, :w] = lab
+    out = F.interpolate(logits.float(), size=(L, L), mode="bilinear", align_corners=True)
+    out = out.max(1)[1][0].numpy()
+    out[target == 255] = 255
+    inter = ((out == 1) & (target == 1)).sum()
+    return float(inter / ((out == 1).sum() + (target == 1).sum() - inter))
+
+
+def scorings(sizes=SIZES, crops=(473, 97)):
+    """Foreground IoU of the hard and soft oracles under every scoring, per size and crop."""
+    from model.fss import transforms as T
+    from model.fss.metrics import episode_confusions
+
+    def score(logits, lab, protocol, crop=None):
+        h, w = lab.shape
+        t = torch.from_numpy(lab.astype(np.int64))[None]
+        return fg_iou(episode_confusions(logits, t, [(h, w)], crop=crop, protocol=protocol).numpy()[0])
+
+    rows = []
+    print("| crop | H x W | oracle | exact | pfenet | PFENet's own | hsnet (400 square) | hsnet-original |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    for crop in crops:
+        for h, w in sizes:
+            lab = ellipse(h, w)
+            hard, soft = oracle_logits(lab, crop)
+            # HSNet's pass: the square label (hard) / the label's distance as grey levels (soft)
+            ramp = max(h, w) / T.HSNET_SIZE * 16.0
+            grey = np.clip(127.5 + 127.5 * signed_distance(lab) / ramp, 0, 255).astype(np.uint8)
+            x, sq = T.hsnet_transform(np.repeat(grey[..., None], 3, axis=2), lab)
+            fg = torch.from_numpy((sq == 1).astype(np.float32))
+            level = torch.from_numpy(x[0] * T.STD[0] + T.MEAN[0]) - 127.5
+            hs = {"hard": torch.stack([1 - fg, fg])[None],
+                  "soft": torch.stack([torch.zeros_like(level), level])[None]}
+            for kind, logits in (("hard", hard), ("soft", soft)):
+                row = {"crop": crop, "size": [h, w], "oracle": kind,
+                       "exact": score(logits, lab, "exact", crop), "pfenet": score(logits, lab, "pfenet", crop),
+                       "pfenet_reference": pfenet_value(logits, lab),
+                       "hsnet": score(hs[kind], sq, "hsnet"), "hsnet_original": score(hs[kind], lab, "hsnet")}
+                rows.append(row)
+                print(f"| {crop} | {h} x {w} | {kind} | {row['exact']:.4f} | {row['pfenet']:.4f} | "
+                      f"{row['pfenet_reference']:.4f} | {row['hsnet']:.4f} | {row['hsnet_original']:.4f} |",
+                      flush=True)
+    return rows
+
+
+def cost(repeats=20):
+    """CPU seconds per episode of the evaluator's scoring: "exact" alone (the old pass) vs
+    ("pfenet", "exact") in one pass, same logits, same run (time.process_time)."""
+    import time
+
+    from model.fss.metrics import episode_confusions
+
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for (h, w), crop in (((375, 500), 473), ((480, 854), 473), ((360, 480), 97)):
+        logits = torch.randn(1, 2, crop, crop, generator=gen)
+        lab = torch.from_numpy(ellipse(h, w).astype(np.int64))[None]
+        out = {}
+        for name, protocol in (("exact", "exact"), ("pfenet+exact", ("pfenet", "exact"))):
+            episode_confusions(logits, lab, [(h, w)], protocol=protocol)  # warm-up
+            t0 = time.process_time()
+            for _ in range(repeats):
+                episode_confusions(logits, lab, [(h, w)], protocol=protocol)
+            out[name] = (time.process_time() - t0) / repeats
+        rows.append({"size": [h, w], "crop": crop, **{k: round(v * 1000, 2) for k, v in out.items()},
+                     "ratio": round(out["pfenet+exact"] / out["exact"], 2)})
+        print(f"| {h} x {w} | {crop} | {rows[-1]['exact']} ms | {rows[-1]['pfenet+exact']} ms | "
+              f"{rows[-1]['ratio']} |", flush=True)
+    return rows
+
+
 def camvid(cache_dir, n):
     from pipeline.episode_stage import load_test_episodes
     from pipeline.mask_stage import locate_mask_store
@@ -111,13 +197,14 @@ def camvid(cache_dir, n):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["synthetic", "camvid"])
+    p.add_argument("what", choices=["synthetic", "scorings", "cost", "camvid"])
     p.add_argument("--cache-dir")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--out")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    res = synthetic() if a.what == "synthetic" else camvid(a.cache_dir, a.episodes)
+    res = {"synthetic": synthetic, "scorings": scorings, "cost": cost}.get(
+        a.what, lambda: camvid(a.cache_dir, a.episodes))()
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(res, fh, indent=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from cli.eval_fss import set_threads
+from cli.eval_fss import scoring_options, set_threads
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,21 +20,26 @@ from cli.eval_fss import set_threads
               help="Paired bootstrap draws of the episodes.")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True, help="Seed of the draws.")
 @click.option("--shot", type=int, help="Shots (default: checkpoint A's training shot).")
-@click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]), default="pfenet", show_default=True)
+@click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]), default="pfenet", show_default=True,
+              help="Episode-sampling protocol (which episode files); how they are scored is --scoring.")
+@scoring_options
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root (default: checkpoint A's).")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: checkpoint A's).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--amp/--no-amp", default=None,
+              help="bf16 autocast on CUDA (default: the precision each checkpoint was trained in).")
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Episodes per forward.")
 @click.option("--workers", type=int, default=2, show_default=True, help="DataLoader workers.")
 @click.option("--threads", type=int, default=0, help="torch CPU threads (default: torch's).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the full result (per-episode counts included) to this JSON file.")
 @click.option("--progress/--no-progress", default=True)
-def compare(checkpoints, seeds, n_episodes, resamples, bootstrap_seed, shot, protocol, cache_dir, root,
-            device, amp, batch_size, workers, threads, json_path, progress):
+def compare(checkpoints, seeds, n_episodes, resamples, bootstrap_seed, shot, protocol, scoring,
+            hsnet_size, cache_dir, root, device, amp, batch_size, workers, threads, json_path,
+            progress):
     """Score checkpoints A and B on the same episodes: mIoU and FB-IoU of each (mean ± std
-    over episode seeds) and B - A with a paired bootstrap 95 % interval over episodes."""
+    over episode seeds) and B - A with a paired bootstrap 95 % interval over episodes, under
+    one scoring (--scoring, default pfenet: the paper's)."""
     if len(checkpoints) != 2:
         raise click.BadParameter(f"give exactly two (A then B), got {len(checkpoints)}",
                                  param_hint="--checkpoint")
@@ -45,6 +50,7 @@ def compare(checkpoints, seeds, n_episodes, resamples, bootstrap_seed, shot, pro
     seed_list = list(seeds) or ([0] if protocol == "hsnet" else [321])
     try:
         res = compare_checkpoints(checkpoints[0], checkpoints[1], seeds=seed_list, protocol=protocol,
+                                  scoring=scoring or "pfenet", hsnet_size=hsnet_size,
                                   n_episodes=n_episodes, shot=shot, resamples=resamples,
                                   bootstrap_seed=bootstrap_seed, cache_dir=cache_dir, root=root,
                                   device=device, amp=amp, batch_size=batch_size, workers=workers,

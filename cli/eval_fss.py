@@ -40,11 +40,15 @@ def common_options(f=None, *, resolved: bool = False):
                           + (" Required." if resolved else "")),
         click.option("--shot", type=int, help="Shots (default: the training shot)."),
         click.option("--protocol", type=click.Choice(["pfenet", "hsnet", "patnet"]),
-                     **dflt("pfenet", "Episode protocol of the episode files.")),
+                     **dflt("pfenet", "Episode-sampling protocol: which episode files are read "
+                                      "(`qgnet-prep episodes --protocol`); how predictions are "
+                                      "scored is --scoring.")),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root (default: the checkpoint's)."),
         click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: the checkpoint's)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), **dflt("auto", "Device." if resolved else "")),
-        click.option("--amp/--no-amp", **dflt(True, "bf16 autocast on CUDA.", "on")),
+        click.option("--amp/--no-amp", default=None,
+                     help="bf16 autocast on CUDA (default: the precision the checkpoint was "
+                          "trained in; fp32 on CPU)."),
         click.option("--workers", type=int, **dflt(2, "DataLoader workers.")),
         click.option("--threads", type=int, default=None if resolved else 0,
                      help="torch CPU threads (default: torch's)."),
@@ -61,11 +65,30 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(int(threads))
 
 
+SCORING_HELP = ("How predictions are scored (not which episodes: --protocol). pfenet: PFENet's "
+                "test.py (logits resized to the label padded to a square), the number "
+                "comparable with the QGNet / PFENet / BAM tables; exact: the exact inverse of "
+                "the test resize (ours). Both come from one pass and both are reported; the "
+                "one named here is the headline. hsnet: HSNet's test.py, query and supports "
+                "resized to a 400 x 400 square and scored there; hsnet-original: the same input "
+                "scored at the original label (HSNet's --use_original_imgsize). Default pfenet.")
+
+
+def scoring_options(f):
+    """--scoring and --hsnet-size (qgnet-eval fss and compare)."""
+    f = click.option("--hsnet-size", type=int, default=None,
+                     help="Side of HSNet's square for --scoring hsnet / hsnet-original "
+                          "(default 400, HSNet's).")(f)
+    return click.option("--scoring", type=click.Choice(["pfenet", "exact", "hsnet", "hsnet-original"]),
+                        default=None, help=SCORING_HELP)(f)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @common_options(resolved=True)
 @click.option("--dataset", help="Evaluate on another dataset's episodes than the checkpoint's "
                                 "(e.g. a PASCAL model on fss1000, deepglobe, isic, chest: "
                                 "fold 0, no fine-tuning). Default: the checkpoint's.")
+@scoring_options
 @click.option("--episodes", "n_episodes", type=int, help="First N episodes of each file (default all).")
 @click.option("--seeds", default=None, help="Episode seeds, comma-separated (default 321; hsnet, patnet: 0). "
                                             "Several -> mean and std.")
@@ -77,7 +100,8 @@ def set_threads(threads: int) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config file (top level or table [eval]).")
 def fss(config_file, **given):
-    """Evaluate a checkpoint (PFENet protocol: scored at the original label resolution)."""
+    """Evaluate a checkpoint on fixed episodes: mIoU and FB-IoU under PFENet's scoring (the
+    paper's tables) and the exact one, or HSNet's (--scoring)."""
     from model.fss.evaluate import EvalConfig, evaluate
     from model.fss.results import format_markdown
     from pipeline.settings import resolve_config
@@ -90,7 +114,8 @@ def fss(config_file, **given):
                                    "in --config)")
         set_threads(cfg.threads)
         res = evaluate(cfg.checkpoint, dataset=cfg.dataset, shot=cfg.shot, seeds=cfg.seed_list(),
-                       protocol=cfg.protocol, n_episodes=cfg.n_episodes, root=cfg.root,
+                       protocol=cfg.protocol, scoring=cfg.scoring, hsnet_size=cfg.hsnet_size,
+                       n_episodes=cfg.n_episodes, root=cfg.root,
                        cache_dir=cfg.cache_dir, device=cfg.device, amp=cfg.amp,
                        batch_size=cfg.batch_size, workers=cfg.workers, progress=cfg.progress,
                        out_dir=cfg.out)

@@ -70,6 +70,7 @@ def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, thre
 
     from model.fss.build import load_model, step
     from model.fss.data import TestEpisodes, collate
+    from model.fss.evaluate import checkpoint_amp
     from model.fss.metrics import map_to_original, upsample_logits
     from model.utils import pick_device
     from pipeline.episode_stage import load_test_episodes
@@ -80,6 +81,7 @@ def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, thre
     try:
         model, ckpt = load_model(checkpoint, device=dev)
         cfg = ckpt["config"]
+        amp = checkpoint_amp(ckpt) if amp is None else amp  # its training precision by default
         cache_dir = cache_dir or cfg.get("cache_dir")
         eps = load_test_episodes(cfg["dataset"], int(cfg["fold"]), int(shot or cfg["shot"]), seed=seed,
                                  protocol=protocol, cache_dir=cache_dir)

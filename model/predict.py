@@ -300,7 +300,7 @@ class Segmenter:
             with autocast(self.device, enabled=self.amp):
                 logits = self.model(x, s.expand(n, *s.shape[1:]), m.expand(n, *m.shape[1:]))
             for j, q in enumerate(chunk):  # back to each query's own size
-                pred = upsample_logits(logits[j:j + 1].float(), q.shape[:2], padded_square=True)
+                pred = upsample_logits(logits[j:j + 1].float(), q.shape[:2], protocol="exact")
                 out.append(pred.cpu().numpy().astype(bool))
         return out
 

@@ -164,26 +164,52 @@ def bootstrap_difference(cls, conf_a, conf_b, *, group=None, class_ids: Sequence
 
 
 # ---------------------------------------------------------------------------- evaluator results
+def _episode_confusion(run: Mapping[str, Any], scoring: str) -> np.ndarray:
+    """E x 2 x 2 per-episode counts of ``run`` under ``scoring`` (a result written before
+    scorings were recorded holds one list, scored with the exact inverse)."""
+    conf = run["per_episode"]["confusion"]
+    if not isinstance(conf, Mapping):
+        conf = {"exact": conf}
+    if scoring not in conf:
+        raise ValueError(f"the result has per-episode counts under {sorted(conf)} scoring, not "
+                         f"{scoring!r}; score the checkpoint with qgnet-eval fss --scoring {scoring}")
+    return np.asarray(conf[scoring], dtype=np.int64).reshape(-1, 2, 2)
+
+
+def _scored(result: Mapping[str, Any], scoring: str) -> dict[str, Any]:
+    """The {miou, fb_iou} ({mean, std, n, values}) of ``result`` under ``scoring``."""
+    scores = result.get("scores") or {"exact": result}
+    if scoring not in scores:
+        raise ValueError(f"the result was scored with {sorted(scores)}, not {scoring!r}")
+    return {"miou": scores[scoring]["miou"], "fb_iou": scores[scoring]["fb_iou"]}
+
+
 def compare_results(result_a: Mapping[str, Any], result_b: Mapping[str, Any], *,
-                    resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+                    scoring: str | None = None, resamples: int = 2000,
+                    seed: int = 0) -> dict[str, Any]:
     """Compare two :func:`model.fss.evaluate.evaluate` results (each run's ``per_episode``).
 
     Both must score the same episode files (dataset, fold, shot, protocol, seeds and the
-    class of every episode agree), else ValueError.
+    class of every episode agree) with the same input (``input_size``), else ValueError.
+    ``scoring``: which scoring's per-episode counts are paired (any of the pass: "pfenet"
+    or "exact" from one canvas pass); default: result A's headline.
 
     Returns
     -------
     dict
-        ``a`` / ``b``: ``checkpoint``, ``use_prior_map``, ``miou`` / ``fb_iou`` ({mean, std,
-        n, values} over episode seeds, as the evaluator reports them); ``diff``:
-        :func:`bootstrap_difference` of B - A; ``per_episode``: ``cls``, ``seed``,
-        ``conf_a``, ``conf_b``; and ``dataset``, ``fold``, ``shot``, ``protocol``, ``seeds``,
-        ``episodes``.
+        ``scoring`` and ``scoring_label``; ``a`` / ``b``: ``checkpoint``, ``use_prior_map``,
+        ``miou`` / ``fb_iou`` ({mean, std, n, values} over episode seeds, as the evaluator
+        reports them under that scoring); ``diff``: :func:`bootstrap_difference` of B - A;
+        ``per_episode``: ``cls``, ``seed``, ``conf_a``, ``conf_b``; and ``dataset``,
+        ``fold``, ``shot``, ``protocol``, ``seeds``, ``episodes``.
     """
-    for key in ("dataset", "fold", "shot", "protocol", "seeds", "episodes"):
+    from model.fss.metrics import SCORINGS
+
+    for key in ("dataset", "fold", "shot", "protocol", "seeds", "episodes", "input_size"):
         if result_a.get(key) != result_b.get(key):
             raise ValueError(f"the two results were scored on different episodes: {key} "
                              f"{result_a.get(key)!r} vs {result_b.get(key)!r}")
+    scoring = scoring or result_a.get("scoring", "exact")
     cls, group, conf = [], [], {"a": [], "b": []}
     for ra, rb in zip(result_a["runs"], result_b["runs"], strict=True):
         if "per_episode" not in ra or "per_episode" not in rb:
@@ -194,18 +220,19 @@ def compare_results(result_a: Mapping[str, Any], result_b: Mapping[str, Any], *,
             raise ValueError(f"episode classes differ for seed {ra.get('seed')}: not the same episodes")
         cls.append(ca)
         group.append(np.full(ca.size, int(ra.get("seed", 0))))
-        conf["a"].append(np.asarray(ra["per_episode"]["confusion"], dtype=np.int64).reshape(-1, 2, 2))
-        conf["b"].append(np.asarray(rb["per_episode"]["confusion"], dtype=np.int64).reshape(-1, 2, 2))
+        conf["a"].append(_episode_confusion(ra, scoring))
+        conf["b"].append(_episode_confusion(rb, scoring))
     cls_all, grp = np.concatenate(cls), np.concatenate(group)
     conf_a, conf_b = np.concatenate(conf["a"]), np.concatenate(conf["b"])
     class_ids = sorted({int(c) for c in result_a.get("per_class", {})} | set(cls_all.tolist()))
     diff = bootstrap_difference(cls_all, conf_a, conf_b, group=grp, class_ids=class_ids,
                                 resamples=resamples, seed=seed)
     side = {k: {"checkpoint": r.get("checkpoint"), "use_prior_map": r.get("use_prior_map"),
-                "miou": r["miou"], "fb_iou": r["fb_iou"]}
+                **_scored(r, scoring)}
             for k, r in (("a", result_a), ("b", result_b))}
     return {"dataset": result_a["dataset"], "fold": result_a["fold"], "shot": result_a["shot"],
             "protocol": result_a["protocol"], "seeds": list(result_a["seeds"]),
+            "scoring": scoring, "scoring_label": SCORINGS.get(scoring, ("", ""))[1],
             "episodes": int(cls_all.size), **side, "diff": diff,
             "per_episode": {"cls": cls_all.tolist(), "seed": grp.tolist(),
                             "conf_a": conf_a.tolist(), "conf_b": conf_b.tolist()}}
@@ -213,19 +240,20 @@ def compare_results(result_a: Mapping[str, Any], result_b: Mapping[str, Any], *,
 
 def compare_checkpoints(checkpoint_a: str | Path, checkpoint_b: str | Path, *,
                         seeds: Sequence[int] = (321,), protocol: str = "pfenet",
+                        scoring: str = "pfenet", hsnet_size: int | None = None,
                         n_episodes: int | None = None, shot: int | None = None,
                         resamples: int = 2000, bootstrap_seed: int = 0,
                         cache_dir: str | None = None, root: str | None = None,
-                        device: str = "auto", amp: bool = True, batch_size: int = 1,
+                        device: str = "auto", amp: bool | None = None, batch_size: int = 1,
                         workers: int = 0, progress: bool = True) -> dict[str, Any]:
     """Score two ``qgnet-train fss`` checkpoints on the same episode files and compare.
 
     Each is scored by :func:`model.fss.evaluate.evaluate` (its own training crop, the
-    evaluator's scoring path, nothing written); dataset, fold and shot come from checkpoint
-    A, and B must have been trained on the same dataset, fold and shot (a 5-shot model
-    scored on 1-shot episodes beside a 1-shot one is not the comparison either run
-    reports). Returns
-    :func:`compare_results`.
+    evaluator's scoring path, ``scoring`` as there, each in its training precision unless
+    ``amp`` is given, nothing written); dataset, fold and shot come from checkpoint A, and
+    B must have been trained on the same dataset, fold and shot (a 5-shot model scored on
+    1-shot episodes beside a 1-shot one is not the comparison either run reports). Returns
+    :func:`compare_results` paired under ``scoring``.
     """
     from model.fss.evaluate import evaluate
     from model.utils import load_checkpoint
@@ -240,11 +268,13 @@ def compare_checkpoints(checkpoint_a: str | Path, checkpoint_b: str | Path, *,
     shot = int(shot if shot is not None else cfgs[0].get("shot", 1))
     cache_dir = cache_dir or cfgs[0].get("cache_dir")
     root = root or cfgs[0].get("root")
-    results = [evaluate(ck, seeds=seeds, protocol=protocol, n_episodes=n_episodes, shot=shot,
-                        cache_dir=cache_dir, root=root, device=device, amp=amp,
-                        batch_size=batch_size, workers=workers, progress=progress, write=False)
+    results = [evaluate(ck, seeds=seeds, protocol=protocol, scoring=scoring, hsnet_size=hsnet_size,
+                        n_episodes=n_episodes, shot=shot, cache_dir=cache_dir, root=root,
+                        device=device, amp=amp, batch_size=batch_size, workers=workers,
+                        progress=progress, write=False)
                for ck in (checkpoint_a, checkpoint_b)]
-    return compare_results(results[0], results[1], resamples=resamples, seed=bootstrap_seed)
+    return compare_results(results[0], results[1], scoring=scoring, resamples=resamples,
+                           seed=bootstrap_seed)
 
 
 def format_text(result: Mapping[str, Any], *, names: Sequence[str] = ("A", "B")) -> str:
@@ -254,8 +284,11 @@ def format_text(result: Mapping[str, Any], *, names: Sequence[str] = ("A", "B"))
 
     d = result["diff"]
     lvl = int(round(d["level"] * 100))
+    scoring = result.get("scoring", "exact")
     lines = [f"{result['dataset']} fold {result['fold']}, {result['shot']}-shot, {result['protocol']} "
-             f"episodes, seeds {result['seeds']} ({result['episodes']} episodes in all)", "",
+             f"episodes, seeds {result['seeds']} ({result['episodes']} episodes in all), scored "
+             f"with {scoring}" + (f" ({result['scoring_label']})" if result.get("scoring_label") else ""),
+             "",
              "| model | checkpoint | mIoU (%) | FB-IoU (%) |", "|---|---|---:|---:|"]
     for key, name in zip("ab", names, strict=True):
         r = result[key]

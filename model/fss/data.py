@@ -35,8 +35,9 @@ pairs so that an item depends on its seed only (exact resume, any number of work
     skipped        ()  int64 (training items: unreadable episodes passed over)
 
 Test items add ``label`` (the query's binarised label after the test resize, S x S, for
-the validation loss), ``orig_label`` (at original resolution; the collate pads it with
-255 to the batch's largest size) and ``orig_hw`` (2,).
+the validation loss), ``orig_label`` (the label the scoring reads: at original resolution,
+or HSNet's square; the collate pads it with 255 to the batch's largest size) and
+``orig_hw`` (2,, its size).
 """
 from __future__ import annotations
 
@@ -251,14 +252,24 @@ class TrainEpisodes(_StoreMixin, Dataset):
 
 
 class TestEpisodes(_StoreMixin, Dataset):
-    """Fixed test episodes (``load_test_episodes``), PFENet's test-time resize.
+    """Fixed test episodes (``load_test_episodes``) with the test-time resize of a scoring.
 
-    ``limit`` keeps the first N episodes. Supports use the same resize and pad.
+    ``scoring`` (:data:`model.fss.metrics.SCORINGS`): ``"pfenet"`` / ``"exact"`` (default):
+    PFENet's ``Resize`` onto a ``crop x crop`` canvas (:func:`model.fss.transforms.test_transform`),
+    ``orig_label`` the original label. ``"hsnet"`` / ``"hsnet-original"``: HSNet's
+    ``crop x crop`` square (:func:`model.fss.transforms.hsnet_transform`, ``crop`` = 400 in
+    HSNet); ``orig_label`` is the label HSNet scores: the square's (nearest) for ``"hsnet"``,
+    the original for ``"hsnet-original"`` (``use_original_imgsize``). Supports always get the
+    query's resize. ``limit`` keeps the first N episodes.
     """
 
     def __init__(self, episodes: dict[str, Any], *, crop: int, dataset: str,
                  root: str | None = None, cache_dir: str | None = None,
-                 limit: int | None = None):
+                 limit: int | None = None, scoring: str = "pfenet"):
+        from model.fss.metrics import SCORINGS
+
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
         self._init_sources(dataset=dataset, split=str(episodes.get("split", "val")), root=root,
                            cache_dir=cache_dir)
         n = len(episodes["query"]) if not limit else min(int(limit), len(episodes["query"]))
@@ -266,17 +277,25 @@ class TestEpisodes(_StoreMixin, Dataset):
         self.support = np.asarray(episodes["support"][:n], np.int64).reshape(n, -1)
         self.cls = np.asarray(episodes["cls"][:n], np.int64)
         self.crop = int(crop)
+        self.scoring = scoring
 
     def __len__(self) -> int:
         return len(self.query)
 
+    def _resize(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.scoring.startswith("hsnet"):
+            return T.hsnet_transform(image, label, size=self.crop)
+        return T.test_transform(image, label, size=self.crop)
+
     def __getitem__(self, e: int) -> dict[str, torch.Tensor]:
         c = int(self.cls[e])
         image, orig = self.load(int(self.query[e]), c)
-        img, lab = T.test_transform(image, orig, size=self.crop)
+        img, lab = self._resize(image, orig)
+        if self.scoring == "hsnet":  # HSNet scores at the square, against its resized label
+            orig = lab
         s_imgs, s_masks = [], []
         for s in self.support[e]:
-            si, sm = T.test_transform(*self.load(int(s), c), size=self.crop)
+            si, sm = self._resize(*self.load(int(s), c))
             s_imgs.append(si)
             s_masks.append(sm)
         return {

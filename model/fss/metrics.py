@@ -19,15 +19,30 @@ episodes) and the FB-IoU confusion is the sum over classes::
 
 Scoring at the original resolution: the network sees the test canvas of
 :func:`model.fss.transforms.test_transform` (PFENet ``Resize``: the image block
-``test_size(H, W, S)`` at the top-left of an S x S canvas). :func:`map_to_original` is the
-exact inverse of that resize, for logits and region maps of any resolution covering the
-canvas; :func:`upsample_logits` adds the argmax. :func:`episode_confusions` scores a batch
-of episodes on the device without a host synchronisation.
+``test_size(H, W, S)`` at the top-left of an S x S canvas). Two ways back to the H x W
+label, both computed by the evaluator in one pass (``protocol=``):
+
+- ``"exact"`` (ours, the default of the functions here): :func:`map_to_original`, the
+  exact inverse of that resize, for logits and region maps of any resolution covering the
+  canvas;
+- ``"pfenet"``: PFENet's ``test.py`` with ``ori_resize`` (the protocol of the QGNet,
+  PFENet and BAM tables): the S x S logits resized to L x L (L = max(H, W), bilinear,
+  ``align_corners=True``) and read on the label padded to L x L with 255, i.e. cropped to
+  ``[:H, :W]`` (:func:`pfenet_to_original`). Because ``Resize`` floors the block to a
+  multiple of 8, this reads a slightly stretched prediction (docs/fss.md).
+
+A third, ``"hsnet"`` (HSNet ``test.py``), is for logits that cover the whole label frame
+(no canvas: query resized to a square without keeping the aspect): bilinear with
+``align_corners=True`` to the label's size (the identity when HSNet scores at the square
+itself). :func:`upsample_logits` adds the argmax; :func:`episode_confusions` scores a batch
+of episodes under one or several protocols on the device without a host synchronisation.
 
 References
 ----------
 .. [1] Tian et al., PFENet, TPAMI 2020 (dvlab-research/PFENet ``test.py``,
        ``util/util.py intersectionAndUnionGPU``).
+.. [2] Min et al., HSNet, ICCV 2021 (juhongm999/hsnet ``test.py``, ``model/hsnet.py
+       predict_mask_nshot``, ``common/evaluation.py``, ``common/logger.py AverageMeter``).
 """
 
 from __future__ import annotations
@@ -40,10 +55,37 @@ import torch.nn.functional as F
 
 from model.fss.canvas import test_size
 
-__all__ = ["FewShotMeter", "episode_confusion", "episode_confusions", "intersection_union",
-           "map_to_original", "summarise_seeds", "upsample_logits"]
+__all__ = ["DEFAULT_SCORING", "PROTOCOLS", "SCORINGS", "FewShotMeter", "episode_confusion", "episode_confusions",
+           "intersection_union", "map_to_original", "pfenet_to_original", "scoring_pass",
+           "summarise_seeds", "upsample_logits"]
 
 IGNORE_INDEX = 255
+PROTOCOLS = ("exact", "pfenet", "hsnet")  # how logits reach the label: see the module docstring
+
+# The evaluator's scorings (``qgnet-eval fss --scoring``): name -> (the protocol above, what
+# the number is). "pfenet" and "exact" score the same logits (PFENet's test canvas), so one
+# pass gives both; "hsnet" and "hsnet-original" feed the network HSNet's 400 x 400 square
+# and are a pass of their own (model.fss.transforms.hsnet_transform).
+SCORINGS: dict[str, tuple[str, str]] = {
+    "pfenet": ("pfenet", "PFENet test.py (ori_resize): comparable with the QGNet, PFENet and BAM tables"),
+    "exact": ("exact", "exact inverse of the test resize (ours; not in the papers' tables)"),
+    "hsnet": ("hsnet", "HSNet test.py: a square input (HSNet's 400 x 400), scored there against "
+                       "the resized label"),
+    "hsnet-original": ("hsnet", "HSNet test.py --use_original_imgsize: the square's logits "
+                                "resized to the original label"),
+}
+DEFAULT_SCORING = "pfenet"
+
+
+def scoring_pass(scoring: str) -> tuple[str, ...]:
+    """The scorings computed in the same pass as ``scoring`` (its input is the same),
+    ``scoring`` first: ``("pfenet", "exact")`` or ``("exact", "pfenet")`` on PFENet's
+    canvas; ``("hsnet",)`` / ``("hsnet-original",)`` alone."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
+    if scoring in ("pfenet", "exact"):
+        return (scoring, "exact" if scoring == "pfenet" else "pfenet")
+    return (scoring,)
 _IOU_EPS = 1e-10  # PFENet: I / (U + 1e-10), so a class whose unions sum to 0 scores 0
 
 
@@ -192,9 +234,21 @@ class FewShotMeter:
         }
 
     def miou(self) -> float:
-        """Mean of :meth:`per_class` (NaN before any episode)."""
+        """Mean of :meth:`per_class` over the classes with episodes (NaN before any episode).
+
+        A class that drew no episode is left out: it carries no evidence about the model.
+        PFENet's ``test.py`` and HSNet's ``AverageMeter`` divide by all the fold's classes
+        instead (a missing class counts 0): :meth:`miou_all_classes`. The two agree whenever
+        every class has an episode, as in any full-length PASCAL / COCO run."""
         ious = list(self.per_class().values())
         return float(np.mean(ious)) if ious else float("nan")
+
+    def miou_all_classes(self) -> float:
+        """PFENet's and HSNet's average: the sum of the class IoUs over *all* the meter's
+        classes, a class without an episode counting 0 (NaN before any episode)."""
+        if self.n_episodes == 0:
+            return float("nan")
+        return float(sum(self.per_class().values()) / len(self.class_ids))
 
     def fb_iou(self) -> float:
         """Mean of background and foreground IoU, each summed over all episodes."""
@@ -206,13 +260,16 @@ class FewShotMeter:
         return float((fg + bg) / 2)
 
     def summary(self) -> dict:
-        """``{"miou", "fb_iou", "per_class", "episodes", "missing_classes"}`` (JSON-ready)."""
+        """``{"miou", "fb_iou", "per_class", "episodes", "missing_classes",
+        "miou_all_classes"}`` (JSON-ready; the last is PFENet's average, missing classes as
+        0, equal to ``miou`` when none is missing)."""
         return {
             "miou": self.miou(),
             "fb_iou": self.fb_iou(),
             "per_class": {str(c): v for c, v in self.per_class().items()},
             "episodes": self.n_episodes,
             "missing_classes": self.missing_classes,
+            "miou_all_classes": self.miou_all_classes(),
         }
 
 
@@ -248,11 +305,12 @@ def map_to_original(maps: torch.Tensor, size: Sequence[int], *, crop: int | None
     3. the block is resized to H x W (bilinear, half-pixel centres, i.e.
        ``align_corners=False``), which puts every block pixel back where it came from.
 
-    PFENet's ``ori_resize`` resizes the whole S x S output to L x L (L = max(H, W),
-    ``align_corners=True``) and scores it against the label padded with 255. That is this
-    mapping up to less than one canvas pixel when the block's longer side is exactly S, but
-    PFENet floors the block to a multiple of 8 (472 x 352 for 500 x 375 at 473), which its
-    scoring then reads as a shift of up to 8 canvas pixels; see docs/fss.md.
+    PFENet's ``ori_resize`` (:func:`pfenet_to_original`) resizes the whole S x S output to
+    L x L (L = max(H, W), ``align_corners=True``) and scores it against the label padded
+    with 255. That is this mapping up to less than one canvas pixel when the block's longer
+    side is exactly S, but PFENet floors the block to a multiple of 8 (472 x 352 for
+    500 x 375 at 473), which its scoring then reads as a shift of up to 8 canvas pixels;
+    see docs/fss.md.
 
     Parameters
     ----------
@@ -280,63 +338,130 @@ def map_to_original(maps: torch.Tensor, size: Sequence[int], *, crop: int | None
     return m
 
 
+def pfenet_to_original(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Maps on the test canvas -> the H x W label the way PFENet's ``test.py`` scores them.
+
+    PFENet (``ori_resize: True``) pads the original label to L x L with 255 (L = max(H, W))
+    and resizes the whole S x S output to L x L (bilinear, ``align_corners=True``); only the
+    top-left H x W of that square meets labelled pixels, so it is returned here. Canvas
+    pixel ``i`` lands at ``i (L - 1) / (S - 1)``, which stretches the image block
+    ``test_size(H, W, S)`` (floored to a multiple of 8) by up to 8 canvas pixels.
+
+    Parameters
+    ----------
+    maps : Tensor, N x C x S x S
+        Logits on the test canvas (the network's output at the input size).
+    size : (H, W)
+        The original label size.
+
+    Returns
+    -------
+    Tensor, float32, N x C x H x W
+    """
+    H, W = int(size[0]), int(size[1])
+    L = max(H, W)
+    with torch.autocast(maps.device.type, enabled=False):
+        m = F.interpolate(maps.float(), size=(L, L), mode="bilinear", align_corners=True)  # N x C x L x L
+    return m[..., :H, :W]
+
+
+def _to_label(logits: torch.Tensor, size: Sequence[int], crop: int | None, protocol: str) -> torch.Tensor:
+    """N x 2 x h x w logits -> N x 2 x H x W on the label grid under ``protocol``."""
+    if protocol == "exact":
+        return map_to_original(logits, size, crop=crop)
+    if protocol == "pfenet":
+        S = int(crop) if crop is not None else int(logits.shape[-1])
+        if tuple(logits.shape[-2:]) != (S, S):
+            raise ValueError(f"protocol 'pfenet' scores the network's S x S output (S = {S}), got "
+                             f"logits {tuple(logits.shape[-2:])}")
+        return pfenet_to_original(logits, size)
+    if protocol == "hsnet":
+        with torch.autocast(logits.device.type, enabled=False):
+            return F.interpolate(logits.float(), size=(int(size[0]), int(size[1])), mode="bilinear",
+                                 align_corners=True)
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+
+
 def upsample_logits(logits: torch.Tensor, size: Sequence[int], *, crop: int | None = None,
-                    padded_square: bool = True) -> torch.Tensor:
-    """Prediction at the original label resolution: :func:`map_to_original`, then argmax.
+                    protocol: str = "exact") -> torch.Tensor:
+    """Prediction at the label's resolution under a scoring protocol: logits -> label grid, argmax.
 
     Parameters
     ----------
     logits : Tensor, N x 2 x h x w
-        On the test canvas of :func:`model.fss.transforms.test_transform`.
+        ``"exact"`` / ``"pfenet"``: on the test canvas of
+        :func:`model.fss.transforms.test_transform` (``"pfenet"``: the S x S output itself).
+        ``"hsnet"``: covering the whole label frame (no canvas).
     size : (H, W)
-        The original label size.
+        The label size (the original label; for HSNet's default scoring, the square label).
     crop : int, optional
         The canvas side S (default: ``w``).
-    padded_square : bool, default True
-        True: the logits are on the test canvas (the only layout the evaluator produces).
-        False: the logits cover the whole H x W frame (no canvas); plain bilinear resize.
+    protocol : {"exact", "pfenet", "hsnet"}, default "exact"
+        ``"exact"``: :func:`map_to_original` (the exact inverse of the test resize).
+        ``"pfenet"``: :func:`pfenet_to_original` (PFENet ``test.py``, the protocol of the
+        paper's tables). ``"hsnet"``: bilinear, ``align_corners=True``, to ``size`` (HSNet
+        ``test.py``; with ``use_original_imgsize`` ``size`` is the original label's).
 
     Returns
     -------
     Tensor, long: H x W when N == 1, else N x H x W
+
+    Examples
+    --------
+    A 375 x 500 label at crop 473 is a 352 x 472 block on the canvas. The block's last
+    column (471) predicted foreground reaches the label's last column (499) under "exact";
+    PFENet's L x L resize reads the block as 473 canvas pixels wide and stops a pixel short:
+
+    >>> logits = torch.zeros(1, 2, 473, 473); logits[0, 1, :352, 471] = 1
+    >>> [upsample_logits(logits, (375, 500), protocol=p)[100].nonzero().ravel().tolist()
+    ...  for p in ("exact", "pfenet")]
+    [[498, 499], [497, 498]]
     """
-    H, W = int(size[0]), int(size[1])
-    if padded_square:
-        up = map_to_original(logits, (H, W), crop=crop)
-    else:
-        with torch.autocast(logits.device.type, enabled=False):
-            up = F.interpolate(logits.float(), size=(H, W), mode="bilinear", align_corners=True)
-    pred = up.argmax(dim=1)  # N x H x W
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+    pred = _to_label(logits, size, crop, protocol).argmax(dim=1)  # N x H x W
     return pred[0] if pred.shape[0] == 1 else pred
 
 
 def episode_confusions(logits: torch.Tensor, labels: torch.Tensor, sizes, *, crop: int | None = None,
+                       protocol: str | Sequence[str] = "exact",
                        ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """2 x 2 confusion counts of a batch of episodes, on the logits' device, no host sync.
 
     Parameters
     ----------
-    logits : Tensor, N x 2 x h x w, on the test canvas
-    labels : Tensor, N x H' x W', original labels (0 / 1 / ``ignore_index``) padded to the
-        batch's largest size (``model.fss.data.collate``); episode j's label is the top-left
+    logits : Tensor, N x 2 x h x w (on the test canvas; ``"hsnet"``: covering the label frame)
+    labels : Tensor, N x H' x W', labels (0 / 1 / ``ignore_index``) padded to the batch's
+        largest size (``model.fss.data.collate``); episode j's label is the top-left
         ``sizes[j]``
-    sizes : N x 2 (CPU tensor, array or list) of the original (H, W)
+    sizes : N x 2 (CPU tensor, array or list) of the label sizes (H, W)
     crop : int, optional
         Canvas side (default: ``w``).
+    protocol : str or sequence of str, default "exact"
+        One protocol of :data:`PROTOCOLS` (see :func:`upsample_logits`), or several scored
+        in the same pass (the evaluator: ``("pfenet", "exact")``).
 
     Returns
     -------
-    Tensor, N x 2 x 2, int64, on ``logits.device``: ``C[j, t, p]`` as :func:`episode_confusion`.
+    Tensor, int64, on ``logits.device``: N x 2 x 2 for one protocol, N x P x 2 x 2 for a
+    sequence of P; ``C[j, t, p]`` as :func:`episode_confusion`.
     """
+    names = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    for p in names:
+        if p not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {p!r}")
     sizes = np.asarray(sizes.cpu() if isinstance(sizes, torch.Tensor) else sizes).reshape(-1, 2)
     labels = labels.to(logits.device)
-    out = torch.zeros(len(sizes), 5, dtype=torch.int64, device=logits.device)
+    out = torch.zeros(len(sizes), len(names), 5, dtype=torch.int64, device=logits.device)
     for j, (h, w) in enumerate(sizes.tolist()):
-        pred = upsample_logits(logits[j:j + 1], (h, w), crop=crop)  # H x W
         t = labels[j, :h, :w].long()
-        idx = torch.where(t == ignore_index, 4, t * 2 + pred).reshape(-1)  # 4: ignored pixel
-        out[j].scatter_add_(0, idx, torch.ones_like(idx))
-    return out[:, :4].reshape(-1, 2, 2)
+        ignored = t == ignore_index
+        for k, p in enumerate(names):
+            pred = upsample_logits(logits[j:j + 1], (h, w), crop=crop, protocol=p)  # H x W
+            idx = torch.where(ignored, 4, t * 2 + pred).reshape(-1)  # 4: ignored pixel
+            out[j, k].scatter_add_(0, idx, torch.ones_like(idx))
+    conf = out[..., :4].reshape(len(sizes), len(names), 2, 2)
+    return conf[:, 0] if isinstance(protocol, str) else conf
 
 
 def intersection_union(confusion) -> tuple[np.ndarray, np.ndarray]:

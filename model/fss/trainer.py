@@ -369,6 +369,8 @@ def train_fss(cfg: FssConfig) -> Path:
             "step": step_i, "epoch": step_i // spe, "rng": rng, "config": config_dict(cfg),
             "model_meta": meta, "best_miou": best, "best_step": best_step,
             "skipped_images": skipped_total + int(round(pending)),
+            # what qgnet-eval fss evaluates in unless told otherwise (bf16 autocast is CUDA only)
+            "precision": "bf16" if cfg.amp and device.type == "cuda" else "fp32",
             "provenance": provenance(config_dict(cfg))}, name)
 
     def reduce_ranks(keys: list[str], vals: list[float]) -> list[float]:

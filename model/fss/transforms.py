@@ -26,6 +26,8 @@ pad 255). The original label is kept for scoring: :func:`model.fss.metrics.upsam
 maps the canvas back with the exact inverse of this resize (see docs/fss.md "Test-time
 resize and scoring"). PFENet's ``test_Resize`` (only used when ``resized_val`` is False)
 leaves small images unscaled; it is not the protocol and is not implemented.
+HSNet's test-time resize (a 400 x 400 square, aspect not kept, Pillow bilinear) is
+:func:`hsnet_transform`, for ``qgnet-eval fss --scoring hsnet``.
 
 OpenCV conventions reproduced: bilinear resizing with half-pixel centres, nearest
 neighbour as ``floor(dst * in / out)``, rotation matrix of ``getRotationMatrix2D`` (a
@@ -64,23 +66,37 @@ def binarize(mask: np.ndarray, cls: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- resizing
-def _src_coords(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV INTER_LINEAR source indices and weights along one axis (half-pixel centres)."""
-    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+def _src_coords(n_out: int, n_in: int, fx: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV INTER_LINEAR source indices and weights along one axis (half-pixel centres).
+
+    ``fx``: OpenCV's ``inv_scale`` (output pixels per source pixel): ``cv2.resize(fx=s)``
+    passes s; with a ``dsize`` OpenCV sets it to ``n_out / n_in``. The source coordinate is
+    ``(dx + 0.5) * (1 / fx) - 0.5``, rounded to float32 before the floor, as in
+    ``cv::resize``; outside ``[0, n_in - 1]`` it is clamped (weight 0 on the edge pixel).
+    """
+    fx = n_out / n_in if fx is None else float(fx)
+    x = ((np.arange(n_out, dtype=np.float64) + 0.5) * (1.0 / fx) - 0.5).astype(np.float32)
     x = np.clip(x, 0, n_in - 1)
     i0 = np.floor(x).astype(np.int64)
     i1 = np.minimum(i0 + 1, n_in - 1)
     return i0, i1, (x - i0).astype(np.float32)
 
 
-def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an H x W (x C) array to ``size`` = (h, w); float32 out."""
+def resize_bilinear(image: np.ndarray, size: tuple[int, int], *, factor: float | None = None
+                    ) -> np.ndarray:
+    """Bilinear resize of an H x W (x C) array to ``size`` = (h, w); float32 out
+    (``cv2.resize(..., dsize=(w, h), interpolation=INTER_LINEAR)`` on float32 input).
+
+    ``factor``: the size came from ``cv2.resize(fx=factor, fy=factor)`` (RandScale), which
+    samples the source every ``1 / factor`` pixels, not every ``H / h``.
+    """
     h, w = int(size[0]), int(size[1])
     img = np.asarray(image, dtype=np.float32)
-    if img.shape[:2] == (h, w):
+    if img.shape[:2] == (h, w):  # cv::resize copies when the sizes agree, whatever fx
         return img.copy()
-    y0, y1, wy = _src_coords(h, img.shape[0])
-    x0, x1, wx = _src_coords(w, img.shape[1])
+    y0, y1, wy = _src_coords(h, img.shape[0], factor)
+    x0, x1, wx = _src_coords(w, img.shape[1], factor)
     extra = (None,) * (img.ndim - 2)
     wy = wy[(slice(None), None) + extra]  # h x 1 (x 1)
     wx = wx[(slice(None),) + extra]  # w (x 1)
@@ -89,22 +105,35 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return top * (1 - wy) + bot * wy
 
 
-def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize (OpenCV INTER_NEAREST: ``src = floor(dst * in / out)``)."""
+def resize_nearest(label: np.ndarray, size: tuple[int, int], *, factor: float | None = None
+                   ) -> np.ndarray:
+    """Nearest-neighbour resize as OpenCV's INTER_NEAREST: ``src = floor(dst * (1 / fx))``
+    with ``fx = out / in`` (or ``factor``, as ``cv2.resize(fx=factor)``), clamped to the
+    last pixel. ``1 / (out / in)`` is not always ``in / out`` in floating point; OpenCV
+    computes the former, and so does this."""
     h, w = int(size[0]), int(size[1])
     label = np.asarray(label)
-    ys = np.minimum((np.arange(h) * (label.shape[0] / h)).astype(np.int64), label.shape[0] - 1)
-    xs = np.minimum((np.arange(w) * (label.shape[1] / w)).astype(np.int64), label.shape[1] - 1)
+    if label.shape[:2] == (h, w):  # cv::resize copies when the sizes agree, whatever fx
+        return label.copy()
+    fy = h / label.shape[0] if factor is None else float(factor)
+    fx = w / label.shape[1] if factor is None else float(factor)
+    ys = np.minimum(np.floor(np.arange(h) * (1.0 / fy)).astype(np.int64), label.shape[0] - 1)
+    xs = np.minimum(np.floor(np.arange(w) * (1.0 / fx)).astype(np.int64), label.shape[1] - 1)
     return label[ys][:, xs]
 
 
 # ---------------------------------------------------------------------------- random ops
 def rand_scale(image, label, rng: np.random.Generator, *, scale=(0.9, 1.1)):
-    """RandScale: one factor for both axes, output size ``round(side * s)``."""
+    """RandScale: ``cv2.resize(img, None, fx=s, fy=s)``, one factor s for both axes.
+
+    As OpenCV: the output side is ``round(side * s)`` (``saturate_cast<int>``, half to
+    even like Python's ``round``) and the source is sampled every ``1 / s`` pixels, not at
+    the rounded size ratio (which would differ by up to ``0.5 / s`` pixels at the far edge).
+    """
     s = scale[0] + (scale[1] - scale[0]) * rng.random()
     h, w = label.shape
     size = (max(int(round(h * s)), 1), max(int(round(w * s)), 1))
-    return resize_bilinear(image, size), resize_nearest(label, size)
+    return resize_bilinear(image, size, factor=s), resize_nearest(label, size, factor=s)
 
 
 def rotation_matrix(angle: float, h: int, w: int) -> np.ndarray:
@@ -288,6 +317,43 @@ def test_transform(image: np.ndarray, label: np.ndarray, *, size: int
     lab = np.full((size, size), IGNORE, np.uint8)
     lab[:nh, :nw] = resize_nearest(label, (nh, nw))
     return normalize(canvas), lab
+
+
+HSNET_SIZE = 400  # HSNet test.py: FSSDataset.initialize(img_size=400, ...)
+
+
+def hsnet_transform(image: np.ndarray, label: np.ndarray, *, size: int = HSNET_SIZE
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """HSNet's test-time resize (``data/dataset.py``, ``data/pascal.py``): a square, the
+    aspect ratio not kept; the same for the query and every support.
+
+    - image: torchvision ``transforms.Resize((size, size))`` on the PIL image, i.e. Pillow's
+      bilinear filter (which widens its support when it shrinks: antialiased), then
+      ``ToTensor`` + ``Normalize`` (ImageNet statistics, as :func:`normalize`);
+    - label: ``F.interpolate(mask[None, None].float(), (size, size), mode="nearest")``
+      (PyTorch's nearest rule, ``src = floor(dst * in / out)`` in float32), which HSNet
+      applies to the query label unless ``use_original_imgsize`` and to every support mask.
+
+    Parameters
+    ----------
+    image : H x W x 3 uint8 (RGB)
+    label : H x W uint8 (0 / 1 / 255)
+    size : int, default 400
+
+    Returns
+    -------
+    image : 3 x size x size float32; label : size x size uint8
+    """
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    size = int(size)
+    img = Image.fromarray(np.ascontiguousarray(np.asarray(image, np.uint8)))  # H x W x 3: RGB
+    img = np.asarray(img.resize((size, size), resample=Image.Resampling.BILINEAR), np.float32)
+    lab = torch.from_numpy(np.asarray(label, np.float32))[None, None]  # 1 x 1 x H x W
+    lab = F.interpolate(lab, size=(size, size), mode="nearest")[0, 0].numpy().astype(np.uint8)
+    return normalize(img), lab
 
 
 def denormalize(image: np.ndarray) -> np.ndarray:

@@ -32,9 +32,10 @@ def test_demo_end_to_end_then_resume(tmp_path, cache):
     assert "side by side" in res.stdout  # the parallel path ran
     summary = (runs / "summary.md").read_text()
     assert "QGNet (prior region map)" in summary and "baseline (--no-prior-map" in summary
-    assert "QGNet - baseline:" in summary and "paired bootstrap 95 % CI" in summary
+    assert "QGNet - baseline (PFENet scoring):" in summary and "paired bootstrap 95 % CI" in summary
+    assert "mIoU (%), PFENet scoring" in summary and "mIoU (%), exact" in summary
     cmp = json.loads((runs / "compare.json").read_text())
-    assert cmp["episodes"] == 6 and cmp["diff"]["resamples"] == 2000
+    assert cmp["episodes"] == 6 and cmp["diff"]["resamples"] == 2000 and cmp["scoring"] == "pfenet"
     for name in ("qgnet", "baseline"):
         (key,) = json.loads((runs / f"fss-{name}" / "results.json").read_text())
         assert key.startswith("fold0-1shot-pfenet-")

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from cli.eval_compare import compare
 from cli.eval_fss import fss as eval_fss
 from cli.train_fss import fss as train_fss
-from model.fss.compare import episode_metrics
+from model.fss.compare import compare_results, episode_metrics
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,10 @@ def test_compare_matches_the_evaluator_and_itself(two_runs):
                                      "--resamples", "1000", "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert "paired bootstrap 95 % CI" in r.output and "mIoU" in r.output
+    assert "scored with pfenet (PFENet test.py" in r.output
     res = json.loads(out.read_text())
     assert res["episodes"] == 6 and len(res["per_episode"]["conf_a"]) == 6
+    assert res["scoring"] == "pfenet"
     lo, hi = res["diff"]["miou"]["ci95"]
     est = res["diff"]["miou"]["estimate"]
     assert lo <= est <= hi
@@ -48,13 +50,24 @@ def test_compare_matches_the_evaluator_and_itself(two_runs):
         assert m["fb_iou"] == pytest.approx(res[key]["fb_iou"]["mean"], abs=1e-9)
 
     # each side's mIoU / FB-IoU is the one `qgnet-eval fss` reports for that checkpoint
+    entries = {}
     for key, name in (("a", "baseline"), ("b", "qgnet")):
         r = CliRunner().invoke(eval_fss, ["--checkpoint", str(runs[name]), "--workers", "0",
                                           "--no-progress", "--device", "cpu"])
         assert r.exit_code == 0, r.output
         (entry,) = json.loads((runs[name].parent / "results.json").read_text()).values()
+        entries[key] = entry
         assert res[key]["miou"]["mean"] == pytest.approx(entry["miou"]["mean"], abs=1e-9)
         assert res[key]["fb_iou"]["mean"] == pytest.approx(entry["fb_iou"]["mean"], abs=1e-9)
+    # the same two results paired under the other scoring of their pass, without rescoring
+    exact = compare_results(entries["a"], entries["b"], scoring="exact", resamples=1000)
+    assert exact["scoring"] == "exact"
+    for key in "ab":
+        assert exact[key]["miou"] == entries[key]["scores"]["exact"]["miou"]
+        m = episode_metrics(exact["per_episode"]["cls"], exact["per_episode"][f"conf_{key}"])
+        assert m["miou"] == pytest.approx(entries[key]["scores"]["exact"]["miou"]["mean"], abs=1e-9)
+    with pytest.raises(ValueError, match="hsnet"):
+        compare_results(entries["a"], entries["b"], scoring="hsnet")
 
     # a model against itself: exactly 0, interval [0, 0]
     r = CliRunner().invoke(compare, ["--checkpoint", str(runs["qgnet"]), "--checkpoint", str(runs["qgnet"]),

@@ -45,8 +45,13 @@ def test_eval_config_sources_and_types(tmp_path, monkeypatch):
 
     d = resolve_config(EvalConfig, env={})
     assert (d.checkpoint, d.shot, d.threads, d.seeds, d.out) == (None, None, None, None, None)
-    assert (d.protocol, d.workers, d.amp, d.seed_list()) == ("pfenet", 2, True, [321])
+    assert (d.protocol, d.workers, d.seed_list()) == ("pfenet", 2, [321])
+    assert (d.scoring, d.hsnet_size, d.amp) == ("pfenet", None, None)  # amp None: the checkpoint's
     assert resolve_config(EvalConfig, cli={"protocol": "hsnet"}, env={}).seed_list() == [0]
+    assert resolve_config(EvalConfig, env={"QGNET_SCORING": "hsnet", "QGNET_HSNET_SIZE": "64"}
+                          ).hsnet_size == 64
+    with pytest.raises(ConfigError, match="--hsnet-size"):
+        resolve_config(EvalConfig, cli={"hsnet_size": 3}, env={})
     toml = tmp_path / "e.toml"
     toml.write_text('[eval]\nseeds = "1,2"\nworkers = 1\nshot = 5\n')
     cfg = resolve_config(EvalConfig, config_file=toml, section="eval",
@@ -85,11 +90,37 @@ def test_train_then_eval_show_regions(toy):
                                       "--seeds", "321", "--no-progress", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "mIoU" in r.output and "FB-IoU" in r.output
+    # the table names each number's scoring; PFENet's is the one comparable with the paper
+    assert "| pfenet (headline) |" in r.output and "| exact |" in r.output
+    assert "comparable with the QGNet, PFENet and BAM tables" in r.output
     res = json.loads((run / "results.json").read_text())
     (entry,) = res.values()
     assert entry["shot"] == 1 and entry["episodes"] == [4]
+    assert entry["scoring"] == "pfenet" and set(entry["scores"]) == {"pfenet", "exact"}
+    assert entry["miou"] == entry["scores"]["pfenet"]["miou"]
+    assert set(entry["runs"][0]["per_episode"]["confusion"]) == {"pfenet", "exact"}
     assert set(entry["per_class"]) == {"1", "5"} and entry["episodes_per_s"] > 0
+    assert entry["amp_from"] == "checkpoint"  # trained on CPU: fp32, evaluated in fp32
+    from model.checkpoint import load_checkpoint
+    from model.fss.evaluate import checkpoint_amp
+
+    assert load_checkpoint(run / "best.pt")["precision"] == "fp32"
+    assert checkpoint_amp({"precision": "bf16"}) and not checkpoint_amp({"precision": "fp32"})
+    assert not checkpoint_amp({"config": {"amp": False}})  # older checkpoints: the --amp option
     assert "| 1 c1 |" in (run / "results.md").read_text()
+
+    # HSNet's scoring is a pass of its own, recorded beside the canvas entry
+    r = CliRunner().invoke(eval_fss, ["--checkpoint", str(run / "best.pt"), "--workers", "0",
+                                      "--no-progress", "--device", "cpu", "--scoring",
+                                      "hsnet-original", "--hsnet-size", "41"])
+    assert r.exit_code == 0, r.output
+    assert "| hsnet-original |" in r.output and "square" in r.output
+    res = json.loads((run / "results.json").read_text())
+    assert sorted(res) == ["fold0-1shot-pfenet-4ep", "fold0-1shot-pfenet-4ep-hsnet-original41"]
+    hs = res["fold0-1shot-pfenet-4ep-hsnet-original41"]
+    assert hs["scoring"] == "hsnet-original" and hs["input_size"] == 41 and list(hs["scores"]) == ["hsnet-original"]
+    r = CliRunner().invoke(eval_fss, ["--checkpoint", str(run / "best.pt"), "--scoring", "bam"])
+    assert r.exit_code == 2 and "--scoring" in r.output
 
     # the same evaluation configured by a TOML file and QGNET_* (EvalConfig), into --out
     toml = toy["base"] / "eval.toml"

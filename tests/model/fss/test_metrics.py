@@ -103,7 +103,7 @@ def test_upsample_logits_to_original_size():
     logits = torch.zeros(1, 2, 2, 2)
     logits[0, 1] = torch.tensor([[1.0, 1.0], [-2.0, -2.0]])  # fg - bg: +1 top row, -2 bottom row
     # logits covering the whole frame: rows at 0, 0.5, 1 of the 2-row grid: +1, -0.5, -2
-    pred = upsample_logits(logits, size=(3, 5), padded_square=False)
+    pred = upsample_logits(logits, size=(3, 5), protocol="hsnet")
     assert pred.shape == (3, 5) and pred.dtype == torch.long
     assert pred[:, 0].tolist() == [1, 0, 0] and (pred == pred[:, :1]).all()
     # on a 4 x 4 test canvas a 3 x 5 image is the block test_size(3, 5, 4) = 2 x 4 (rows
@@ -114,6 +114,28 @@ def test_upsample_logits_to_original_size():
     pred = upsample_logits(canvas, size=(3, 5))
     assert pred.shape == (3, 5) and pred[:, 0].tolist() == [1, 0, 0] and (pred == pred[:, :1]).all()
     assert upsample_logits(logits.expand(2, -1, -1, -1), size=(3, 5)).shape == (2, 3, 5)
+    # PFENet's scoring reads the same canvas resized to L x L = 5 x 5 (align_corners=True:
+    # canvas row 3 i / 4) and cropped to 3 rows: rows 0, 0.75, 1.5 -> +1, -1.25, +1.5: its
+    # stretched read reaches into the padding, which the exact inverse never does
+    pred = upsample_logits(canvas, size=(3, 5), protocol="pfenet")
+    assert pred[:, 0].tolist() == [1, 0, 1] and (pred == pred[:, :1]).all()
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        upsample_logits(canvas, size=(3, 5), protocol="bam")
+    with pytest.raises(ValueError, match="S x S output"):
+        upsample_logits(logits, size=(3, 5), crop=4, protocol="pfenet")
+
+
+def test_missing_classes_left_out_and_pfenet_average_reported():
+    """mIoU averages the classes with episodes; PFENet's / HSNet's average over every class
+    of the fold (a class without an episode counts 0) is reported beside it."""
+    meter = _filled()  # classes 1, 2 with episodes, 3 without
+    assert meter.miou() == pytest.approx((0.2 + 0.75) / 2)
+    assert meter.miou_all_classes() == pytest.approx((0.2 + 0.75 + 0) / 3)
+    s = meter.summary()
+    assert s["missing_classes"] == [3] and s["miou_all_classes"] == pytest.approx(0.95 / 3)
+    full = _filled(classes=(1, 2))
+    assert full.miou_all_classes() == pytest.approx(full.miou())  # nothing missing: equal
+    assert math.isnan(FewShotMeter([1]).miou_all_classes())
 
 
 def test_episode_confusions_match_the_one_episode_path():
@@ -144,6 +166,24 @@ def test_episode_confusions_match_the_one_episode_path():
     assert a.episodes.tolist() == [1, 2]
     with pytest.raises(ValueError, match="not among"):
         a.add([3], got[:1])
+
+
+def test_several_protocols_in_one_pass_equal_each_alone():
+    """episode_confusions(protocol=("pfenet", "exact")) gives, per episode, what each
+    protocol gives on its own (and the two differ on random logits)."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 2, 17, 17, generator=gen)
+    sizes = [(20, 30), (9, 7), (17, 17)]
+    labels = torch.full((3, 20, 30), 255, dtype=torch.long)
+    for j, (h, w) in enumerate(sizes):
+        labels[j, :h, :w] = torch.randint(0, 2, (h, w), generator=gen)
+    both = episode_confusions(logits, labels, sizes, protocol=("pfenet", "exact"))
+    assert both.shape == (3, 2, 2, 2)
+    for k, p in enumerate(("pfenet", "exact")):
+        np.testing.assert_array_equal(both[:, k], episode_confusions(logits, labels, sizes, protocol=p))
+    assert not torch.equal(both[:, 0], both[:, 1])
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        episode_confusions(logits, labels, sizes, protocol=("pfenet", "bam"))
 
 
 # ---------------------------------------------------------------------------------------

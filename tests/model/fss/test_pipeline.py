@@ -191,6 +191,7 @@ def test_batched_evaluation_equals_batch_one(toy):
     (and so the same meter) as one episode per forward; the counts stay on the device."""
     from model.fss import evaluate as ev
     from model.fss.build import build_model
+    from model.fss.metrics import intersection_union
     from pipeline.episode_stage import load_test_episodes
 
     torch.manual_seed(0)
@@ -206,15 +207,19 @@ def test_batched_evaluation_equals_batch_one(toy):
     a, b = out[1]["per_episode"], out[4]["per_episode"]
     assert a["episode"].tolist() == b["episode"].tolist() == list(range(len(eps["query"])))
     np.testing.assert_array_equal(a["cls"], np.asarray(eps["cls"]))
-    np.testing.assert_array_equal(a["inter"], b["inter"])
-    np.testing.assert_array_equal(a["union"], b["union"])
-    assert (a["inter"] <= a["union"]).all() and a["union"].sum() > 0
-    np.testing.assert_array_equal(out[1]["meter"].confusion, out[4]["meter"].confusion)
+    assert sorted(a["confusion"]) == sorted(b["confusion"]) == ["exact", "pfenet"]
+    for scoring in ("pfenet", "exact"):  # both scorings of the pass, batch 1 == batch 4
+        np.testing.assert_array_equal(a["confusion"][scoring], b["confusion"][scoring])
+        inter, union = intersection_union(a["confusion"][scoring])
+        assert (inter <= union).all() and union.sum() > 0
+        np.testing.assert_array_equal(out[1]["meters"][scoring].confusion,
+                                      out[4]["meters"][scoring].confusion)
+        # the per-episode counts add up to the meter's per-class sums
+        for i, c in enumerate(out[4]["meters"][scoring].class_ids):
+            sel = b["cls"] == c
+            assert b["confusion"][scoring][sel, 1, 1].sum() == out[4]["meters"][scoring].confusion[i, 1, 1]
+    assert out[1]["meter"] is out[1]["meters"]["pfenet"]
     assert out[1]["loss"] == pytest.approx(out[4]["loss"], rel=1e-5)
-    # the per-episode counts add up to the meter's per-class sums
-    for i, c in enumerate(out[4]["meter"].class_ids):
-        sel = b["cls"] == c
-        assert b["inter"][sel, 1].sum() == out[4]["meter"].confusion[i, 1, 1]
 
 
 def test_validation_episodes_use_another_seed_and_are_derived_when_missing(make_fss_toy):

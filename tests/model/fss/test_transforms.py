@@ -69,6 +69,59 @@ def test_train_transform_shapes_and_values():
     assert set(np.unique(y)) <= {0, 1, 255}
 
 
+def _cv2_resize_fx(src, fx, *, nearest=False):
+    """``cv2.resize(src, None, fx=fx, fy=fx, interpolation=INTER_LINEAR | INTER_NEAREST)``
+    re-implemented pixel by pixel from OpenCV's imgproc/src/resize.cpp (float32 input, as
+    PFENet's images): dsize = round(side * fx); same size -> copy; linear: source coordinate
+    (float)((d + 0.5) / fx - 0.5), floor, clamped to the edge pixel with weight 0; nearest
+    (resizeNN): floor(d * (1 / fx)), at most the last pixel."""
+    h, w = src.shape[:2]
+    dh, dw = int(round(h * fx)), int(round(w * fx))
+    if (dh, dw) == (h, w):
+        return src.copy()
+
+    def taps(n_out, n_in):
+        out = []
+        for d in range(n_out):
+            if nearest:
+                out.append(((min(int(np.floor(d * (1.0 / fx))), n_in - 1), 1.0),))
+                continue
+            f = float(np.float32((d + 0.5) * (1.0 / fx) - 0.5))
+            s = int(np.floor(f))
+            f -= s
+            if s < 0:
+                f, s = 0.0, 0
+            if s >= n_in - 1:
+                f, s = 0.0, n_in - 1
+            out.append(((s, 1.0 - f), (min(s + 1, n_in - 1), f)))
+        return out
+
+    rows, cols = taps(dh, h), taps(dw, w)
+    dst = np.zeros((dh, dw) + src.shape[2:], np.float64)
+    for y, ry in enumerate(rows):
+        for x, rx in enumerate(cols):
+            dst[y, x] = sum(wy * wx * src[sy, sx].astype(np.float64) for sy, wy in ry for sx, wx in rx)
+    return dst
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_rand_scale_samples_like_cv2_fx(seed):
+    """RandScale is ``cv2.resize(fx=s)``: the output side round(side * s) and, unlike a
+    resize to that size, the source sampled every 1 / s pixels (issue 18 §5)."""
+    rng = np.random.default_rng(seed)
+    image = rng.random((23, 37, 3)).astype(np.float32) * 255
+    label = rng.integers(0, 3, (23, 37)).astype(np.uint8)
+    s = 0.8 + (1.25 - 0.8) * np.random.default_rng(seed).random()  # the draw rand_scale makes
+    img, lab = T.rand_scale(image, label, np.random.default_rng(seed), scale=(0.8, 1.25))
+    want = _cv2_resize_fx(image, s)
+    assert img.shape == want.shape
+    np.testing.assert_allclose(img, want, atol=2e-3)
+    np.testing.assert_array_equal(lab, _cv2_resize_fx(label, s, nearest=True).astype(np.uint8))
+    if img.shape[:2] != image.shape[:2] and abs(img.shape[1] / 37 - s) > 1e-3:
+        # the size-ratio sampling it replaced is measurably different
+        assert np.abs(T.resize_bilinear(image, img.shape[:2]) - want).max() > 0.05
+
+
 def test_test_resize_pad_and_back_to_the_original_label():
     label = np.zeros((360, 480), np.uint8)
     label[100:300, 50:200] = 1

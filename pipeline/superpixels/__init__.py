@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import available_backends, resolve_backend
+from ._common import BACKENDS, available_backends, resolve_backend
 from .felzenszwalb import felzenszwalb
 from .slic import slic
 
@@ -35,4 +35,4 @@ def segment(image: np.ndarray, method: str = "slic", **params) -> np.ndarray:
     return _METHODS[method](image, **params)
 
 
-__all__ = ["DEFAULTS", "available_backends", "felzenszwalb", "resolve_backend", "segment", "slic"]
+__all__ = ["BACKENDS", "DEFAULTS", "available_backends", "felzenszwalb", "resolve_backend", "segment", "slic"]

@@ -246,3 +246,52 @@ def test_configs_from_before_the_rule_resume_with_their_own_rule():
     check_resume_config(same, old)  # the upgraded rule is the checkpoint's: no refusal
     with pytest.raises(ValueError, match="patch_fill"):
         check_resume_config(PriorConfig(**{**same.__dict__, "patch_fill": "repeat"}), old)
+
+
+def _ddp_crop_worker(rank, world, port, result_dir):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        kw = dict(dim=16, queue_size=64, local_queue_size=64, local_patches="crop", patch_size=16)
+        torch.manual_seed(0)  # same weights on both ranks
+        model = PriorMoCo(TinyBackbone(), shuffle="ddp", **kw)
+        plain = PriorMoCo(TinyBackbone(), shuffle="none", **kw)
+        plain.load_state_dict(model.state_dict())
+        im_q, im_k, map_q, map_k = _crop_batch(n=4, seed=rank)  # different data per rank
+        crops = torch.randn(4, 1, 3, 16, 16, generator=torch.Generator().manual_seed(rank))
+        model.eval(), plain.eval()
+        k1, kl1 = model._encode_keys(im_k, crops)
+        k2, kl2 = plain._encode_keys(im_k, crops)
+        model.train()
+        out = model(im_q, im_k, map_q, map_k)
+        out["loss"].backward()
+        torch.save({"dk": (k1 - k2).abs().max().item(), "dkl": (kl1 - kl2).abs().max().item(),
+                    "lptr": int(model.local_queue.ptr), "n_patches": int(out["n_patches"]),
+                    "keys": model.local_queue.keys[:8].clone()}, f"{result_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_crop_mode_ddp_shuffle_with_two_gloo_processes(tmp_path):
+    """shuffle='ddp' with crops: the key crops travel with the key images through MoCo's
+    cross-rank shuffle (keys equal the unshuffled ones in eval mode), and both ranks enqueue
+    both ranks' patch keys in rank order."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_crop_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for r in (r0, r1):
+        assert r["dk"] < 1e-5 and r["dkl"] < 1e-5
+        assert r["n_patches"] == 4 and r["lptr"] == 8  # one patch per image, 2 ranks x 4
+    assert torch.equal(r0["keys"], r1["keys"])

@@ -295,3 +295,28 @@ def test_crop_mode_ddp_shuffle_with_two_gloo_processes(tmp_path):
         assert r["dk"] < 1e-5 and r["dkl"] < 1e-5
         assert r["n_patches"] == 4 and r["lptr"] == 8  # one patch per image, 2 ranks x 4
     assert torch.equal(r0["keys"], r1["keys"])
+
+
+def test_the_demo_keeps_the_rule_it_had():
+    """`make demo` computes what it did before the rule: its preset (96 px, the whole view,
+    no filling) draws the same patches and masks as the old sampler (no upper bound, no
+    extra random draw)."""
+    from model.prior.config import PriorConfig, finalize_config
+    from model.prior.patches import patch_masks
+
+    cfg = finalize_config(PriorConfig(dataset="demo"))
+    assert (cfg.min_patch_pixels, cfg.max_patch_pixels, cfg.patch_fill, cfg.patches_per_image,
+            cfg.local_patches) == (96, 128 * 128, "none", 16, "pooled")
+    model = PriorMoCo(TinyBackbone(), dim=8, queue_size=16, local_queue_size=16,
+                      min_patch_pixels=96, max_patch_pixels=128 * 128, patch_fill="none")
+    g = torch.Generator().manual_seed(0)
+    map_q = torch.randint(1, 60, (4, 128, 128), generator=g) // 3 * 3  # blocky ids
+    map_k = map_q.roll(7, dims=2)
+    im = torch.zeros(4, 3, 128, 128)
+    torch.manual_seed(5)
+    ids, valid, masks_q, masks_k = model.local_inputs(im, im, map_q, map_k, (32, 32))
+    torch.manual_seed(5)
+    ids0, valid0 = sample_patch_ids(map_q, map_k, 16, min_pixels=96)  # the old call
+    assert torch.equal(ids, ids0) and torch.equal(valid, valid0)
+    torch.testing.assert_close(masks_q, patch_masks(map_q, ids0, valid0, (32, 32)), rtol=0, atol=0)
+    torch.testing.assert_close(masks_k, patch_masks(map_k, ids0, valid0, (32, 32)), rtol=0, atol=0)

@@ -81,8 +81,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from pipeline.datasets import open_dataset
-    from pipeline.superpixel_stage import build_superpixel_store, resolve_backend
-    from pipeline.superpixels import segment
+    from pipeline.superpixel_stage import build_superpixel_store
+    from pipeline.superpixels import resolve_backend, segment
 
     backend = resolve_backend(args.method, "auto")
     work = Path(tempfile.mkdtemp(prefix="qgnet-bench-dist-"))

@@ -112,8 +112,8 @@ def main(argv=None) -> dict:
 
     from pipeline.datasets import open_dataset
     from pipeline.mask_stage import build_mask_store
-    from pipeline.superpixel_stage import build_superpixel_store, resolve_backend
-    from pipeline.superpixels import segment
+    from pipeline.superpixel_stage import build_superpixel_store
+    from pipeline.superpixels import resolve_backend, segment
 
     work = Path(tempfile.mkdtemp(prefix="qgnet-bench-stage-", dir=args.workdir))
     try:

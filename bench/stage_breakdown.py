@@ -109,8 +109,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from pipeline.datasets import open_dataset
-    from pipeline.superpixel_stage import build_superpixel_store, resolve_backend, superpixel_params
-    from pipeline.superpixels import segment
+    from pipeline.superpixel_stage import build_superpixel_store, superpixel_params
+    from pipeline.superpixels import resolve_backend, segment
 
     backend = resolve_backend(args.method, args.backend)
     key = superpixel_params(args.method, None, backend=backend)

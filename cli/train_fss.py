@@ -65,6 +65,11 @@ BACKBONES = ["resnet50", "resnet101", "vgg16", "efficientnet_lite0", "resnet18"]
               help="Test-class pixels in kept training images: background (PFENet, default) "
                    "or ignore (255, no loss; for scene datasets where test classes are in "
                    "nearly every training image).")
+@click.option("--frozen-bn", type=click.Choice(["eval", "reference"]),
+              help="BatchNorm of the two frozen backbones while training: eval (default; running "
+                   "statistics, never updated, as HSNet and BAM) or reference (PFENet's and the QGNet "
+                   "authors' train.py: batch statistics, running statistics drift and are saved in "
+                   "the checkpoint). Evaluation uses running statistics either way.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config file (top level or table [fss]).")
 def fss(config_file, **given):

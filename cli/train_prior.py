@@ -44,10 +44,23 @@ BACKBONES = ["resnet18", "resnet50", "resnet101", "vgg16", "efficientnet_lite0"]
 @click.option("--weight-decay", type=float, help="SGD weight decay (default 1e-4).")
 @click.option("--queue-size", type=int, help="Global negative queue K (default 65536).")
 @click.option("--local-queue-size", type=int, help="Patch negative queue (default 65536).")
-@click.option("--patches-per-image", type=int, help="Patches sampled per image (default 16).")
+@click.option("--local-patches", type=click.Choice(["pooled", "crop"]),
+              help="The local loss's patches: pooled (default; DetCon style, mask-pooled from the "
+                   "view's feature map) or crop (the paper as written: each patch's bounding box "
+                   "cropped from both views, resized, encoded as separate inputs).")
+@click.option("--patches-per-image", type=int,
+              help="Patch slots per image (default 16 pooled, 1 crop).")
+@click.option("--patch-size", type=int,
+              help="--local-patches crop: side of the resized patch crops (default half --crop).")
 @click.option("--min-patch-pixels", type=int,
-              help="Pixels a superpixel needs in each view to be sampled (default 0 = half a "
-                   "feature cell, 512 at stride 32; lower it for small crops; demo 96).")
+              help="Pixels a superpixel needs in each view to be sampled (default an eighth of a "
+                   "feature cell, 128 at 224 / stride 32; demo 96).")
+@click.option("--max-patch-pixels", type=int,
+              help="Most pixels a superpixel may cover in either view to be sampled (default a "
+                   "sixteenth of the view, 3136 at 224; demo: the whole view).")
+@click.option("--patch-fill", type=click.Choice(["repeat", "none"]),
+              help="Slots an image cannot fill with distinct patches: repeat (default; copies of "
+                   "its patches, as DetCon's draw with replacement) or none (left empty; demo).")
 @click.option("--loss", type=click.Choice(["global", "local", "both"]), help="Loss (default both).")
 @click.option("--temperature", type=float, help="InfoNCE temperature (default 0.2).")
 @click.option("--momentum", type=float, help="Key encoder momentum (default 0.999).")
@@ -88,7 +101,7 @@ def prior(config_file, **given):
     the run dir.
     """
     from model.checkpoint import load_checkpoint, resume_config
-    from model.prior.config import RESUMABLE, PriorConfig
+    from model.prior.config import RESUMABLE, PriorConfig, upgrade_saved_config
     from model.prior.trainer import find_checkpoint, train_prior
     from pipeline.errors import QgnetError
     from pipeline.settings import resolve_config
@@ -102,7 +115,7 @@ def prior(config_file, **given):
                 if not cli.get("out"):
                     raise click.UsageError("bare --resume needs --out RUN_DIR (or --resume PATH)")
                 where = cli["out"]
-            saved = load_checkpoint(find_checkpoint(where), kind="prior")["config"]
+            saved = upgrade_saved_config(load_checkpoint(find_checkpoint(where), kind="prior")["config"])
             cfg = resume_config(PriorConfig, saved, cli, resumable=RESUMABLE,
                                 reset={"resume": "", "export_only": False, "max_steps": 0})
         else:

@@ -33,11 +33,11 @@ from pipeline.provenance import provenance
 from pipeline.runner import RunReport, build_store, dataset_source
 from pipeline.settings import format_command, option
 from pipeline.store import ShardedStore, StoreError
+from pipeline.superpixels import resolve_backend  # the one backend table and resolver
 
 METHODS = ("slic", "felzenszwalb")
 METHOD_PARAMS = {"slic": ("n_segments", "compactness", "max_iter"),
                  "felzenszwalb": ("scale", "sigma", "min_size")}
-BACKENDS = {"slic": ("fast-slic", "numba", "skimage"), "felzenszwalb": ("numba", "skimage")}
 FLAGS = {"n_segments": "--n-segments", "compactness": "--compactness", "max_iter": "--max-iter",
          "scale": "--scale", "sigma": "--sigma", "min_size": "--min-size"}
 _TYPES = {"n_segments": int, "max_iter": int, "min_size": int, "compactness": float,
@@ -81,13 +81,9 @@ class SuperpixelConfig:
 
 # ------------------------------------------------------------------------------ parameters
 def _kernels():
-    try:
-        import pipeline.superpixels as sp
+    """``pipeline.superpixels`` (``segment``, ``DEFAULTS``); one seam for the stage's tests."""
+    import pipeline.superpixels as sp
 
-        sp.segment, sp.DEFAULTS  # noqa: B018 - fail here, with the message below
-    except (ImportError, AttributeError) as e:
-        raise RuntimeError(f"pipeline.superpixels (segment, DEFAULTS, available_backends) is not "
-                           f"available: {e}") from e
     return sp
 
 
@@ -95,40 +91,6 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ConfigError(f"unknown superpixel method {method!r}; choose one of {', '.join(METHODS)}")
     return method
-
-
-def _available(method: str) -> list[str]:
-    """Concrete backends usable here for ``method``, in our order of preference."""
-    sp = _kernels()
-    fn = getattr(sp, "available_backends", None)
-    if fn is None:
-        return list(BACKENDS[method])
-    try:
-        found = fn(method)
-    except TypeError:
-        found = fn()
-    if isinstance(found, Mapping):
-        inner = found.get(method, found)
-        found = [k for k, v in inner.items() if v] if isinstance(inner, Mapping) else inner
-    return [b for b in BACKENDS[method] if b in set(found)]
-
-
-def resolve_backend(method: str, backend: str = "auto") -> str:
-    """``"auto"`` -> the first available of :data:`BACKENDS` ``[method]``; a named backend is
-    checked to exist for the method and to be installed."""
-    check_method(method)
-    avail = _available(method)
-    if backend == "auto":
-        if not avail:
-            raise ConfigError(f"no {method} backend is available (tried {BACKENDS[method]})")
-        return avail[0]
-    if backend not in BACKENDS[method]:
-        raise ConfigError(f"backend {backend!r} does not implement {method}; choose auto or one "
-                          f"of {', '.join(BACKENDS[method])}")
-    if backend not in avail:
-        raise ConfigError(f"backend {backend!r} is not installed here; available for {method}: "
-                          f"{', '.join(avail) or 'none'} (or pass --backend auto)")
-    return backend
 
 
 def method_defaults(method: str) -> dict[str, Any]:

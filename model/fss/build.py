@@ -1,9 +1,11 @@
 """Few-shot model construction: options -> network, checkpoint -> network, and the step.
 
 ``model_meta`` records what a checkpoint needs to rebuild the network (backbone names,
-weights, prior extractor, bins, crop); ``build_model`` rebuilds it (frozen backbones loaded
-from their weights, so checkpoints hold only ``trainable_state``); ``load_model`` does both
-for a ``qgnet-train fss`` checkpoint. ``step`` is the one forward/loss(/backward) shared by
+weights, prior extractor, bins, crop, the frozen backbones' BatchNorm mode); ``build_model``
+rebuilds it (frozen backbones loaded from their weights, so checkpoints hold only
+``trainable_state``: the trained layers, plus the frozen backbones' BatchNorm running
+statistics under ``frozen_bn="reference"``, where training changes them); ``load_model``
+does both for a ``qgnet-train fss`` checkpoint. ``step`` is the one forward/loss(/backward) shared by
 training (model.fss.trainer) and evaluation (model.fss.evaluate.run_episodes).
 """
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any, Mapping
 
 import torch
 
-TRAINABLE_PREFIXES = ("backbone.", "prior_backbone.")
+TRAINABLE_PREFIXES = ("backbone.", "prior_backbone.")  # (the frozen backbones' prefixes)
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")  # what training mode changes
 
 
 # ---------------------------------------------------------------------------- model I/O
@@ -51,7 +54,8 @@ def model_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "use_prior_map": use_prior, "prior": str(cfg["prior"]) if use_prior else "",
             "prior_backbone": prior_backbone_name(str(cfg["prior"])) if use_prior else "",
             "bins": cfg.get("bins", "auto"), "crop": int(cfg["crop"]),
-            "reduce_dim": int(cfg.get("reduce_dim", 256))}
+            "reduce_dim": int(cfg.get("reduce_dim", 256)),
+            "frozen_bn": cfg.get("frozen_bn") or "eval"}
 
 
 def build_model(meta: Mapping[str, Any], *, stems: Mapping[str, str] | None = None):
@@ -75,12 +79,18 @@ def build_model(meta: Mapping[str, Any], *, stems: Mapping[str, str] | None = No
     bins = parse_bins(meta.get("bins", "auto"), meta["crop"])
     return QGNet(backbone=bb, prior_backbone=prior_bb, use_prior_map=meta["use_prior_map"],
                  reduce_dim=int(meta.get("reduce_dim", 256)), pyramid_bins=bins,
-                 train_size=int(meta["crop"]) if bins is None else None)
+                 train_size=int(meta["crop"]) if bins is None else None,
+                 frozen_bn=meta.get("frozen_bn", "eval"))  # checkpoints before issue 18: eval
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict without the frozen backbones (they are rebuilt from their weights)."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(TRAINABLE_PREFIXES)}
+    """What a checkpoint holds: the state dict without the frozen backbones (they are rebuilt
+    from their weights), except, under ``frozen_bn="reference"``, their BatchNorm running
+    statistics (:data:`BN_STATS`), which training changes."""
+    keep_stats = getattr(model, "frozen_bn", "eval") == "reference"
+    return {k: v for k, v in model.state_dict().items()
+            if not k.startswith(TRAINABLE_PREFIXES)
+            or (keep_stats and k.rsplit(".", 1)[-1] in BN_STATS)}
 
 
 def load_model(checkpoint: str | Path, *, device: str | torch.device = "cpu"):
@@ -89,8 +99,9 @@ def load_model(checkpoint: str | Path, *, device: str | torch.device = "cpu"):
 
     ckpt = load_checkpoint(checkpoint, kind="fss")  # CheckpointError names the file
     model = build_model(ckpt["model_meta"])
+    expected = set(trainable_state(model))
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    missing = [k for k in missing if not k.startswith(TRAINABLE_PREFIXES)]
+    missing = [k for k in missing if k in expected]
     if missing or unexpected:
         raise ValueError(f"{checkpoint} does not fit the network it describes: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")

@@ -48,6 +48,7 @@ from model.backbones import freeze
 __all__ = [
     "COSINE_EPS",
     "DEFAULT_FRACTIONS",
+    "FROZEN_BN",
     "PROTOTYPE_EPS",
     "QGNet",
     "cosine_max_map",
@@ -60,6 +61,10 @@ __all__ = [
 COSINE_EPS = 1e-7  # PFENet / QGNet: cosine denominator and min-max denominator
 PROTOTYPE_EPS = 0.0005  # PFENet Weighted_GAP: sum(f * m) / (sum(m) + 0.0005)
 DEFAULT_FRACTIONS = (1.0, 0.5, 0.25, 0.125)  # PFENet's COCO config (fractions of the feature size)
+# BatchNorm of the two frozen backbones while training: "eval" (running statistics, never
+# updated; HSNet, BAM) or "reference" (batch statistics, running statistics drift: PFENet's
+# and the QGNet authors' train.py call model.train() and never freeze BN). docs/network.md.
+FROZEN_BN = ("eval", "reference")
 
 
 # --------------------------------------------------------------------------------------
@@ -238,11 +243,18 @@ class QGNet(nn.Module):
         Only with fractional bins: resolve them once against the bridge feature size of
         a ``train_size`` input (``ceil(size / stride)``), so that other input sizes keep
         the training bins, as fixed bins do.
+    frozen_bn : {"eval", "reference"}, default "eval"
+        BatchNorm of both frozen backbones under ``.train()``. ``"eval"``: running
+        statistics, never updated (HSNet, BAM). ``"reference"``: as PFENet's and the QGNet
+        authors' ``train.py`` (``model.train()``, BN never frozen): batch statistics while
+        training and the running statistics drift to the training data; the K support
+        images then pass the backbone one shot at a time, as the reference's loop does
+        (a batch of N per BN call, not N x K). Evaluation (``.eval()``) uses the running
+        statistics either way.
 
     Notes
     -----
-    Both backbones run under ``no_grad`` and stay in eval mode after ``.train()``
-    (PFENet leaves the frozen backbone's BatchNorm in train mode; we do not).
+    Both backbones run under ``no_grad``; no parameter of theirs ever gets a gradient.
     """
 
     def __init__(
@@ -255,16 +267,21 @@ class QGNet(nn.Module):
         pyramid_bins: Sequence[float] | None = (60, 30, 15, 8),
         dropout: float = 0.5,
         train_size: int | Sequence[int] | None = None,
+        frozen_bn: str = "eval",
     ) -> None:
         super().__init__()
+        if frozen_bn not in FROZEN_BN:
+            raise ValueError(f"frozen_bn must be one of {FROZEN_BN}, got {frozen_bn!r}")
+        self.frozen_bn = frozen_bn
         if use_prior_map and prior_backbone is None:
             raise ValueError(
                 "use_prior_map=True needs a prior_backbone (the frozen prior extractor Fp, e.g. "
                 "build_backbone('resnet50', weights=PRIOR_EXPORT)); pass use_prior_map=False for the "
                 "PFENet-equivalent baseline"
             )
-        self.backbone = freeze(backbone)
-        self.prior_backbone = freeze(prior_backbone) if use_prior_map else None
+        bn_train = frozen_bn == "reference"
+        self.backbone = freeze(backbone, bn_train=bn_train)
+        self.prior_backbone = freeze(prior_backbone, bn_train=bn_train) if use_prior_map else None
         self.use_prior_map = bool(use_prior_map)
         self.reduce_dim = int(reduce_dim)
         self.mid_stages = tuple(backbone.mid_stages)
@@ -316,6 +333,32 @@ class QGNet(nn.Module):
         """Every parameter except those of the two frozen backbones."""
         frozen = {id(p) for m in (self.backbone, self.prior_backbone) if m is not None for p in m.parameters()}
         return [p for p in self.parameters() if id(p) not in frozen]
+
+    def _support_features(self, sx: torch.Tensor, sm: torch.Tensor, k_shot: int):
+        """Support stages up to the one before the high stage, and the high stage of the
+        masked features (PFENet): ``(dict stage -> NK x C x h x w, NK x C4 x h4 x w4)``.
+
+        With BatchNorm in training mode (``frozen_bn="reference"`` while training) the
+        statistics depend on the batch, so the shots go through one at a time (a batch of
+        N each, in shot order), as the reference's ``for i in range(self.shot)`` loop;
+        otherwise all N x K images in one pass (the same numbers)."""
+        def run(x, m):
+            f = self.backbone.forward_stages(x, upto=self.pre_high_stage)
+            m_pre = _resize(m, f[self.pre_high_stage].shape[-2:])  # B x 1 x h3 x w3
+            return f, self.backbone.run_stage(self.high_stage, f[self.pre_high_stage] * m_pre)
+
+        batch_stats = self.frozen_bn == "reference" and self.training
+        if not batch_stats or k_shot == 1:
+            return run(sx, sm)
+        n = sx.shape[0] // k_shot
+        shots = [run(sx.view(n, k_shot, *sx.shape[1:])[:, i], sm.view(n, k_shot, *sm.shape[1:])[:, i])
+                 for i in range(k_shot)]  # each: N images of shot i
+
+        def interleave(ts):  # K tensors N x ... -> NK x ... in (episode, shot) order
+            return torch.stack(ts, dim=1).flatten(0, 1)
+
+        feats = {name: interleave([f[name] for f, _ in shots]) for name in shots[0][0]}
+        return feats, interleave([h for _, h in shots])
 
     def bins_for(self, feat_hw: Sequence[int]) -> list[tuple[int, int]]:
         """The FEM bins used for a bridge feature map of size ``feat_hw``."""
@@ -387,9 +430,7 @@ class QGNet(nn.Module):
             qf = self.backbone(query)  # dict stage -> N x C x h x w
             sx = supports.flatten(0, 1)  # NK x 3 x Hs x Ws
             sm = (support_masks.flatten(0, 1) == 1).to(sx.dtype).unsqueeze(1)  # NK x 1 x Hs x Ws
-            sf = self.backbone.forward_stages(sx, upto=self.pre_high_stage)
-            m_pre = _resize(sm, sf[self.pre_high_stage].shape[-2:])  # NK x 1 x h3 x w3
-            s_high = self.backbone.run_stage(self.high_stage, sf[self.pre_high_stage] * m_pre)  # NK x C4 x h4 x w4
+            sf, s_high = self._support_features(sx, sm, k_shot)  # s_high: NK x C4 x h4 x w4
             q_bridge_in = self._bridge(qf)  # N x 1536 x h x w
             s_bridge_in = self._bridge(sf)  # NK x 1536 x hs x ws
         h, w = q_bridge_in.shape[-2:]

@@ -113,6 +113,8 @@ class FssConfig:
     train_set: str = "train"          # pascal: train (5,953) | aug (10,582)
     drop_novel_images: bool = False   # BAM's filter_intersection
     novel_pixels: str = "background"  # test-class pixels in training images: background | ignore
+    frozen_bn: str = "eval"           # BN of the frozen backbones: eval | reference (PFENet's
+                                      # train.py: batch statistics, running stats drift)
 
 
 # options that may differ between a run and its resumption (model.checkpoint's resume rule)
@@ -140,6 +142,10 @@ def finalize_config(cfg: FssConfig, *, world: int = 1) -> FssConfig:
     validate_dataset_name(cfg.dataset)  # the one check every command runs (pipeline.cache)
     if cfg.recipe not in RECIPES:
         raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}; got {cfg.recipe!r}")
+    from model.fss.qgnet import FROZEN_BN
+
+    if cfg.frozen_bn not in FROZEN_BN:
+        raise ConfigError(f"--frozen-bn must be one of {', '.join(FROZEN_BN)}; got {cfg.frozen_bn!r}")
     d = DATASET_DEFAULTS.get(cfg.dataset, DATASET_DEFAULTS["folder"])
     d = {**d, **RECIPES[cfg.recipe].get(cfg.dataset, {})}
     upd = {k: v for k, v in d.items() if not getattr(cfg, k)}

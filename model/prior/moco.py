@@ -7,10 +7,13 @@ their superpixel maps:
 
 1. ``f_q = backbone_q(im_q)[high_stage]`` (N x C x h x w, 7 x 7 for 224 crops, stride 32).
 2. Global: average-pool, MLP, L2-normalise -> ``q`` (N x D). Local: sample up to
-   ``patches_per_image`` superpixels visible in both views, mask-average-pool ``f_q`` per
-   patch, MLP, L2-normalise -> ``q_loc`` (N x P x D).
-3. Momentum update of the key encoder, then (no grad) shuffle the key batch for BN,
-   encode, unshuffle -> ``k`` (N x D), ``k_loc`` (N x P x D).
+   ``patches_per_image`` superpixels visible in both views (the window and slot filling of
+   :mod:`model.prior.patch_rule`), then either mask-average-pool ``f_q`` per patch
+   (``local_patches="pooled"``, DetCon style) or crop each patch's bounding box from the
+   view, resize it and encode it as an input of its own (``"crop"``, the paper's reading,
+   :mod:`model.prior.patch_crops`), MLP, L2-normalise -> ``q_loc`` (N x P x D).
+3. Momentum update of the key encoder, then (no grad) shuffle the key batch (and its patch
+   masks or crops) for BN, encode, unshuffle -> ``k`` (N x D), ``k_loc`` (N x P x D).
 4. ``L = L_global(q, k, queue) + L_local(q_loc, k_loc, patch_queue)`` (QGNet eq. 1 + 2,
    see :mod:`model.prior.global_infonce`, :mod:`model.prior.local_infonce`), positive at logit 0, temperature 0.2.
 5. Enqueue ``k`` and the valid ``k_loc`` rows (gathered over ranks under DDP).
@@ -48,12 +51,15 @@ from torch import nn
 
 from model.prior.global_infonce import global_infonce
 from model.prior.local_infonce import local_infonce
+from model.prior.patch_crops import crop_patches, patch_boxes
+from model.prior.patch_rule import FILLS, default_window, fill_slots
 from model.prior.patches import patch_masks, pool_with_masks, sample_patch_ids
 from model.prior.queue import RingQueue
 from model.utils import all_gather_variable
 
 LOSSES = ("both", "global", "local")
 SHUFFLES = ("split-bn", "ddp", "none")
+LOCAL_PATCHES = ("pooled", "crop")  # DetCon-style pooling from the view | the paper's crops
 
 
 # ------------------------------------------------------------------------------ split BN
@@ -247,6 +253,13 @@ class _Encoder(nn.Module):
         z = self.head_local(pooled)  # z: N x P x D
         return F.normalize(z.float(), dim=-1)
 
+    def embed_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Patch crops N x P x 3 x s x s, encoded as inputs of their own -> N x P x D."""
+        n, p = crops.shape[:2]
+        f = self.features(crops.flatten(0, 1))  # f: NP x C x h' x w'
+        z = self.head_local(f.mean(dim=(2, 3)))  # z: NP x D
+        return F.normalize(z.float(), dim=-1).view(n, p, -1)
+
 
 # ------------------------------------------------------------------------------ the model
 class PriorMoCo(nn.Module):
@@ -269,14 +282,27 @@ class PriorMoCo(nn.Module):
     loss : {"both", "global", "local"}, default "both"
         Which InfoNCE terms are summed into ``"loss"``; the unused head and queue are not
         built (no unused parameters under DDP).
-    patches_per_image : int, default 16
+    patches_per_image : int, optional
+        Slots P per image; default 16 (DetCon's) for ``"pooled"``, 1 for ``"crop"`` (the
+        paper's "one query patch").
     shuffle : {"split-bn", "ddp", "none"}, default "split-bn"
         Shuffle-BN variant (see the module docstring and ``docs/prior.md``).
     split_bn_groups : int, default 8
         Groups of :class:`SplitBatchNorm` for ``shuffle="split-bn"``.
-    min_patch_pixels : int, optional
-        Visibility threshold of :func:`~model.prior.patches.sample_patch_ids`; default
-        half a feature cell, ``S * S / (h * w) / 2`` pixels (512 for 224 crops at stride 32).
+    min_patch_pixels, max_patch_pixels : int, optional
+        The area window (pixels, in each view) of :func:`~model.prior.patches.sample_patch_ids`;
+        defaults :func:`~model.prior.patch_rule.default_window`: an eighth of a feature cell
+        (128 for 224 crops at stride 32) and a sixteenth of the view (3,136).
+    patch_fill : {"repeat", "none"}, default "repeat"
+        Slots an image cannot fill with distinct usable ids: copies of its usable patches
+        (:func:`~model.prior.patch_rule.fill_slots`) or left empty (weight 0).
+    local_patches : {"pooled", "crop"}, default "pooled"
+        ``"pooled"``: mask-average-pool the patch from the view's feature map (DetCon).
+        ``"crop"``: crop the patch's bounding box from each view, resize it to
+        ``patch_size`` and encode it as a separate input of the query / key encoder (the
+        paper's section 4.1.2 read literally; :mod:`model.prior.patch_crops`).
+    patch_size : int, optional
+        Side of the crops of ``"crop"``; default half the view (112 at 224).
     """
 
     def __init__(
@@ -290,24 +316,38 @@ class PriorMoCo(nn.Module):
         momentum: float = 0.999,
         temperature: float = 0.2,
         loss: str = "both",
-        patches_per_image: int = 16,
+        patches_per_image: int | None = None,
         shuffle: str = "split-bn",
         split_bn_groups: int = 8,
         min_patch_pixels: int | None = None,
+        max_patch_pixels: int | None = None,
+        patch_fill: str = "repeat",
+        local_patches: str = "pooled",
+        patch_size: int | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if shuffle not in SHUFFLES:
             raise ValueError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
+        if local_patches not in LOCAL_PATCHES:
+            raise ValueError(f"local_patches must be one of {LOCAL_PATCHES}, got {local_patches!r}")
+        if patch_fill not in FILLS:
+            raise ValueError(f"patch_fill must be one of {FILLS}, got {patch_fill!r}")
         self.loss_mode = loss
         self.use_global = loss in ("both", "global")
         self.use_local = loss in ("both", "local")
         self.momentum = float(momentum)
         self.temperature = float(temperature)
+        self.local_patches = local_patches
+        if patches_per_image is None:
+            patches_per_image = 1 if local_patches == "crop" else 16
         self.patches_per_image = int(patches_per_image)
         self.shuffle = shuffle
         self.min_patch_pixels = min_patch_pixels
+        self.max_patch_pixels = max_patch_pixels
+        self.patch_fill = patch_fill
+        self.patch_size = patch_size
         self._ddp_sizes_checked = False  # shuffle="ddp" reads the ranks' batch sizes once
 
         c = int(backbone.channels[backbone.high_stage])
@@ -335,7 +375,10 @@ class PriorMoCo(nn.Module):
 
     @torch.no_grad()
     def _encode_keys(self, im_k: torch.Tensor, masks_k: torch.Tensor | None):
-        """Key embeddings with Shuffle-BN: ``k`` N x D (or None), ``k_loc`` N x P x D (or None)."""
+        """Key embeddings with Shuffle-BN: ``k`` N x D (or None), ``k_loc`` N x P x D (or None).
+
+        ``masks_k``: the key view's patch masks N x P x h x w (``"pooled"``) or its patch
+        crops N x P x 3 x s x s (``"crop"``); shuffled with the images."""
         n = im_k.shape[0]
         ddp = self.shuffle == "ddp" and dist.is_available() and dist.is_initialized() \
             and dist.get_world_size() > 1
@@ -350,7 +393,10 @@ class PriorMoCo(nn.Module):
             idx_unshuffle = torch.argsort(perm)
         f_k = self.encoder_k.features(im_k)  # f_k: N x C x h x w (shuffled order)
         k = self.encoder_k.embed_global(f_k) if self.use_global else None  # k: N x D
-        k_loc = self.encoder_k.embed_local(f_k, masks_k) if self.use_local else None  # N x P x D
+        k_loc = None
+        if self.use_local:  # k_loc: N x P x D
+            k_loc = (self.encoder_k.embed_crops(masks_k) if self.local_patches == "crop"
+                     else self.encoder_k.embed_local(f_k, masks_k))
         if ddp:
             k = _ddp_unshuffle(k, idx_unshuffle) if k is not None else None
             k_loc = _ddp_unshuffle(k_loc, idx_unshuffle) if k_loc is not None else None
@@ -392,16 +438,12 @@ class PriorMoCo(nn.Module):
         q = self.encoder_q.embed_global(f_q) if self.use_global else None  # q: N x D
         masks_k = ids = valid = None
         if self.use_local:
-            h, w = f_q.shape[-2:]
-            cell = (map_q.shape[-2] * map_q.shape[-1]) / (h * w)  # pixels per feature cell
-            min_pixels = self.min_patch_pixels
-            if min_pixels is None:  # half a cell (see model.prior.patches)
-                min_pixels = max(1, int(cell // 2))
-            ids, valid = sample_patch_ids(map_q, map_k, self.patches_per_image,
-                                          min_pixels=min_pixels, max_id=max_id)  # N x P
-            masks_q = patch_masks(map_q, ids, valid, (h, w))  # masks_q: N x P x h x w
-            masks_k = patch_masks(map_k, ids, valid, (h, w))  # masks_k: N x P x h x w
-            q_loc = self.encoder_q.embed_local(f_q, masks_q)  # q_loc: N x P x D
+            ids, valid, local_q, masks_k = self.local_inputs(im_q, im_k, map_q, map_k,
+                                                             f_q.shape[-2:], max_id=max_id)
+            if self.local_patches == "crop":  # local_q, masks_k: N x P x 3 x s x s crops
+                q_loc = self.encoder_q.embed_crops(local_q)  # q_loc: N x P x D
+            else:  # local_q, masks_k: N x P x h x w soft masks
+                q_loc = self.encoder_q.embed_local(f_q, local_q)  # q_loc: N x P x D
 
         with torch.no_grad():
             self._momentum_update()  # before the keys, as MoCo
@@ -443,6 +485,34 @@ class PriorMoCo(nn.Module):
                 all_gather_variable(k_loc.reshape(n * p, -1), sizes_equal=True),  # world*NP x D
                 valid=all_gather_variable(valid.reshape(n * p), sizes_equal=True))  # world*NP
         return out
+
+    def local_inputs(self, im_q: torch.Tensor, im_k: torch.Tensor, map_q: torch.Tensor,
+                     map_k: torch.Tensor, feat_hw, *, max_id: int | None = None):
+        """The sampled patches of both views: ``(ids, valid, local_q, local_k)``.
+
+        ``ids``, ``valid``: N x P (after slot filling, a slot holds the id it shows).
+        ``local_q`` / ``local_k``: the patch soft masks at feature resolution ``feat_hw``
+        (N x P x h x w, ``"pooled"``) or the patch crops of each view (N x P x 3 x s x s,
+        ``"crop"``; crop p of view q and crop p of view k show the same superpixel).
+        """
+        h, w = int(feat_hw[0]), int(feat_hw[1])
+        lo, hi = default_window(map_q.shape[-2:], (h, w))
+        lo = lo if self.min_patch_pixels is None else self.min_patch_pixels
+        hi = hi if self.max_patch_pixels is None else self.max_patch_pixels
+        ids, valid = sample_patch_ids(map_q, map_k, self.patches_per_image, min_pixels=lo,
+                                      max_pixels=hi, max_id=max_id)  # ids, valid: N x P
+        if self.local_patches == "crop":
+            size = self.patch_size or max(1, im_q.shape[-1] // 2)
+            local_q = crop_patches(im_q, patch_boxes(map_q, ids, valid), size)  # N x P x 3 x s x s
+            local_k = crop_patches(im_k, patch_boxes(map_k, ids, valid), size)
+        else:
+            local_q = patch_masks(map_q, ids, valid, (h, w))  # local_q: N x P x h x w
+            local_k = patch_masks(map_k, ids, valid, (h, w))
+        if self.patch_fill == "repeat":  # empty slots show copies of the image's usable ones
+            source, valid = fill_slots(valid)  # source: N x P slot indices
+            rows = torch.arange(ids.shape[0], device=ids.device).view(-1, 1)
+            ids, local_q, local_k = ids[rows, source], local_q[rows, source], local_k[rows, source]
+        return ids, valid, local_q, local_k
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The key (momentum) encoder's backbone weights: what becomes the prior extractor.

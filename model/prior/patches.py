@@ -34,6 +34,7 @@ def sample_patch_ids(
     min_pixels: int = 512,
     generator: torch.Generator | None = None,
     max_id: int | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample, per image, up to ``num`` superpixel ids visible in both views.
 
@@ -56,6 +57,9 @@ def sample_patch_ids(
         Default: read ``max(map_q.max(), map_k.max())`` from the device (one sync, and one
         more to check that no id is negative). Given the true maximum, the result is
         identical to the default's (same random draws).
+    max_pixels : int, optional
+        Ids covering more than this in either view are not eligible either (the window of
+        :mod:`model.prior.patch_rule`); ``None``: no upper bound.
 
     Returns
     -------
@@ -92,6 +96,8 @@ def sample_patch_ids(
     count_q = count_ids(map_q, m)  # count_q: N x m pixels per id
     count_k = count_ids(map_k, m)  # count_k: N x m
     eligible = (count_q >= min_pixels) & (count_k >= min_pixels)  # eligible: N x m
+    if max_pixels is not None:
+        eligible &= (count_q <= max_pixels) & (count_k <= max_pixels)
     eligible[:, 0] = False
     gdev = generator.device if generator is not None else device
     score = torch.rand(n, m, generator=generator, device=gdev).to(device)  # score: N x m in [0, 1)

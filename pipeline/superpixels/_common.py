@@ -6,6 +6,8 @@ import functools
 
 import numpy as np
 
+from pipeline.errors import ConfigError
+
 
 def check_image(image) -> np.ndarray:
     """HxWx3 uint8 RGB, or HxW uint8 grayscale (stacked to 3 channels) -> C-contiguous
@@ -49,28 +51,46 @@ def cpu_has_avx2() -> bool:
         return False
 
 
+# The one backend table: method -> its backends, fastest first ("auto" takes the first one
+# importable here), and the module each backend needs.
+BACKENDS = {"slic": ("fast-slic", "numba", "skimage"), "felzenszwalb": ("numba", "skimage")}
 _MODULES = {"fast-slic": "fast_slic", "numba": "numba", "skimage": "skimage.segmentation"}
-_PREFERENCE = {"slic": ("fast-slic", "numba", "skimage"), "felzenszwalb": ("numba", "skimage")}
+
+
+def _check_method(method: str) -> None:
+    if method not in BACKENDS:
+        raise ConfigError(f"unknown superpixel method {method!r}; choose one of "
+                          f"{', '.join(BACKENDS)}")
 
 
 def available_backends(method: str) -> list[str]:
     """Importable backends of ``method`` ("slic" or "felzenszwalb"), fastest first."""
-    if method not in _PREFERENCE:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(_PREFERENCE)}")
-    return [b for b in _PREFERENCE[method] if importable(_MODULES[b])]
+    _check_method(method)
+    return [b for b in BACKENDS[method] if importable(_MODULES[b])]
 
 
-def resolve_backend(method: str, backend: str) -> str:
-    """``backend`` ("auto" or a name) -> the backend that will run, or ValueError."""
+def resolve_backend(method: str, backend: str = "auto") -> str:
+    """``backend`` ("auto" or a name) -> the concrete backend that will run.
+
+    ``"auto"`` is the first importable one of :data:`BACKENDS` ``[method]``; a named backend
+    is checked to implement the method and to be installed. Every refusal is a
+    :class:`~pipeline.errors.ConfigError` (a ``ValueError``) naming what to pass instead.
+    This is the only resolver: the kernels (``slic``, ``felzenszwalb``) and the stage
+    (:mod:`pipeline.superpixel_stage`, whose store key holds the result) call it.
+    """
+    _check_method(method)
     available = available_backends(method)
     if backend == "auto":
         if not available:
-            raise ValueError(f"no {method} backend is importable; install numba or scikit-image")
+            raise ConfigError(f"no {method} backend is importable (tried "
+                              f"{', '.join(BACKENDS[method])}); install numba or scikit-image")
         return available[0]
+    if backend not in BACKENDS[method]:
+        raise ConfigError(f"backend {backend!r} does not implement {method}; choose auto or one "
+                          f"of {', '.join(BACKENDS[method])} (available here: "
+                          f"{', '.join(available) or 'none'})")
     if backend not in available:
-        known = ", ".join(_PREFERENCE[method])
-        raise ValueError(
-            f"unknown or unavailable {method} backend {backend!r}; available here: "
-            f"{available} (known: {known}; fast-slic installs with pip install 'qgnet[fast]')"
-        )
+        raise ConfigError(f"backend {backend!r} is not installed here; available here for {method}: "
+                          f"{', '.join(available) or 'none'} (or pass --backend auto; fast-slic "
+                          f"installs with pip install 'qgnet[fast]')")
     return backend

@@ -8,8 +8,8 @@ from ._common import check_image, resolve_backend
 from .connectivity import finalize
 
 
-def felzenszwalb(image: np.ndarray, *, scale: float = 300.0, sigma: float = 0.8,
-                 min_size: int = 250, backend: str = "auto") -> np.ndarray:
+def felzenszwalb(image: np.ndarray, *, scale: float = 100.0, sigma: float = 0.8,
+                 min_size: int = 100, backend: str = "auto") -> np.ndarray:
     """Efficient graph-based segmentation (the semantics of skimage.segmentation.felzenszwalb).
 
     Parameters
@@ -17,13 +17,14 @@ def felzenszwalb(image: np.ndarray, *, scale: float = 300.0, sigma: float = 0.8,
     image : (H, W, 3) uint8 RGB or (H, W) uint8 grayscale ndarray
         Grayscale is stacked to 3 channels, so edge weights are sqrt(3) times skimage's
         single-channel ones.
-    scale : float, default 300.0
+    scale : float, default 100.0
         k of the paper times 255: higher gives fewer, larger segments. (DetCon uses 1000
-        with min_size 1000; our defaults make SLIC-100 patches the larger ones, as in the
+        with min_size 1000; our defaults, with the patch rule of model.prior.patch_rule,
+        make SLIC-100's patches the larger ones where the local loss sees them, as in the
         QGNet paper: docs/prior.md, "Patch regime".)
     sigma : float, default 0.8
         Standard deviation of the Gaussian smoothing (reflect mode) before edge weights.
-    min_size : int, default 250
+    min_size : int, default 100
         Segments below this many pixels are joined to a neighbour along the cheapest edge.
     backend : {"auto", "numba", "skimage"}, default "auto"
 

@@ -133,6 +133,28 @@ def test_patch_sampling_masks_and_pooling_do_not_sync():
     assert c.count == 0, c.where
 
 
+def test_patch_window_slot_filling_and_crops_do_not_sync():
+    """The patch rule (area window, repeat filling) and the crop reading's boxes and crops
+    (issue 18 §3, §4)."""
+    from model.prior.patch_crops import crop_patches, patch_boxes
+    from model.prior.patch_rule import fill_slots
+    from model.prior.patches import sample_patch_ids
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randint(1, 9, (3, 32, 32), generator=g)
+    images = torch.randn(3, 3, 32, 32, generator=g)
+
+    def run():
+        ids, valid = sample_patch_ids(maps, maps.flip(-1), 4, min_pixels=8, max_pixels=200,
+                                      max_id=8)
+        source, valid = fill_slots(valid)
+        ids = ids.gather(1, source)
+        crop_patches(images, patch_boxes(maps, ids, valid), 12)
+
+    c = count_syncs(run)
+    assert c.count == 0, c.where
+
+
 def test_queue_enqueue_does_not_sync():
     from model.prior.queue import RingQueue
 
@@ -155,17 +177,19 @@ def tiny_backbone(monkeypatch):
     monkeypatch.setitem(PT.BACKBONES, "tiny", PT.TinyBackbone)
 
 
-def _prior_syncs(tiny, tmp_path, steps: int) -> SyncCounter:
+def _prior_syncs(tiny, tmp_path, steps: int, **kw) -> SyncCounter:
     from model.prior.trainer import train_prior
 
     cfg = PT.tiny_config(tiny, tmp_path / f"run{steps}", epochs=4, max_steps=steps, log_every=1000,
-                      ckpt_every=0, loss="both")
+                      ckpt_every=0, loss="both", **kw)
     return count_syncs(lambda: train_prior(cfg))
 
 
-def test_prior_trainer_non_logging_steps_do_not_sync(tiny, tmp_path):
+@pytest.mark.parametrize("kw", [{}, dict(local_patches="crop", patches_per_image=2, patch_size=32,
+                                          patch_fill="repeat")], ids=["pooled", "crop"])
+def test_prior_trainer_non_logging_steps_do_not_sync(tiny, tmp_path, kw):
     # 48 images, batch 8: 6 steps per epoch; both runs stop inside epoch 0 and log once.
-    short, long = _prior_syncs(tiny, tmp_path, 2), _prior_syncs(tiny, tmp_path, 5)
+    short, long = _prior_syncs(tiny, tmp_path, 2, **kw), _prior_syncs(tiny, tmp_path, 5, **kw)
     assert long.count - short.count == 0, extra(long, short)
 
 

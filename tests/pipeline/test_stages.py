@@ -119,13 +119,17 @@ FAKE = types.SimpleNamespace(
     segment=fake_segment,
     DEFAULTS={"slic": {"n_segments": 100, "compactness": 10.0, "max_iter": 10, "backend": "auto"},
               "felzenszwalb": {"scale": 100.0, "sigma": 0.8, "min_size": 20, "backend": "auto"}},
-    available_backends=lambda method=None: ["numba", "skimage"],
 )
 
 
 @pytest.fixture
 def fake_kernels(monkeypatch):
+    """The fake segment and DEFAULTS, and a machine without fast-slic (so "auto" resolves to
+    numba through the one backend table, pipeline.superpixels.resolve_backend)."""
+    from pipeline.superpixels import _common
+
     monkeypatch.setattr(superpixel_stage, "_kernels", lambda: FAKE)
+    monkeypatch.setattr(_common, "importable", lambda module: module != "fast_slic")
     return FAKE
 
 

@@ -241,3 +241,51 @@ def test_validation_episodes_use_another_seed_and_are_derived_when_missing(make_
     for k in ("query", "support", "cls", "test_classes", "skipped_classes"):
         np.testing.assert_array_equal(again[k], built[k])
     assert again["seed"] == VAL_SEED and again["min_pixels"] == built["min_pixels"]
+
+
+@pytest.mark.slow
+def test_frozen_bn_reference_is_saved_resumed_and_evaluated(toy):
+    """--frozen-bn reference: the drifted BatchNorm statistics of both frozen backbones are
+    in the checkpoint (and nothing else of theirs), a resumed run reproduces the
+    uninterrupted one, the option cannot change on resume, and load_model evaluates in eval
+    mode with the saved statistics."""
+    from model.backbones import build_backbone
+    from model.checkpoint import check_resume
+    from model.fss.build import BN_STATS, load_model
+    from model.fss.trainer import RESUMABLE, FssConfig, train_fss
+    from pipeline.errors import ConfigError
+    from pipeline.settings import config_dict
+
+    common = dict(dataset="folder", fold=0, shot=1, use_prior_map=True, prior="imagenet",
+                  crop=33, batch_size=2, epochs=2, workers=0, threads=1, val_episodes=0,
+                  log_every=1, progress=False, cache_dir=toy["cache"], device="cpu",
+                  frozen_bn="reference")
+    a = train_fss(FssConfig(**common, max_steps=3, out=str(toy["base"] / "bn-a")))
+    b = toy["base"] / "bn-b"
+    train_fss(FssConfig(**common, max_steps=1, out=str(b)))
+    train_fss(FssConfig(**common, max_steps=3, out=str(b), resume=str(b)))
+
+    def losses(run):
+        rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+    assert losses(a) == losses(b) and sorted(losses(a)) == [1, 2, 3]
+    ca = torch.load(a / "last.pt", weights_only=True)
+    cb = torch.load(b / "last.pt", weights_only=True)
+    assert ca["model_meta"]["frozen_bn"] == "reference"
+    frozen = {k for k in ca["model"] if k.startswith(("backbone.", "prior_backbone."))}
+    assert frozen and all(k.rsplit(".", 1)[-1] in BN_STATS for k in frozen)
+    assert any(k.startswith("prior_backbone.") for k in frozen)
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    fresh = build_backbone("efficientnet_lite0", weights="imagenet").state_dict()
+    drifted = [k for k in frozen if k.startswith("backbone.") and k.endswith("running_mean")]
+    assert drifted and not any(torch.equal(ca["model"][k], fresh[k[len("backbone."):]])
+                               for k in drifted)  # three steps moved every running mean
+    model, _ = load_model(a / "last.pt")
+    assert not any(m.training for m in model.modules())
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], ca["model"][k]) for k in frozen)
+    with pytest.raises(ConfigError, match="frozen_bn"):
+        check_resume(ca["config"], {**config_dict(FssConfig(**common)), "frozen_bn": "eval"},
+                     resumable=RESUMABLE)

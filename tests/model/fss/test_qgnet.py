@@ -433,3 +433,94 @@ def test_speed_switches_are_cuda_only():
     channels_last_on_cuda(net, torch.device("cpu"))
     w = net.beta_conv[0][0].weight  # 3 x 3: the two layouts differ
     assert w.is_contiguous() and not w.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------
+# --frozen-bn reference: BatchNorm of the frozen backbones as PFENet's train.py leaves it
+# ---------------------------------------------------------------------------------------
+def _bn_stat_keys(net):
+    from model.fss.build import BN_STATS
+
+    return {k for k in net.state_dict()
+            if k.startswith(("backbone.", "prior_backbone.")) and k.rsplit(".", 1)[-1] in BN_STATS}
+
+
+@pytest.mark.parametrize("mode", ["eval", "reference"])
+def test_frozen_bn_changes_exactly_the_running_statistics_or_nothing(mode):
+    """One training forward/backward (no optimiser step): ``reference`` changes exactly the
+    BatchNorm running statistics of both frozen backbones, ``eval`` changes nothing; no
+    tensor with requires_grad changes and no frozen parameter gets a gradient."""
+    net = _net(frozen_bn=mode).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    trainable = {k for k, p in net.named_parameters() if p.requires_grad}
+    q, s, m = _episode(n=2, k=2)
+    out = net(q, s, m, return_maps=True)
+    net.loss(out["logits"], out["aux"], torch.randint(0, 2, (2, 65, 65))).backward()
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    stats = _bn_stat_keys(net)
+    assert len(stats) == 3 * 10  # 5 BN layers in each of the two backbones
+    assert changed == (stats if mode == "reference" else set())
+    assert not changed & trainable
+    assert all(p.grad is None for bb in (net.backbone, net.prior_backbone) for p in bb.parameters())
+    bns = [mod for bb in (net.backbone, net.prior_backbone) for mod in bb.modules()
+           if isinstance(mod, nn.BatchNorm2d)]
+    assert all(b.training == (mode == "reference") for b in bns)
+    # the reference's calls: F sees the query once and each of the K = 2 shots once (its
+    # layer4 the masked layer-3 features of each shot); Fp sees the query once
+    if mode == "reference":
+        assert all(int(b.num_batches_tracked) == 3 for b in net.backbone.modules()
+                   if isinstance(b, nn.BatchNorm2d))
+        assert all(int(b.num_batches_tracked) == 1 for b in net.prior_backbone.modules()
+                   if isinstance(b, nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("mode", ["eval", "reference"])
+def test_evaluation_is_in_eval_mode_either_way(mode):
+    net = _net(frozen_bn=mode)
+    net.train()
+    net(*_episode(n=2))  # reference: the statistics drift here
+    net.eval()
+    assert not any(mod.training for mod in net.modules())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ep = _episode(n=2, seed=1)
+    with torch.no_grad():
+        a = net(*ep)
+        b = net(*(t[:1] for t in ep))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # nothing moves
+    torch.testing.assert_close(a[:1], b)  # per-sample: no batch statistics at evaluation
+    net.train()  # and back: only the backbones' BN layers follow (reference), nothing else
+    for bb in (net.backbone, net.prior_backbone):
+        assert all(mod.training == (mode == "reference" and isinstance(mod, nn.BatchNorm2d))
+                   for mod in bb.modules())
+
+
+def test_reference_bn_runs_the_shots_one_at_a_time():
+    """With batch statistics the K shots pass the backbone as K batches of N (the reference's
+    per-shot loop): shot i's features equal those of a 1-shot pass of shot i alone, and
+    differ from one N*K batch."""
+    net = _net(frozen_bn="reference").train()
+    _, s, m = _episode(n=2, k=2)
+    sx = s.flatten(0, 1)
+    sm = (m.flatten(0, 1) == 1).float().unsqueeze(1)
+    with torch.no_grad():
+        feats, high = net._support_features(sx, sm, 2)
+        for i in range(2):
+            f_i, h_i = net._support_features(s[:, i], (m[:, i] == 1).float().unsqueeze(1), 1)
+            torch.testing.assert_close(high.view(2, 2, *high.shape[1:])[:, i], h_i)
+            torch.testing.assert_close(feats["layer2"].view(2, 2, *feats["layer2"].shape[1:])[:, i],
+                                       f_i["layer2"])
+        net.frozen_bn = "eval"  # the joint pass, still with batch statistics
+        _, joint = net._support_features(sx, sm, 2)
+    assert not torch.allclose(joint, high)
+
+
+def test_frozen_bn_reference_checkpoint_state_holds_the_statistics():
+    from model.fss.build import trainable_state
+
+    ref, ev = _net(frozen_bn="reference"), _net()
+    frozen = ("backbone.", "prior_backbone.")
+    assert {k for k in trainable_state(ref) if k.startswith(frozen)} == _bn_stat_keys(ref)
+    assert not any(k.startswith(frozen) for k in trainable_state(ev))
+    assert set(trainable_state(ref)) - _bn_stat_keys(ref) == set(trainable_state(ev))
+    with pytest.raises(ValueError, match="frozen_bn must be one of"):
+        _net(frozen_bn="train")

@@ -292,9 +292,13 @@ def test_prior_moco_forward_each_loss_mode(loss):
     expected = {"both": out["loss_global"] + out["loss_local"], "global": out["loss_global"],
                 "local": out["loss_local"]}[loss]
     torch.testing.assert_close(out["loss"].detach(), expected)
-    if loss != "global":
-        assert out["n_patches"].item() == 8 * 12  # 4 of 16 patches hidden in the key view
+    if loss != "global":  # 4 of 16 patches hidden in the key view: 12 usable per image,
+        assert out["n_patches"].item() == 8 * 16  # the 4 empty slots filled with copies
         assert out["loss_local"] > 0
+        torch.manual_seed(0)
+        unfilled = PriorMoCo(TinyBackbone(), dim=16, queue_size=64, local_queue_size=64,
+                             loss=loss, patches_per_image=16, split_bn_groups=4, patch_fill="none")
+        assert unfilled(im_q, im_k, map_q, map_k)["n_patches"].item() == 8 * 12
     if loss != "local":
         assert out["loss_global"] > 0 and 0 <= out["acc_global"] <= 1
     out["loss"].backward()
@@ -326,7 +330,8 @@ def test_prior_moco_momentum_update_and_no_key_gradients():
 
 def test_prior_moco_queue_pointers_advance():
     torch.manual_seed(0)
-    model = PriorMoCo(TinyBackbone(), dim=16, queue_size=20, local_queue_size=50, split_bn_groups=4)
+    model = PriorMoCo(TinyBackbone(), dim=16, queue_size=20, local_queue_size=50, split_bn_groups=4,
+                      patch_fill="none")
     im_q, im_k, map_q, map_k = _batch(n=8)
     ptr_g, ptr_l = 0, 0
     for _step in range(3):
@@ -437,7 +442,9 @@ def test_prior_moco_on_a_real_backbone_exports_a_loadable_prior(tmp_path):
     backbones = pytest.importorskip("model.backbones")
     torch.manual_seed(0)
     bb = backbones.build_backbone("resnet18", weights="none", dilated=False)
-    model = PriorMoCo(bb, queue_size=32, local_queue_size=32, split_bn_groups=2)
+    model = PriorMoCo(bb, queue_size=32, local_queue_size=32, split_bn_groups=2,
+                      max_patch_pixels=64 * 64,  # no upper bound: the patches are a quarter view
+                      patch_fill="none")
     assert model.encoder_q.head_global[0].in_features == 512  # mlp_hidden default = channels
     g = torch.Generator().manual_seed(0)
     im = torch.randn(4, 3, 64, 64, generator=g)

@@ -111,6 +111,10 @@ def tiny_config(tiny, out: Path, **kw) -> PriorConfig:
                 backbone="tiny", init="none", crop=64, batch_size=8, epochs=4,
                 queue_size=16, local_queue_size=128, dim=32, mlp_hidden=64,
                 patches_per_image=4, split_bn_groups=2, momentum=0.99, workers=0,
+                # 8 SLIC segments per 64 x 64 image: each is 1/8 of the image, above the default
+                # window's 1/16 of the view; keep the rule these tests were written for (at
+                # least half a 16 x 16 cell, no upper bound, empty slots stay empty)
+                min_patch_pixels=128, max_patch_pixels=64 * 64, patch_fill="none",
                 device="cpu", ckpt_every=1000, log_every=1, progress=False, seed=0,
                 out=str(out))
     opts.update(kw)
@@ -275,6 +279,30 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6)
     with pytest.raises(FileExistsError, match="--resume"):
         train_prior(tiny_config(tiny, part, **kw))
+
+
+def test_crop_mode_trains_and_resumes_bit_identically(tiny, tmp_path):
+    """--local-patches crop through the trainer: one patch per image at every step, the
+    loader untouched (same store, same batches), and a killed run resumed from its step-3
+    checkpoint computes the uninterrupted run's losses and weights."""
+    kw = dict(epochs=1, ckpt_every=3, queue_size=32, local_queue_size=64, local_patches="crop",
+              patches_per_image=None, patch_size=32)
+    full = train_prior(tiny_config(tiny, tmp_path / "full", keep_checkpoints=0, **kw))
+    ref = read_metrics(full)
+    assert len(ref) == 6 and all(m["n_patches"] == 8 for m in ref)  # batch 8, one patch each
+    assert json.loads((full / "config.json").read_text())["patches_per_image"] == 1
+    part = train_prior(tiny_config(tiny, tmp_path / "part", max_steps=3, **kw))
+    resumed = train_prior(tiny_config(tiny, part, resume="auto", **kw))
+    got = read_metrics(resumed)
+    assert [m["step"] for m in got] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([m["loss"] for m in got], [m["loss"] for m in ref], rtol=0, atol=1e-6)
+    a = torch.load(full / "checkpoints" / "step-0000006.pt", weights_only=True)
+    b = torch.load(part / "checkpoints" / "step-0000006.pt", weights_only=True)
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="local_patches"):  # the reading cannot change on resume
+        train_prior(tiny_config(tiny, part, resume="auto", **{**kw, "local_patches": "pooled",
+                                                               "patches_per_image": 1}))
 
 
 def test_resume_mid_epoch_with_workers(tiny, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.superpixels import DEFAULTS, available_backends, felzenszwalb, segment, slic
 from pipeline.superpixels.metrics import (
     boundary_recall,
@@ -187,8 +188,30 @@ def test_bad_options():
         felzenszwalb(img, backend="fast-slic")
     with pytest.raises(ValueError, match="n_segments"):
         slic(img, n_segments=0)
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown superpixel method 'quickshift'"):
         available_backends("quickshift")
+
+
+def test_one_backend_table_and_one_resolver(monkeypatch):
+    """The stage and the kernels share pipeline.superpixels' table and resolver (issue 21 §3):
+    "auto" is the first importable backend of the table, and a missing one is refused with
+    the same ConfigError wherever it is asked for."""
+    import pipeline.superpixel_stage as stage
+    from pipeline.superpixels import BACKENDS, _common, resolve_backend
+
+    assert stage.resolve_backend is resolve_backend
+    assert not hasattr(stage, "BACKENDS")
+    assert BACKENDS == {"slic": ("fast-slic", "numba", "skimage"),
+                        "felzenszwalb": ("numba", "skimage")}
+    monkeypatch.setattr(_common, "importable", lambda module: module != "fast_slic")
+    assert resolve_backend("slic", "auto") == "numba"
+    assert stage.superpixel_params("slic", {})["backend"] == "numba"
+    for call in (lambda: resolve_backend("slic", "fast-slic"),
+                 lambda: stage.superpixel_params("slic", {}, backend="fast-slic"),
+                 lambda: slic(quadrants(), backend="fast-slic")):
+        with pytest.raises(ConfigError, match="'fast-slic' is not installed here; available "
+                                              "here for slic: numba, skimage"):
+            call()
 
 
 def test_large_label_count_is_int32():

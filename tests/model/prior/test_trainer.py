@@ -239,7 +239,7 @@ def test_twenty_steps_lower_the_loss(tiny, tmp_path):
     # Mild crops (scale 0.9-1) and T 0.5 make 20 steps of a tiny network enough to learn.
     cfg = tiny_config(tiny, tmp_path / "run", epochs=20, max_steps=20, lr=0.05, loss="both",
                       queue_size=8, local_queue_size=32, momentum=0.9, scale_min=0.9,
-                      temperature=0.5, ckpt_every=0)
+                      temperature=0.5, ckpt_every=None)
     run = train_prior(cfg)
     metrics = read_metrics(run)
     losses = [m["loss"] for m in metrics]

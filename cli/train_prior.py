@@ -36,6 +36,6 @@ def prior(config_file, **given):
     check_environment(PriorConfig)
     cfg = run_config(PriorConfig, cli=given, config_file=config_file, section="prior",
                      kind="prior", resumable=RESUMABLE,
-                     reset={"resume": None, "export_only": False, "max_steps": None})
+                     reset={"resume": None, "export_only": False, "max_steps": None, "out": None})
     run_dir = train_prior(cfg)
     click.echo(f"run dir: {run_dir}")

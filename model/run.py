@@ -168,7 +168,7 @@ class Run:
         target). The checkpoint's config must agree with ``cfg`` (the resume rule)."""
         from model.checkpoint import find_checkpoint, load_checkpoint
         from pipeline.errors import ConfigError
-        from pipeline.settings import check_resume, config_dict
+        from pipeline.settings import check_resume, config_dict, read_saved
 
         if cfg.resume is None:
             return Path(cfg.out), None
@@ -184,7 +184,7 @@ class Run:
                               f"is resumed), or copy the run dir there and resume the copy")
         ckpt = load_checkpoint(path, kind=kind)
         ckpt["path"] = str(path)
-        check_resume(ckpt["config"], config_dict(cfg), resumable=resumable)
+        check_resume(read_saved(type(cfg), ckpt["config"]), config_dict(cfg), resumable=resumable)
         return run_dir, ckpt
 
     def open(self, run_dir: str | os.PathLike, config: Mapping[str, Any], *,

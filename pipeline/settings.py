@@ -102,7 +102,8 @@ def resolve_config(cls, *, cli: Mapping[str, Any] | None = None,
     :func:`option` bounds and choices, whatever its source: ``QGNET_SHARD_SIZE=64`` gives the
     int 64, ``workers = "two"`` in a TOML file is refused naming the file. ``None`` is "not
     set" everywhere: an optional field (``int | None``) takes ``QGNET_LIMIT=`` (empty) or
-    ``"none"`` as ``None``.
+    ``"none"`` as ``None`` (an optional string field only the empty string: ``--init none``
+    is a value).
 
     Parameters
     ----------
@@ -350,9 +351,12 @@ def convert_value(value: Any, typ: Any, *, source: str) -> Any:
     origin, args = typing.get_origin(typ), typing.get_args(typ)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none"}):
-            return None
         typ = inner[0] if len(inner) == 1 else str
+        # "" is "not set" for every optional field; "none" too, except where it is a string
+        # value in its own right (--init none, --weights none)
+        unset = {""} if typ is str else {"", "none"}
+        if value is None or (isinstance(value, str) and value.strip().lower() in unset):
+            return None
         origin, args = typing.get_origin(typ), typing.get_args(typ)
     if typ in (tuple, list) or origin in (tuple, list):
         elem = args[0] if args else None

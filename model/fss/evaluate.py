@@ -36,6 +36,7 @@ from model.fss.build import load_model, step
 from model.fss.metrics import FewShotMeter, episode_confusions, intersection_union, summarise_seeds
 from model.fss.regions import RegionMeter
 from model.fss.results import write_results
+from model.run import DEVICES
 from pipeline.settings import option
 
 log = logging.getLogger("qgnet.fss")
@@ -51,16 +52,16 @@ class EvalConfig:
 
     checkpoint: str | None = None     # best.pt / last.pt of `qgnet-train fss` (required)
     shot: int | None = option(None, min=1)  # None: the training shot
-    protocol: str = "pfenet"          # pfenet | hsnet
+    protocol: str = option("pfenet", choices=("pfenet", "hsnet"))
     cache_dir: str | None = None      # None: the checkpoint's
     root: str | None = None           # None: the checkpoint's
-    device: str = "auto"              # auto | cpu | cuda
+    device: str = option("auto", choices=DEVICES)
     amp: bool = True                  # bf16 autocast on CUDA
     workers: int = option(2, min=0)   # DataLoader workers
-    threads: int | None = None        # torch CPU threads (None: torch's)
-    n_episodes: int | None = option(None, flag="--episodes")  # first N of each file (None: all)
-    seeds: tuple[int, ...] | None = None  # None: 321 (hsnet: 0); several -> mean and std
-    batch_size: int | None = None     # None: default_batch (4 on CUDA, 1 on CPU)
+    threads: int | None = option(None, min=1)  # torch CPU threads (None: torch's)
+    n_episodes: int | None = option(None, min=1, flag="--episodes")  # first N of each file (None: all)
+    seeds: tuple[int, ...] | None = option(None, min=0)  # None: 321 (hsnet: 0); several -> mean, std
+    batch_size: int | None = option(None, min=1)  # None: default_batch (4 on CUDA, 1 on CPU)
     out: str | None = None            # None: next to the checkpoint
     progress: bool = True
 
@@ -219,11 +220,14 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
         and 2 x 2 confusions for :mod:`model.fss.compare`), ``episodes_per_s``,
         ``peak_memory_mb``, and the settings.
     """
+    from model.fss.config import FssConfig
     from model.utils import pick_device
     from pipeline.episode_stage import load_test_episodes
+    from pipeline.errors import ConfigError
+    from pipeline.settings import merge_unset, read_saved
 
     dev = pick_device(device)
-    batch_size = int(batch_size) if batch_size else default_batch(dev)
+    batch_size = int(batch_size) if batch_size is not None else default_batch(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     ckpt_path = None
@@ -234,14 +238,13 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
         cfg = dict(ckpt.get("config", {}))
     else:
         model = model_or_checkpoint.to(dev)
-    dataset = dataset or cfg.get("dataset")
-    fold = int(fold if fold is not None else cfg.get("fold", 0))
-    shot = int(shot if shot is not None else cfg.get("shot", 1))
-    root = root or cfg.get("root")
-    cache_dir = cache_dir or cfg.get("cache_dir")
-    crop = int(crop or cfg.get("crop") or 0)
-    if not dataset or not crop:
-        raise ValueError("evaluate needs dataset and crop (given, or from the checkpoint)")
+    # what the caller leaves unset (None) comes from the checkpoint's training config
+    run = merge_unset(dict(dataset=dataset, fold=fold, shot=shot, root=root, cache_dir=cache_dir,
+                           crop=crop), {"fold": 0, "shot": 1, **read_saved(FssConfig, cfg)})
+    dataset, root, cache_dir = run["dataset"], run["root"], run["cache_dir"]
+    if dataset is None or run["crop"] is None:
+        raise ConfigError("evaluate needs dataset and crop (given, or from the checkpoint)")
+    fold, shot, crop = int(run["fold"]), int(run["shot"]), int(run["crop"])
     if episodes is None:
         episodes = [load_test_episodes(dataset, fold, shot, seed=int(s), protocol=protocol,
                                        cache_dir=cache_dir) for s in seeds]

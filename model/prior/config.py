@@ -16,7 +16,7 @@ from typing import Any
 
 from model.run import DEVICES, RESUMABLE_COMMON
 from pipeline.errors import ConfigError
-from pipeline.settings import check_config, check_resume, config_dict, option
+from pipeline.settings import check_config, check_resume, config_dict, option, read_saved
 
 EXPORT_NAME = "prior_extractor.pt"
 
@@ -179,7 +179,7 @@ def finalize_config(cfg: PriorConfig, *, world: int = 1) -> PriorConfig:
 def check_resume_config(cfg: PriorConfig, saved: dict[str, Any]) -> None:
     """Raise if ``cfg`` differs from the checkpoint's config in an option that changes the run
     (the resume rule of :mod:`model.run`)."""
-    check_resume(saved, config_dict(cfg), resumable=RESUMABLE)
+    check_resume(read_saved(PriorConfig, saved), config_dict(cfg), resumable=RESUMABLE)
 
 
 # ------------------------------------------------------------------------------ building

@@ -300,9 +300,10 @@ def unknown_variables(known: Iterable[str], env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     known = sorted(set(known))
     out = []
+    tails = {k[len(ENV_PREFIX):]: k for k in known if k.startswith(ENV_PREFIX)}
     for key in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known):
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        out.append((key, close[0] if close else None))
+        close = difflib.get_close_matches(key[len(ENV_PREFIX):], list(tails), n=1, cutoff=0.75)
+        out.append((key, tails[close[0]] if close else None))
     return out
 
 
@@ -424,7 +425,8 @@ def check_value(value: Any, field: dataclasses.Field, *, source: str, hint: str 
         allowed = (f"{low} and <= {hi}" if low and hi is not None and gt is not None
                    else f"in {lo}..{hi}" if lo is not None and hi is not None
                    else low or f"<= {hi}")
-        kind = "an int" if isinstance(value, int) else "a number"
+        kind = ("a number" if isinstance(value, float) or "float" in str(field.type)
+                else "an int")
         raise ConfigError(f"{source}{what} must be {kind} {allowed}, got {value!r}{tail}")
 
 

@@ -5,7 +5,8 @@ and its step; everything every run does around them is here, in the order a run 
 
     with Run("fss", device=cfg.device, log=log) as run:   # DDP, the device (ConfigError if absent)
         cfg = finalize_config(cfg, world=run.world)
-        run_dir, ckpt = run.locate(cfg, kind="fss", resumable=RESUMABLE)
+        config = config_dict(cfg)
+        run_dir, ckpt = run.locate(config, cls=FssConfig, kind="fss", resumable=RESUMABLE)
         ... the trainer checks its data: nothing is written before this line ...
         run.open(run_dir, cfg, resumed=ckpt)  # lock, refusal, run dir, temporaries,
                                                # metrics.jsonl (cut back on resume), train.log,
@@ -158,33 +159,35 @@ class Run:
             **ddp_options)
 
     # ------------------------------------------------------------------ run dir
-    def locate(self, cfg, *, kind: str, resumable: Iterable[str],
+    def locate(self, config: Mapping[str, Any], *, cls, kind: str, resumable: Iterable[str],
                other_out: bool = False) -> tuple[Path, dict[str, Any] | None]:
-        """The run dir and the checkpoint to resume (None for a new run).
+        """The run dir and the checkpoint to resume (None for a new run) of the resolved
+        ``config`` (a plain dict of ``cls``).
 
-        ``cfg.resume`` (a run dir, a checkpoint, or ``"auto"``: ``cfg.out``) names the run dir:
-        the resumed run writes there, wherever the checkpoint was written. ``cfg.out`` naming
-        another folder is refused (``other_out``: allowed, e.g. the prior's --export-only
-        target). The checkpoint's config must agree with ``cfg`` (the resume rule)."""
+        ``resume`` (a run dir, a checkpoint, or ``"auto"``: ``out``) names the run dir: the
+        resumed run writes there, wherever the checkpoint was written. ``out`` naming another
+        folder is refused (``other_out``: allowed, e.g. the prior's --export-only target).
+        The checkpoint's config must agree with ``config`` (the resume rule; configs saved
+        with the old "unset" spellings are read by :func:`pipeline.settings.read_saved`)."""
         from model.checkpoint import find_checkpoint, load_checkpoint
         from pipeline.errors import ConfigError
-        from pipeline.settings import check_resume, config_dict, read_saved
+        from pipeline.settings import check_resume, read_saved
 
-        if cfg.resume is None:
-            return Path(cfg.out), None
-        where = cfg.out if cfg.resume == "auto" else cfg.resume
+        out, resume = config["out"], config["resume"]
+        if resume is None:
+            return Path(out), None
+        where = out if resume == "auto" else resume
         if where is None:
             raise ConfigError("bare --resume needs --out RUN_DIR (or --resume PATH)")
         path = find_checkpoint(where, kind=kind)
         run_dir = run_dir_of(where, kind=kind)
-        if (cfg.out is not None and not other_out
-                and Path(cfg.out).resolve() != run_dir.resolve()):
-            raise ConfigError(f"--resume {cfg.resume} continues the run in {run_dir}, but --out "
-                              f"names {cfg.out}; leave --out out (a resumed run writes where it "
+        if out is not None and not other_out and Path(out).resolve() != run_dir.resolve():
+            raise ConfigError(f"--resume {resume} continues the run in {run_dir}, but --out "
+                              f"names {out}; leave --out out (a resumed run writes where it "
                               f"is resumed), or copy the run dir there and resume the copy")
         ckpt = load_checkpoint(path, kind=kind)
         ckpt["path"] = str(path)
-        check_resume(read_saved(type(cfg), ckpt["config"]), config_dict(cfg), resumable=resumable)
+        check_resume(read_saved(cls, ckpt["config"]), config, resumable=resumable)
         return run_dir, ckpt
 
     def open(self, run_dir: str | os.PathLike, config: Mapping[str, Any], *,
@@ -193,7 +196,7 @@ class Run:
         it, delete the temporaries of killed processes in it and its ``folders``, cut
         metrics.jsonl back to the checkpoint's step); then, on every rank, train.log, the
         metrics writer, TensorBoard events (when ``tensorboard`` is installed) and the config
-        that :meth:`save` puts into checkpoints."""
+        that :meth:`save` puts into checkpoints (``config`` with ``out`` = the run dir)."""
         from model.checkpoint import find_checkpoint, truncate_metrics
         from model.utils import MetricsWriter, attach_file_log
         from pipeline.fileio import remove_stale_temporaries
@@ -221,7 +224,7 @@ class Run:
                 self._release()
                 error = exc
         self.agree(error)
-        self.dir, self.config = run_dir, dict(config)
+        self.dir, self.config = run_dir, {**config, "out": str(run_dir)}
         attach_file_log(self.log, run_dir / "train.log", enabled=self.main)
         if self._lock is not None and self._lock.took_over:
             self.log.warning("took over the stale lock of %s on %s", self._lock.took_over, run_dir)

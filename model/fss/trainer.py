@@ -33,7 +33,6 @@ Unreadable training images are skipped (``skipped_images`` in metrics.jsonl).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -74,12 +73,12 @@ def train_fss(cfg: FssConfig) -> Path:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         device, world = run.device, run.world
-        run_dir, ckpt = run.locate(cfg, kind="fss", resumable=RESUMABLE)
-        cfg = dataclasses.replace(cfg, out=str(run_dir))
+        config = config_dict(cfg)  # what checkpoints and config.json record
+        run_dir, ckpt = run.locate(config, cls=FssConfig, kind="fss", resumable=RESUMABLE)
 
         # data, checked before the run dir is touched (a failed start leaves nothing behind);
         # errors name the qgnet-prep command that builds what is missing
-        meta = build.model_meta(config_dict(cfg))  # reads the prior extractor: a bad file fails here
+        meta = build.model_meta(config)  # reads the prior extractor: a bad file fails here
         check_fold(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir)
         train_list = load_training_list(cfg.dataset, cfg.fold, cache_dir=cfg.cache_dir,
                                         drop_novel_images=cfg.drop_novel_images,
@@ -102,7 +101,7 @@ def train_fss(cfg: FssConfig) -> Path:
         max_iter = cfg.epochs * spe
         stop = min(cfg.max_steps, max_iter) if cfg.max_steps is not None else max_iter
 
-        run.open(run_dir, config_dict(cfg), resumed=ckpt, kind="fss")
+        run.open(run_dir, config, resumed=ckpt, kind="fss")
         seed_everything(cfg.seed + run.rank)
 
         # model and optimiser

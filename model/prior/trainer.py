@@ -210,15 +210,14 @@ def train_prior(cfg: PriorConfig) -> Path:
     Launch under ``torchrun --nproc-per-node N`` for DDP (gloo on CPU, nccl on GPU); every
     rank must get the same ``cfg``.
     """
-    import dataclasses
-
     from model.checkpoint import CheckpointSaver, WindowMeans, seed_everything
     from model.run import Run
 
     with Run("prior", device=cfg.device, log=log, progress=cfg.progress) as run:
         device = run.device
         cfg = finalize_config(cfg, world=run.world)
-        run_dir, ckpt = run.locate(cfg, kind="prior", resumable=RESUMABLE,
+        config = config_dict(cfg)  # what checkpoints and config.json record
+        run_dir, ckpt = run.locate(config, cls=PriorConfig, kind="prior", resumable=RESUMABLE,
                                    other_out=cfg.export_only)
         if cfg.export_only:  # --out, when given, is where the export goes
             if run.main:
@@ -227,14 +226,13 @@ def train_prior(cfg: PriorConfig) -> Path:
                 target = Path(cfg.out if cfg.out is not None else run_dir) / EXPORT_NAME
                 print(f"exported {export_prior(ckpt['path'], target)}")
             return Path(cfg.out) if cfg.out is not None else run_dir
-        cfg = dataclasses.replace(cfg, out=str(run_dir))
 
         seed_everything(cfg.seed)
         pairs, sampler, loader = build_data(cfg, run.dist, device=device)  # checked, not written
         steps_per_epoch = sampler.num_samples // loader.batch_size  # drop_last
         total_steps = cfg.epochs * steps_per_epoch
         last_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
-        run.open(run_dir, config_dict(cfg), resumed=ckpt, kind="prior", folders=(CKPT_DIR,))
+        run.open(run_dir, config, resumed=ckpt, kind="prior", folders=(CKPT_DIR,))
 
         model = build_model(cfg).to(device)
         if device.type == "cuda" and cfg.channels_last:

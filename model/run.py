@@ -5,17 +5,17 @@ and its step; everything every run does around them is here, in the order a run 
 
     with Run("fss", device=cfg.device, log=log) as run:   # DDP, the device (ConfigError if absent)
         cfg = finalize_config(cfg, world=run.world)
-        config = config_dict(cfg)
+        config = config_dict(cfg)                          # the plain dict checkpoints record
         run_dir, ckpt = run.locate(config, cls=FssConfig, kind="fss", resumable=RESUMABLE)
         ... the trainer checks its data: nothing is written before this line ...
-        run.open(run_dir, cfg, resumed=ckpt)  # lock, refusal, run dir, temporaries,
-                                               # metrics.jsonl (cut back on resume), train.log,
-                                               # TensorBoard events, config for checkpoints
-        net = run.wrap(model)                  # DDP (``model`` is the module, ``net`` what steps)
+        run.open(run_dir, config, resumed=ckpt, kind="fss")  # lock, refusal, run dir,
+                                     # temporaries, metrics.jsonl (cut back on resume),
+                                     # train.log, TensorBoard events
+        net = run.wrap(model)        # DDP (``model`` is the module, ``net`` what steps)
         for each step: out = step(net, batch); window.add(**out); run.tick()
             at log steps: rec = run.window_means(window, ...)  # over ranks; non-finite -> error
                           run.record(**rec); run.show(...)
-            saver.due(step, epoch_end=...) -> run.save(saver, state, step=step)
+            if saver.due(step, epoch_end=...): run.save(saver, state, step=step)
 
 The run dir
 -----------

@@ -18,9 +18,30 @@ COMMANDS = [("qgnet-export", export.main), ("qgnet-predict", predict.main), ("qg
 HEADER = """# Command reference
 
 Generated from the commands' own `--help` by `python -m cli._docs`; do not edit by hand.
-Every option can also come from a TOML file (`--config FILE`) or a `QGNET_<OPTION>`
-environment variable; the command line wins (see docs/design.md).
+The options of `qgnet-prep superpixels|masks|episodes`, `qgnet-train fss|prior` and
+`qgnet-eval fss` can also come from a TOML file (`--config FILE`) or a `QGNET_<OPTION>`
+environment variable (the option's name or its flag's: `QGNET_USE_PRIOR_MAP` or
+`QGNET_PRIOR_MAP` for `--prior-map`); the command line wins, and every source is checked
+against the same bounds (see docs/design.md). A `QGNET_*` variable that no command reads is
+refused with the closest known name.
 """
+
+
+def variables() -> str:
+    """The environment variables, per command (from the configs themselves)."""
+    import importlib
+
+    from cli._options import CONFIGS, OTHER_VARIABLES
+    from pipeline.settings import env_names
+
+    lines = ["\n## Environment variables\n", "| command | variables |", "|---|---|"]
+    for command, target in CONFIGS.items():
+        module, name = target.split(":")
+        names = sorted(env_names(getattr(importlib.import_module(module), name)))
+        lines.append(f"| `{command}` | {', '.join(f'`{n}`' for n in names)} |")
+    for name, what in OTHER_VARIABLES.items():
+        lines.append(f"| {what} | `{name}` |")
+    return "\n".join(lines) + "\n"
 
 
 def render() -> str:
@@ -40,6 +61,7 @@ def render() -> str:
         ctx = click.Context(cmd, info_name=prog, terminal_width=100, max_content_width=100,
                             **cmd.context_settings)
         out.append(f"\n## `{prog}`\n\n```\n{cmd.get_help(ctx)}\n```\n")
+    out.append(variables())
     return "".join(out)
 
 

@@ -165,12 +165,15 @@ def _skip(what: str, path: Path, log) -> None:
 @click.option("--cache-dir", default="cache", show_default=True, type=click.Path(path_type=Path))
 @click.option("--runs", "runs_dir", default="runs/demo", show_default=True,
               type=click.Path(path_type=Path), help="Where the demo's runs go.")
-@click.option("--fold", default=0, show_default=True)
-@click.option("--prior-steps", default=60, show_default=True, help="Prior pretraining steps.")
-@click.option("--fss-steps", default=250, show_default=True, help="Few-shot training steps per model.")
-@click.option("--fss-ckpt-every", default=50, show_default=True,
+@click.option("--fold", type=click.IntRange(0, 3), default=0, show_default=True)
+@click.option("--prior-steps", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Prior pretraining steps.")
+@click.option("--fss-steps", type=click.IntRange(min=1), default=250, show_default=True,
+              help="Few-shot training steps per model.")
+@click.option("--fss-ckpt-every", type=click.IntRange(min=1), default=50, show_default=True,
               help="Few-shot checkpoint (last.pt) every N steps: where an interrupted demo resumes.")
-@click.option("--episodes", default=400, show_default=True, help="Test episodes.")
+@click.option("--episodes", type=click.IntRange(min=1), default=400, show_default=True,
+              help="Test episodes.")
 @click.option("--parallel/--serial", default=True, show_default=True,
               help="Train (and evaluate) QGNet and the baseline side by side, one process per "
                    "core, or one after the other.")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import click
 
+from cli._errors import friendly_errors
+
 
 def parse_ints(text: str | None) -> list[int] | None:
     if text is None:
@@ -34,11 +36,14 @@ def common_options(f=None, *, resolved: bool = False):
             return {"default": None, "help": f"{help_.rstrip('.')} (default {shown or value})."}
         return {"default": value, "show_default": True, **({"help": help_} if help_ else {})}
 
+    def count(low: int):  # resolved: EvalConfig checks the bound for every source
+        return int if resolved else click.IntRange(min=low)
+
     opts = [
         click.option("--checkpoint", required=not resolved, type=click.Path(dir_okay=False),
                      help="best.pt / last.pt of `qgnet-train fss`."
                           + (" Required." if resolved else "")),
-        click.option("--shot", type=int, help="Shots (default: the training shot)."),
+        click.option("--shot", type=count(1), help="Shots (default: the training shot)."),
         click.option("--protocol", type=click.Choice(["pfenet", "hsnet", "patnet"]),
                      **dflt("pfenet", "Episode-sampling protocol: which episode files are read "
                                       "(`qgnet-prep episodes --protocol`); how predictions are "
@@ -49,8 +54,8 @@ def common_options(f=None, *, resolved: bool = False):
         click.option("--amp/--no-amp", default=None,
                      help="bf16 autocast on CUDA (default: the precision the checkpoint was "
                           "trained in; fp32 on CPU)."),
-        click.option("--workers", type=int, **dflt(2, "DataLoader workers.")),
-        click.option("--threads", type=int, default=None if resolved else 0,
+        click.option("--workers", type=count(0), **dflt(2, "DataLoader workers.")),
+        click.option("--threads", type=count(1), default=None,
                      help="torch CPU threads (default: torch's)."),
     ]
     for o in reversed(opts):
@@ -58,8 +63,8 @@ def common_options(f=None, *, resolved: bool = False):
     return f
 
 
-def set_threads(threads: int) -> None:
-    if threads:
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
         import torch
 
         torch.set_num_threads(int(threads))
@@ -99,26 +104,23 @@ def scoring_options(f):
 @click.option("--progress/--no-progress", default=None, help="tqdm progress bar (default on).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config file (top level or table [eval]).")
+@friendly_errors
 def fss(config_file, **given):
     """Evaluate a checkpoint on fixed episodes: mIoU and FB-IoU under PFENet's scoring (the
     paper's tables) and the exact one, or HSNet's (--scoring)."""
+    from cli._options import resolve
     from model.fss.evaluate import EvalConfig, evaluate
     from model.fss.results import format_markdown
-    from pipeline.settings import resolve_config
-    from pipeline.store import StoreError
 
-    try:
-        cfg = resolve_config(EvalConfig, cli=given, config_file=config_file, section="eval")
-        if not cfg.checkpoint:
-            raise click.UsageError("--checkpoint is required (or QGNET_CHECKPOINT / checkpoint "
-                                   "in --config)")
-        set_threads(cfg.threads)
-        res = evaluate(cfg.checkpoint, dataset=cfg.dataset, shot=cfg.shot, seeds=cfg.seed_list(),
-                       protocol=cfg.protocol, scoring=cfg.scoring, hsnet_size=cfg.hsnet_size,
-                       n_episodes=cfg.n_episodes, root=cfg.root,
-                       cache_dir=cfg.cache_dir, device=cfg.device, amp=cfg.amp,
-                       batch_size=cfg.batch_size, workers=cfg.workers, progress=cfg.progress,
-                       out_dir=cfg.out)
-    except (StoreError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = resolve(EvalConfig, given, config_file=config_file, section="eval")
+    if not cfg.checkpoint:
+        raise click.UsageError("--checkpoint is required (or QGNET_CHECKPOINT / checkpoint "
+                               "in --config)")
+    set_threads(cfg.threads)
+    res = evaluate(cfg.checkpoint, dataset=cfg.dataset, shot=cfg.shot, seeds=cfg.seed_list(),
+                   protocol=cfg.protocol, scoring=cfg.scoring, hsnet_size=cfg.hsnet_size,
+                   n_episodes=cfg.n_episodes, root=cfg.root,
+                   cache_dir=cfg.cache_dir, device=cfg.device, amp=cfg.amp,
+                   batch_size=cfg.batch_size, workers=cfg.workers, progress=cfg.progress,
+                   out_dir=cfg.out)
     click.echo(format_markdown(res))

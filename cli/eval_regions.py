@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from cli._errors import friendly_errors
 from cli.eval_fss import common_options, set_threads
 
 
@@ -29,24 +30,23 @@ def regions_markdown(res: dict) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
-@click.option("--episodes", "n_episodes", type=int, help="First N episodes (default all).")
-@click.option("--seed", type=int, default=None, help="Episode seed (default 321; hsnet 0).")
+@click.option("--episodes", "n_episodes", type=click.IntRange(min=1),
+              help="First N episodes (default all).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Episode seed (default 321; hsnet 0).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: next to the checkpoint).")
+@friendly_errors
 def regions(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, threads, n_episodes,
             seed, out):
     """Recall of the guided (PFENet prior) and prior (QGNet) region maps at 0.1..0.9."""
     set_threads(threads)
     from model.fss.evaluate import evaluate
     from pipeline.fileio import write_json_atomic
-    from pipeline.store import StoreError
 
     seed = seed if seed is not None else (0 if protocol == "hsnet" else 321)
-    try:
-        res = evaluate(checkpoint, shot=shot, seeds=[seed], protocol=protocol, n_episodes=n_episodes,
-                       root=root, cache_dir=cache_dir, device=device, amp=amp, workers=workers,
-                       write=False, regions=True)
-    except (StoreError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    res = evaluate(checkpoint, shot=shot, seeds=[seed], protocol=protocol, n_episodes=n_episodes,
+                   root=root, cache_dir=cache_dir, device=device, amp=amp, workers=workers,
+                   write=False, regions=True)
     folder = Path(out) if out else Path(checkpoint).parent
     run = res["runs"][0]
     write_json_atomic(folder / "regions.json", {

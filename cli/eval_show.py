@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from cli._errors import friendly_errors
 from cli.eval_fss import common_options, parse_ints, set_threads
 
 TILE = 200  # panel height in pixels
@@ -61,8 +62,10 @@ def panel(tiles):
 @common_options
 @click.option("--episodes", "which", default="0,1,2", show_default=True,
               help="Episode numbers of the episode file, comma-separated.")
-@click.option("--seed", type=int, default=None, help="Episode seed (default 321; hsnet 0).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Episode seed (default 321; hsnet 0).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
+@friendly_errors
 def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, threads, which, seed, out):
     """Write one PNG panel per chosen episode into --out."""
     set_threads(threads)
@@ -74,21 +77,18 @@ def show(checkpoint, shot, protocol, cache_dir, root, device, amp, workers, thre
     from model.fss.metrics import map_to_original, upsample_logits
     from model.utils import pick_device
     from pipeline.episode_stage import load_test_episodes
-    from pipeline.store import StoreError
+    from pipeline.settings import merge_unset
 
     seed = seed if seed is not None else (0 if protocol == "hsnet" else 321)
     dev = pick_device(device)
-    try:
-        model, ckpt = load_model(checkpoint, device=dev)
-        cfg = ckpt["config"]
-        amp = checkpoint_amp(ckpt) if amp is None else amp  # its training precision by default
-        cache_dir = cache_dir or cfg.get("cache_dir")
-        eps = load_test_episodes(cfg["dataset"], int(cfg["fold"]), int(shot or cfg["shot"]), seed=seed,
-                                 protocol=protocol, cache_dir=cache_dir)
-    except (StoreError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
-    ds = TestEpisodes(eps, crop=int(cfg["crop"]), dataset=cfg["dataset"], root=root or cfg.get("root"),
-                      cache_dir=cache_dir)
+    model, ckpt = load_model(checkpoint, device=dev)
+    cfg = ckpt["config"]  # what is left unset comes from the training config
+    amp = checkpoint_amp(ckpt) if amp is None else amp  # its training precision by default
+    run = merge_unset({"shot": shot, "cache_dir": cache_dir, "root": root}, cfg)
+    eps = load_test_episodes(cfg["dataset"], int(cfg["fold"]), int(run["shot"]), seed=seed,
+                             protocol=protocol, cache_dir=run["cache_dir"] or None)
+    ds = TestEpisodes(eps, crop=int(cfg["crop"]), dataset=cfg["dataset"],
+                      root=run["root"] or None, cache_dir=run["cache_dir"] or None)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = {i + 1: n for i, n in enumerate(ds.store.attrs.get("class_names", []))}

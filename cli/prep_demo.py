@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from cli._errors import friendly_errors
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -11,8 +13,9 @@ import click
               help="Training images.")
 @click.option("--n-val", type=click.IntRange(min=1), default=80, show_default=True,
               help="Validation images.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 @click.option("--overwrite", is_flag=True, help="Regenerate even when the data is complete.")
+@friendly_errors
 def demo(cache_dir, n_train, n_val, seed, overwrite):
     """Generate the demo dataset: 20 classes of textured shapes on real photo backgrounds.
 

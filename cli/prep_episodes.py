@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from cli._errors import friendly_errors
+
 
 def _ints(values, what: str) -> tuple[int, ...]:
     """Repeatable options that also take comma lists: ``--seed 1 --seed 2,3``."""
@@ -53,13 +55,15 @@ def _ints(values, what: str) -> tuple[int, ...]:
                    "when its train mask store exists; deepglobe, isic, chest: never).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML config file (table [episodes]).")
+@friendly_errors
 def episodes(dataset, cache_dir, folds, shots, seeds, episodes, protocol, min_pixels,
              drop_novel_images, pascal_train_set, coco_split, folds_file, training_lists,
              config_file):
     """Write folds.json, train-fold{F}.npz and test-fold{F}-shot{K}-{protocol}-seed{S}.npz."""
+    from cli._options import resolve
     from pipeline.cache import validate_dataset_name
     from pipeline.episode_stage import EpisodesConfig, build_episodes
-    from pipeline.settings import config_dict, resolve_config
+    from pipeline.settings import config_dict
 
     cli = {"dataset": dataset, "cache_dir": cache_dir, "episodes": episodes,
            "protocol": protocol, "min_pixels": min_pixels,
@@ -67,7 +71,7 @@ def episodes(dataset, cache_dir, folds, shots, seeds, episodes, protocol, min_pi
            "coco_split": coco_split, "folds_file": folds_file, "training_lists": training_lists,
            "folds": _ints(folds, "--fold") or None, "shots": _ints(shots, "--shot") or None,
            "seeds": _ints(seeds, "--seed") or None}
-    cfg = resolve_config(EpisodesConfig, cli=cli, config_file=config_file, section="episodes")
+    cfg = resolve(EpisodesConfig, cli, config_file=config_file, section="episodes")
     if cfg.dataset is None:
         raise click.UsageError("--dataset is required (or QGNET_DATASET / dataset in --config)")
     validate_dataset_name(cfg.dataset)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import click
 
+from cli._errors import friendly_errors
 from cli.prep_superpixels import resolve, run_and_report, stage_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @stage_options
+@friendly_errors
 def masks(**kwargs):
     """Decode the class masks of one split (0 bg, 1..C, 255 ignore) and count class pixels.
 

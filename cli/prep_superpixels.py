@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from cli._errors import friendly_errors
 from pipeline.settings import format_command
 
 SHOW_FAILURES = 5
@@ -67,16 +68,17 @@ def stage_options(fn):
 
 def resolve(cls, kwargs: dict, section: str):
     """The command's config: defaults < ``--config`` TOML ``[section]`` < ``QGNET_*`` < flags,
-    every value converted and range-checked by its field (:func:`pipeline.settings.resolve_config`;
-    a bad value is a :class:`~pipeline.errors.ConfigError`, shown as one line by cli/_errors.py)."""
+    every value converted and range-checked by its field (:func:`cli._options.resolve`: unknown
+    ``QGNET_*`` variables refused too; a bad value is a :class:`~pipeline.errors.ConfigError`,
+    shown as one line by cli/_errors.py)."""
     import dataclasses
 
+    from cli._options import resolve as resolve_options
     from pipeline.cache import validate_dataset_name
     from pipeline.errors import ConfigError
-    from pipeline.settings import resolve_config
 
     config_file = kwargs.pop("config_file", None)
-    cfg = resolve_config(cls, cli=kwargs, config_file=config_file, section=section)
+    cfg = resolve_options(cls, kwargs, config_file=config_file, section=section)
     validate_dataset_name(cfg.dataset)
     if cfg.year is not None and cfg.year not in (2014, 2017):
         raise ConfigError(f"--year must be 2014 or 2017, got {cfg.year}")
@@ -134,6 +136,7 @@ def run_and_report(build, *, max_failures: int):
               help="Kernel backend; auto = fast-slic > numba > skimage for slic, numba > "
                    "skimage for felzenszwalb. Part of the store key. [default: auto]")
 @stage_options
+@friendly_errors
 def superpixels(**kwargs):
     """Precompute superpixel maps of one split into a sharded Zarr store.
 

@@ -7,33 +7,20 @@ optimiser, scheduler, step, RNG states, config) and this module does the rest::
     save_atomic(obj, path)                   the same for any torch.save object (the model bundle)
     load_checkpoint(path, kind=...)          the ONE loader: weights_only=True, and every
                                              unreadable / foreign file -> CheckpointError
-    CheckpointSaver(folder, ...)             keep-N rotation of step-*.pt, best/last files
+    CheckpointSaver(folder, ...)             the policy: cadence, keep-N rotation of step-*.pt,
+                                             last.pt, best tracking and best.pt
     find_checkpoint(where, ...)              a file as given, or the newest in a run dir
     rng_state(device) / set_rng_state        python, numpy, torch and this rank's CUDA device
     truncate_metrics(path, step)             metrics.jsonl cut back to the checkpoint's step
     WindowMeans                              means of the logged scalars over a window
-    resume_config(cls, saved, cli, ...)      THE resume rule (below)
 
-The resume rule (both trainers)
--------------------------------
-A resumed run takes the checkpoint's config as its base. An option given again on the
-command line (or in the trainer's config) must either be *resumable* -- it does not change
-the math of the run -- or equal the checkpoint's value; anything else is refused with one
-message naming every differing option. Resumable options:
-
-- both trainers: ``resume``, ``out``, ``max_steps``, ``device``, ``workers``, ``log_every``,
-  ``ckpt_every``, ``progress``, ``cache_dir``, ``root`` (where the data is, not what it is);
-- ``qgnet-train prior`` also: ``keep_checkpoints``, ``export_only``, ``patch_store``;
-- ``qgnet-train fss`` also: ``threads`` (CPU threads; results are bit-identical on CPU with
-  the same number of threads, and a different number only reorders float sums).
-
-``max_steps`` is reset (not inherited) on resume: the checkpoint's stop is not the new one.
-The device is resumable because the RNG state is saved and restored per rank for the
-rank's own device (:func:`rng_state`), so a run resumed with fewer visible GPUs loads.
+The run around it (run dir, lock, resume rule, DDP, logs) is :mod:`model.run`; the resume
+rule's comparison is :func:`pipeline.settings.check_resume`. The device is resumable because
+the RNG state is saved and restored per rank for the rank's own device (:func:`rng_state`),
+so a run resumed with fewer visible GPUs loads.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -48,7 +35,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from pipeline.errors import CheckpointError, ConfigError
+from pipeline.errors import CheckpointError
 
 CHECKPOINT_VERSION = 1
 
@@ -64,10 +51,6 @@ KIND_HINTS = {
     "prior_export": "pass the prior_extractor.pt written by `qgnet-train prior` (or --prior "
                     "imagenet)",
 }
-
-RESUMABLE_COMMON = frozenset({"resume", "out", "max_steps", "device", "workers", "log_every",
-                              "ckpt_every", "progress", "cache_dir", "root"})
-
 
 # ------------------------------------------------------------------------------ save / load
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], *,
@@ -228,15 +211,50 @@ def list_step_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 class CheckpointSaver:
-    """Step checkpoints with keep-N rotation plus named ``best``/``last`` files in one folder.
+    """Which checkpoints a run writes, when, and which one is the best (timm's
+    ``CheckpointSaver``: one object owns the cadence, the rotation and the best).
 
-    ``save_step(state, step)`` writes ``step-{step:07d}.pt`` and deletes all but the newest
-    ``keep`` (0 keeps all); ``save_named(state, "last")`` writes ``last.pt``. Every write is
-    atomic (:func:`save_checkpoint`).
+    ``layout="step"`` (the prior): ``step-{step:07d}.pt``, all but the newest ``keep`` deleted
+    (0 keeps all); ``layout="last"`` (few-shot): ``last.pt``. :meth:`due` says when: at each
+    epoch end, every ``every`` steps (None: epoch ends only) and at ``stop`` (None: the
+    trainer saves its end itself). ``best`` (a key such as ``"best_miou"``): :meth:`improved`
+    tracks the highest validation value, :meth:`save` adds ``best`` and ``best_step`` to
+    every checkpoint and ``name="best"`` writes ``best.pt``. Every write is atomic
+    (:func:`save_checkpoint`).
     """
 
-    def __init__(self, folder: str | os.PathLike, *, kind: str, keep: int = 0):
-        self.folder, self.kind, self.keep = Path(folder), kind, int(keep)
+    def __init__(self, folder: str | os.PathLike, *, kind: str, layout: str = "step",
+                 keep: int = 0, every: int | None = None, stop: int | None = None,
+                 best: str | None = None):
+        self.folder, self.kind, self.layout = Path(folder), kind, layout
+        self.keep, self.every, self.stop, self.best_key = int(keep), every, stop, best
+        self.best, self.best_step = -1.0, -1
+
+    def due(self, step: int, *, epoch_end: bool = False) -> bool:
+        """Whether the checkpoint of ``step`` is to be written."""
+        return (epoch_end or (self.every is not None and step % self.every == 0)
+                or (self.stop is not None and step == self.stop))
+
+    def improved(self, value: float, step: int) -> bool:
+        """Record a validation value; True when it is the best so far (write ``best`` then)."""
+        if value > self.best:
+            self.best, self.best_step = value, step
+            return True
+        return False
+
+    def resume(self, ckpt: Mapping[str, Any]) -> None:
+        """The best value and step a resumed checkpoint recorded."""
+        if self.best_key is not None:
+            self.best, self.best_step = float(ckpt[self.best_key]), int(ckpt["best_step"])
+
+    def save(self, state: Mapping[str, Any], step: int, *, name: str | None = None) -> Path:
+        """Write ``state`` (plus the best value and step when tracked) as ``name``.pt, or by
+        the layout: ``step-N.pt`` (rotated) or ``last.pt``."""
+        if self.best_key is not None:
+            state = {**state, self.best_key: self.best, "best_step": self.best_step}
+        if name is None and self.layout == "step":
+            return self.save_step(state, step)
+        return self.save_named(state, name or "last")
 
     def save_step(self, state: Mapping[str, Any], step: int) -> Path:
         path = save_checkpoint(self.folder / f"step-{int(step):07d}.pt", state, kind=self.kind)
@@ -392,41 +410,3 @@ class WindowMeans:
             out[k] *= len(self.rows)
         self.rows = []
         return out
-
-
-# ------------------------------------------------------------------------------ resume rule
-def changed_options(saved: Mapping[str, Any], now: Mapping[str, Any], *,
-                    resumable: Iterable[str]) -> list[str]:
-    """Options of ``now`` that are not resumable and differ from the checkpoint's ``saved``."""
-    resumable = frozenset(resumable)
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-            if k not in resumable and k in saved and _norm(saved[k]) != _norm(now[k])]
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
-def check_resume(saved: Mapping[str, Any], now: Mapping[str, Any], *,
-                 resumable: Iterable[str]) -> None:
-    """Raise :class:`ConfigError` when ``now`` changes a non-resumable option of ``saved``."""
-    diffs = changed_options(saved, now, resumable=resumable)
-    if diffs:
-        raise ConfigError("cannot resume: the checkpoint was trained with other options ("
-                          + "; ".join(diffs) + "); leave them out to use the checkpoint's "
-                          "values, or start a new run with another --out")
-
-
-def resume_config(cls, saved: Mapping[str, Any], cli: Mapping[str, Any], *,
-                  resumable: Iterable[str], reset: Mapping[str, Any] | None = None):
-    """The config of a resumed run: the checkpoint's ``saved`` config, then ``reset`` (values
-    that must not be inherited, e.g. ``max_steps``), then the command line ``cli`` (``None``
-    = not given). Refuses (:class:`ConfigError`) a ``cli`` value that changes the run."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in cli.items() if v is not None}
-    unknown = sorted(set(given) - fields)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for {cls.__name__}")
-    check_resume(saved, given, resumable=resumable)
-    base = {k: v for k, v in saved.items() if k in fields}
-    return cls(**{**base, **(reset or {}), **given})

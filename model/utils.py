@@ -34,10 +34,17 @@ def pick_device(device: str = "auto") -> torch.device:
             local = int(os.environ.get("LOCAL_RANK", 0))
             return torch.device("cuda", local % torch.cuda.device_count())
         return torch.device("cpu")
-    dev = torch.device(device)
+    from pipeline.errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: qgnet runs on auto, cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} asked for CUDA but torch sees no GPU; "
-                           f"use --device cpu or auto")
+        raise ConfigError(f"--device {device} asked for CUDA but torch sees no GPU; "
+                          f"use --device cpu or auto")
     return dev
 
 

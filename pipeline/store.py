@@ -172,8 +172,9 @@ class StoreLock:
     process (another thread) is refused too: flock locks belong to an open file.
     """
 
-    def __init__(self, path: str | os.PathLike, *, echo: Callable[[str], None] | None = None):
-        self.store = Path(path)
+    def __init__(self, path: str | os.PathLike, *, echo: Callable[[str], None] | None = None,
+                 what: str = "store"):
+        self.store, self.what = Path(path), what
         self.path = lock_path(path)
         self.echo = echo
         self._fd: int | None = None
@@ -190,7 +191,7 @@ class StoreLock:
             except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
-                raise StoreError(f"store {self.store} is in use by {holder or 'another process'} "
+                raise StoreError(f"{self.what} {self.store} is in use by {holder or 'another process'} "
                                  f"(lock {self.path}); wait for it to finish, or stop it and "
                                  f"re-run this command to resume") from None
             # the previous holder may have removed the file between our open and flock

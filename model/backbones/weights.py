@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from model.backbones.base import Backbone
+from pipeline.errors import CheckpointError
 
 # Keys of classification heads: never required, silently dropped when present.
 #   torchvision ResNet "fc.", MoCo MLP head "fc.0."/"fc.2.", VGG "classifier.",
@@ -83,7 +84,7 @@ def read_prior_export(
         blob, source = load_checkpoint(path_or_obj, kind="prior_export"), source or str(path_or_obj)
     saved = blob.get("backbone_name")
     if backbone_name is not None and saved is not None and saved != backbone_name:
-        raise ValueError(
+        raise CheckpointError(
             f"{source} holds a {saved!r} backbone, but {backbone_name!r} was requested"
         )
     return blob
@@ -92,7 +93,7 @@ def read_prior_export(
 def _unwrap_state_dict(obj, *, source: str, backbone_name: str | None) -> dict[str, torch.Tensor]:
     """Find the backbone state dict in a loaded checkpoint object (see load_state_dict_file)."""
     if not isinstance(obj, Mapping):
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: expected a state dict (a mapping of names to tensors), "
             f"got {type(obj).__name__}"
         )
@@ -111,7 +112,7 @@ def _unwrap_state_dict(obj, *, source: str, backbone_name: str | None) -> dict[s
             key = key[len("module.") :]
         sd[key] = value
     if not sd:
-        raise ValueError(f"{source}: no tensors found (top-level keys: {list(obj)[:8]})")
+        raise CheckpointError(f"{source}: no tensors found (top-level keys: {list(obj)[:8]})")
     # MoCo: keep the momentum (key) encoder, as QGNet does; else the query encoder.
     for prefix in ("encoder_k.", "momentum_encoder.", "encoder_q.", "base_encoder."):
         if any(k.startswith(prefix) for k in sd):
@@ -158,11 +159,15 @@ def load_state_dict_file(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} could not be read with torch.load(weights_only=True): it holds objects "
             "other than tensors and plain containers. Re-save just the state dict: "
             "torch.save(model.state_dict(), PATH)"
         ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not a readable torch file (corrupt, truncated or "
+                              f"another file type: {type(err).__name__}). {_WEIGHTS_HELP}"
+                              ) from None
     return _unwrap_state_dict(obj, source=str(path), backbone_name=backbone_name)
 
 
@@ -182,7 +187,7 @@ def _load_backbone_weights(bb: Backbone, sd: Mapping[str, torch.Tensor], *, sour
     missing = [k for k in expected if k not in usable and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in usable if k not in expected]
     if missing:
-        raise ValueError(
+        raise CheckpointError(
             f"{source} does not fit backbone {bb.name!r}: {len(missing)} of its "
             f"{len(expected)} keys are missing, e.g. {missing[:5]}. The file has {len(sd)} "
             f"keys, e.g. {list(sd)[:5]}. Check the backbone name "
@@ -194,7 +199,7 @@ def _load_backbone_weights(bb: Backbone, sd: Mapping[str, torch.Tensor], *, sour
         if k in usable and usable[k].shape != expected[k].shape
     ]
     if wrong:
-        raise ValueError(
+        raise CheckpointError(
             f"{source} does not fit backbone {bb.name!r}: {len(wrong)} shape mismatches, "
             f"e.g. {wrong[:3]}; {len(unexpected)} keys the model does not have, "
             f"e.g. {unexpected[:3]}. Check the backbone name "

@@ -103,7 +103,9 @@ def load_model(checkpoint: str | Path, *, device: str | torch.device = "cpu"):
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     missing = [k for k in missing if k in expected]
     if missing or unexpected:
-        raise ValueError(f"{checkpoint} does not fit the network it describes: missing {missing[:5]}, "
+        from pipeline.errors import CheckpointError
+
+        raise CheckpointError(f"{checkpoint} does not fit the network it describes: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return model.to(device).eval(), ckpt
 

@@ -255,9 +255,11 @@ def compare_checkpoints(checkpoint_a: str | Path, checkpoint_b: str | Path, *,
     1-shot episodes beside a 1-shot one is not the comparison either run reports). Returns
     :func:`compare_results` paired under ``scoring``.
     """
+    from model.fss.config import FssConfig
     from model.fss.evaluate import evaluate
     from model.utils import load_checkpoint
     from pipeline.errors import ConfigError
+    from pipeline.settings import merge_unset, read_saved
 
     cfgs = [dict(load_checkpoint(ck).get("config", {})) for ck in (checkpoint_a, checkpoint_b)]
     for key in ("dataset", "fold", "shot"):
@@ -265,9 +267,10 @@ def compare_checkpoints(checkpoint_a: str | Path, checkpoint_b: str | Path, *,
             raise ConfigError(f"--checkpoint {checkpoint_a} and {checkpoint_b} were trained with "
                               f"{key} {cfgs[0].get(key)!r} and {cfgs[1].get(key)!r}; compare models "
                               f"of the same dataset, fold and shot")
-    shot = int(shot if shot is not None else cfgs[0].get("shot", 1))
-    cache_dir = cache_dir or cfgs[0].get("cache_dir")
-    root = root or cfgs[0].get("root")
+    # what is left unset (None) comes from checkpoint A's training config
+    run = merge_unset({"shot": shot, "cache_dir": cache_dir, "root": root},
+                      {"shot": 1, **read_saved(FssConfig, cfgs[0])})
+    shot, cache_dir, root = int(run["shot"]), run["cache_dir"], run["root"]
     results = [evaluate(ck, seeds=seeds, protocol=protocol, scoring=scoring, hsnet_size=hsnet_size,
                         n_episodes=n_episodes, shot=shot, cache_dir=cache_dir, root=root,
                         device=device, amp=amp, batch_size=batch_size, workers=workers,

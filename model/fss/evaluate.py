@@ -55,7 +55,7 @@ from model.fss.metrics import (
 from model.fss.regions import RegionMeter
 from model.fss.results import write_results
 from model.fss.transforms import HSNET_SIZE
-from pipeline.errors import ConfigError
+from model.run import DEVICES
 from pipeline.settings import option
 
 log = logging.getLogger("qgnet.fss")
@@ -72,18 +72,18 @@ class EvalConfig:
     checkpoint: str | None = None     # best.pt / last.pt of `qgnet-train fss` (required)
     dataset: str | None = None        # None: the checkpoint's; another: its fold 0 (cross-domain)
     shot: int | None = option(None, min=1)  # None: the training shot
-    protocol: str = "pfenet"          # episode sampling (which episode file): pfenet | hsnet | patnet
-    scoring: str = DEFAULT_SCORING    # how predictions are scored: pfenet | exact | hsnet | hsnet-original
+    protocol: str = option("pfenet", choices=("pfenet", "hsnet", "patnet"))  # episode sampling
+    scoring: str = option(DEFAULT_SCORING, choices=SCORINGS)  # how predictions are scored
     hsnet_size: int | None = option(None, min=9)  # hsnet scorings: the square side (None: 400)
     cache_dir: str | None = None      # None: the checkpoint's
     root: str | None = None           # None: the checkpoint's
-    device: str = "auto"              # auto | cpu | cuda
+    device: str = option("auto", choices=DEVICES)
     amp: bool | None = None           # bf16 autocast on CUDA; None: as the checkpoint was trained
     workers: int = option(2, min=0)   # DataLoader workers
-    threads: int | None = None        # torch CPU threads (None: torch's)
-    n_episodes: int | None = option(None, flag="--episodes")  # first N of each file (None: all)
-    seeds: tuple[int, ...] | None = None  # None: 321 (hsnet: 0); several -> mean and std
-    batch_size: int | None = None     # None: default_batch (4 on CUDA, 1 on CPU)
+    threads: int | None = option(None, min=1)  # torch CPU threads (None: torch's)
+    n_episodes: int | None = option(None, min=1, flag="--episodes")  # first N of each file (None: all)
+    seeds: tuple[int, ...] | None = option(None, min=0)  # None: 321 (hsnet: 0); several -> mean, std
+    batch_size: int | None = option(None, min=1)  # None: default_batch (4 on CUDA, 1 on CPU)
     out: str | None = None            # None: next to the checkpoint
     progress: bool = True
 
@@ -305,8 +305,11 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
         seed, with ``scores`` and ``per_episode``), ``episodes_per_s``, ``peak_memory_mb``,
         and the settings (``input_size``: the canvas or square side the network saw).
     """
+    from model.fss.config import FssConfig
     from model.utils import pick_device
     from pipeline.episode_stage import load_test_episodes
+    from pipeline.errors import ConfigError
+    from pipeline.settings import merge_unset, read_saved
 
     if scoring not in SCORINGS:
         raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
@@ -315,7 +318,7 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     if hsnet_size is not None and int(hsnet_size) < 9:
         raise ConfigError(f"--hsnet-size must be an int >= 9, got {hsnet_size}")
     dev = pick_device(device)
-    batch_size = int(batch_size) if batch_size else default_batch(dev)
+    batch_size = int(batch_size) if batch_size is not None else default_batch(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     ckpt_path = None
@@ -331,15 +334,18 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
         model = model_or_checkpoint.to(dev)
     if amp is None:
         amp, amp_from = True, "default"
-    same = not dataset or dataset == cfg.get("dataset")  # else: another benchmark (cross-domain)
-    dataset = dataset or cfg.get("dataset")
-    fold = int(fold if fold is not None else (cfg.get("fold", 0) if same else 0))
-    shot = int(shot if shot is not None else cfg.get("shot", 1))
-    root = root or (cfg.get("root") if same else None)  # None: the mask store's root
-    cache_dir = cache_dir or cfg.get("cache_dir")
-    crop = int(crop or cfg.get("crop") or 0)
-    if not dataset or not crop:
-        raise ValueError("evaluate needs dataset and crop (given, or from the checkpoint)")
+    # what the caller leaves unset (None) comes from the checkpoint's training config; another
+    # benchmark than the checkpoint's (cross-domain) is read at its fold 0 from its own root
+    saved = {"fold": 0, "shot": 1, **read_saved(FssConfig, cfg)}
+    same = dataset is None or dataset == saved.get("dataset")
+    if not same:
+        saved.update(fold=0, root=None)  # root None: the mask store's
+    run = merge_unset(dict(dataset=dataset, fold=fold, shot=shot, root=root, cache_dir=cache_dir,
+                           crop=crop), saved)
+    dataset, root, cache_dir = run["dataset"], run["root"], run["cache_dir"]
+    if dataset is None or run["crop"] is None:
+        raise ConfigError("evaluate needs dataset and crop (given, or from the checkpoint)")
+    fold, shot, crop = int(run["fold"]), int(run["shot"]), int(run["crop"])
     input_size = int(hsnet_size or HSNET_SIZE) if hsnet else crop
     if episodes is None:
         episodes = [load_test_episodes(dataset, fold, shot, seed=int(s), protocol=protocol,

@@ -39,10 +39,10 @@ def export_prior(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     from model.backbones import build_backbone
     from model.prior.config import EXPORT_NAME, PriorConfig, build_model
     from model.utils import save_checkpoint
+    from pipeline.settings import read_saved
 
     ckpt = load_checkpoint(checkpoint, kind="prior")
-    cfg = PriorConfig(**{k: v for k, v in ckpt["config"].items()
-                         if k in PriorConfig.__dataclass_fields__})
+    cfg = PriorConfig(**read_saved(PriorConfig, ckpt["config"]))  # old "unset" spellings too
     model = build_model(cfg, weights="none")  # weights come from the checkpoint
     model.load_state_dict(ckpt["model"])
     state = {k: v.detach().cpu().clone() for k, v in model.backbone_state_dict().items()}

@@ -33,42 +33,21 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from model import checkpoint as ckpt_lib
-from model.checkpoint import (
-    CheckpointSaver,
-    WindowMeans,
-    load_checkpoint,
-    pick_rank_state,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    truncate_metrics,
-)
 from model.prior.config import (
     EXPORT_NAME,
+    RESUMABLE,
     SPLITS,
     PriorConfig,
     build_model,
-    check_resume_config,
     finalize_config,
 )
 from model.prior.device_augment import DevicePrefetcher, batch_to_device
-from model.speed import configure_cuda
-from model.utils import (
-    DistInfo,
-    MetricsWriter,
-    attach_file_log,
-    autocast,
-    init_distributed,
-    pick_device,
-)
-from pipeline.fileio import remove_stale_temporaries, write_json_atomic
-from pipeline.provenance import provenance
+from model.utils import DistInfo, autocast
+from pipeline.errors import ConfigError
 from pipeline.settings import config_dict
 
 log = logging.getLogger("qgnet.prior")
@@ -115,25 +94,23 @@ def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
     from pipeline.datasets import open_dataset
     from pipeline.store import ShardedStore
 
-    ds = open_dataset(cfg.dataset, cfg.root or None, cache_dir=cfg.cache_dir or None,
-                      year=cfg.year)
+    ds = open_dataset(cfg.dataset, cfg.root, cache_dir=cfg.cache_dir, year=cfg.year)
     parts = []
     for k, split in enumerate(SPLITS.get(cfg.split, (cfg.split,))):
         ids = ds.ids(split)
-        if cfg.limit:
+        if cfg.limit is not None:
             ids = ids[: cfg.limit]
         hint = _store_command(cfg, split)
-        if cfg.patch_store:
+        if cfg.patch_store is not None:
             store = ShardedStore.open(Path(cfg.patch_store), kind="superpixels", hint=hint)
         else:
             from pipeline.superpixel_stage import locate_superpixel_store
 
-            store = locate_superpixel_store(ds.name, split, cfg.patches,
-                                            cache_dir=cfg.cache_dir or None)
+            store = locate_superpixel_store(ds.name, split, cfg.patches, cache_dir=cfg.cache_dir)
         store_path = store.path
         check_patch_store(store, dataset=ds.name, split=split, split_ids=ids, hint=hint)
         if store.attrs.get("method") not in (None, cfg.patches):
-            raise ValueError(f"patch store {store_path} holds {store.attrs.get('method')} maps but "
+            raise ConfigError(f"patch store {store_path} holds {store.attrs.get('method')} maps but "
                              f"--patches {cfg.patches} was asked for")
         del store
         # another seed per split, so image i of train and image i of val get other views
@@ -144,7 +121,7 @@ def build_data(cfg: PriorConfig, dinfo: DistInfo, *, device: torch.device):
     pairs = parts[0] if len(parts) == 1 else ConcatPairs(parts)
     per_rank = cfg.batch_size // dinfo.world_size
     if len(pairs) // dinfo.world_size < per_rank:
-        raise ValueError(f"{len(pairs)} usable images cannot fill one batch of {cfg.batch_size} "
+        raise ConfigError(f"{len(pairs)} usable images cannot fill one batch of {cfg.batch_size} "
                          f"over {dinfo.world_size} process(es); lower --batch-size")
     sampler = EpochSampler(len(pairs), seed=cfg.seed, rank=dinfo.rank, world=dinfo.world_size)
     loader = torch.utils.data.DataLoader(
@@ -184,9 +161,9 @@ def _store_command(cfg: PriorConfig, split: str | None = None) -> str:
     from pipeline.superpixel_stage import build_command
 
     cmd = build_command(cfg.dataset, split or cfg.split, cfg.patches)
-    if cfg.root:
+    if cfg.root is not None:
         cmd += f" --root {cfg.root}"
-    if cfg.cache_dir:
+    if cfg.cache_dir is not None:
         cmd += f" --cache-dir {cfg.cache_dir}"
     return cmd
 
@@ -232,193 +209,124 @@ def train_prior(cfg: PriorConfig) -> Path:
     Launch under ``torchrun --nproc-per-node N`` for DDP (gloo on CPU, nccl on GPU); every
     rank must get the same ``cfg``.
     """
-    dinfo = init_distributed(cfg.device)
-    device = pick_device(cfg.device)
-    configure_cuda(device)  # cudnn.benchmark + TF32 matmuls, CUDA only (model.speed)
-    cfg = finalize_config(cfg, world=dinfo.world_size)
-    run_dir = Path(cfg.out)
-    ckpt = None
-    if cfg.resume:
-        where = run_dir if cfg.resume == "auto" else Path(cfg.resume)
-        path = find_checkpoint(where)
-        ckpt = load_checkpoint(path, kind="prior")
-        check_resume_config(cfg, ckpt["config"])
-        if cfg.export_only:
-            if dinfo.main:
+    from model.checkpoint import CheckpointSaver, WindowMeans, seed_everything
+    from model.run import Run
+
+    with Run("prior", device=cfg.device, log=log, progress=cfg.progress) as run:
+        device = run.device
+        cfg = finalize_config(cfg, world=run.world)
+        config = config_dict(cfg)  # what checkpoints and config.json record
+        run_dir, ckpt = run.locate(config, cls=PriorConfig, kind="prior", resumable=RESUMABLE,
+                                   other_out=cfg.export_only)
+        if cfg.export_only:  # --out, when given, is where the export goes
+            if run.main:
                 from model.prior.export import export_prior
 
-                target = run_dir / EXPORT_NAME if cfg.out else path.parent.parent / EXPORT_NAME
-                print(f"exported {export_prior(path, target)}")
-            return run_dir
-    elif run_dir.is_dir() and any((run_dir / CKPT_DIR).glob("step-*.pt")):
-        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue "
-                              f"that run, or --out DIR for a new one")
+                target = Path(cfg.out if cfg.out is not None else run_dir) / EXPORT_NAME
+                print(f"exported {export_prior(ckpt['path'], target)}")
+            return Path(cfg.out) if cfg.out is not None else run_dir
 
-    seed_everything(cfg.seed)
-    if dinfo.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir, run_dir / CKPT_DIR)  # saves of killed runs
-        if ckpt is not None:  # the replayed steps must not appear twice
-            truncate_metrics(run_dir / "metrics.jsonl", int(ckpt["step"]))
-    logger = _setup_log(run_dir / "train.log", enabled=dinfo.main)
-    pairs, sampler, loader = build_data(cfg, dinfo, device=device)
-    steps_per_epoch = sampler.num_samples // loader.batch_size  # drop_last
-    total_steps = cfg.epochs * steps_per_epoch
-    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+        seed_everything(cfg.seed)
+        pairs, sampler, loader = build_data(cfg, run.dist, device=device)  # checked, not written
+        steps_per_epoch = sampler.num_samples // loader.batch_size  # drop_last
+        total_steps = cfg.epochs * steps_per_epoch
+        last_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
+        run.open(run_dir, config, resumed=ckpt, kind="prior", folders=(CKPT_DIR,))
 
-    model = build_model(cfg).to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch=steps_per_epoch)
-    step, epoch, pos = 0, 0, 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step, epoch, pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
-        set_rng_state(pick_rank_state(ckpt["rng"], dinfo.rank), device)
-    net = model
-    if dinfo.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,  # queues are filled with gathered keys, equal on all ranks
-            find_unused_parameters=False)  # PriorMoCo builds only the heads its loss uses
-
-    meta = {"images": len(pairs), "dropped_failed": len(pairs.dropped),
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-            "world_size": dinfo.world_size, "device": str(device)}
-    if dinfo.main:
-        write_json_atomic(run_dir / "config.json", {**config_dict(cfg), "_run": meta})
-        logger.info("prior pretraining in %s: %s", run_dir, meta)
-        logger.info("config: %s", config_dict(cfg))
-        if pairs.dropped:
-            logger.warning("%d images failed in the patch store and are left out (e.g. %s)",
-                           len(pairs.dropped), pairs.dropped[:3])
+        model = build_model(cfg).to(device)
+        if device.type == "cuda" and cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch=steps_per_epoch)
+        step, epoch, pos, skipped_total = 0, 0, 0, 0
         if ckpt is not None:
-            logger.info("resumed from step %d (epoch %d, batch %d)", step, epoch, pos)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl", enabled=dinfo.main)
-    bar = _progress(cfg, dinfo, initial=step, total=last_step)
-    skipped_total = int(ckpt.get("skipped_images", 0)) if ckpt else 0
-    window = WindowMeans(sums=("skipped",))
-    saver = CheckpointSaver(run_dir / CKPT_DIR, kind="prior", keep=cfg.keep_checkpoints)
-    t_wait = t_total = 0.0
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            step, epoch, pos = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
+            skipped_total = int(ckpt.get("skipped_images", 0))
+            run.restore_rng(ckpt)
+        net = run.wrap(model, broadcast_buffers=False,  # queues: gathered keys, equal on all ranks
+                       find_unused_parameters=False)  # PriorMoCo builds only the heads its loss uses
 
-    def checkpoint(reason: str) -> None:
-        rngs = _gather_rng(dinfo, device)
-        if not dinfo.main:
-            return
-        done_in_epoch = pos == steps_per_epoch
-        state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step,
-                 "epoch": epoch + 1 if done_in_epoch else epoch,
-                 "batch_in_epoch": 0 if done_in_epoch else pos, "rng": rngs,
-                 "config": config_dict(cfg), "skipped_images": skipped_total,
-                 "provenance": provenance(config_dict(cfg))}
-        path = saver.save_step(state, step)
-        logger.info("checkpoint (%s): %s", reason, path)
+        meta = {"images": len(pairs), "dropped_failed": len(pairs.dropped),
+                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                "world_size": run.world, "device": str(device)}
+        run.write_config({"_run": meta})
+        if run.main:
+            log.info("prior pretraining in %s: %s", run_dir, meta)
+            log.info("config: %s", run.config)
+            if pairs.dropped:
+                log.warning("%d images failed in the patch store and are left out (e.g. %s)",
+                            len(pairs.dropped), pairs.dropped[:3])
+            if ckpt is not None:
+                log.info("resumed from step %d (epoch %d, batch %d)", step, epoch, pos)
+        run.progress(total=last_step, initial=step)
+        window = WindowMeans(sums=("skipped",))
+        saver = CheckpointSaver(run_dir / CKPT_DIR, kind="prior", keep=cfg.keep_checkpoints,
+                                every=cfg.ckpt_every, stop=last_step)
+        t_wait = t_total = 0.0
 
-    model.train()
-    while step < last_step:
-        sampler.set_epoch(epoch, start=pos * loader.batch_size)
-        it = iter(DevicePrefetcher(loader, device))  # next batch's copy overlaps this step
-        t0 = time.perf_counter()
-        while pos < steps_per_epoch and step < last_step:
-            batch = next(it)
-            t1 = time.perf_counter()
-            out = train_step(model, batch, optimizer, scheduler, device=device, amp=cfg.amp,
-                             channels_last=device.type == "cuda" and cfg.channels_last)
-            step, pos = step + 1, pos + 1
-            t2 = time.perf_counter()
-            t_wait, t_total, t0 = t_wait + (t1 - t0), t_total + (t2 - t0), t2
-            out["skipped"] = sum(batch["skipped"].tolist())  # host count (the loader's)
-            window.add(**out)  # device tensors: read on the host at log steps only (no sync)
-            if step % cfg.log_every == 0 or step == last_step or pos == steps_per_epoch:
-                n_window = len(window)
-                rec = _reduce_window(window, dinfo)
-                if not math.isfinite(rec["loss"]):  # a non-finite step makes the mean non-finite
-                    raise FloatingPointError(f"loss is {rec['loss']} in steps {step - n_window + 1}"
-                                             f"-{step}; lower --lr (now {cfg.lr}) or check the data")
-                skipped_total += int(rec.pop("skipped"))
-                rec = {"step": step, "epoch": epoch + pos / steps_per_epoch,
-                       "lr": optimizer.param_groups[0]["lr"], **rec,
-                       "images_per_s": n_window * cfg.batch_size / max(t_total, 1e-9),
-                       "data_wait": t_wait / max(t_total, 1e-9),
-                       "skipped_images": skipped_total}
-                metrics.write(**{k: round(v, 6) if isinstance(v, float) else v
-                                 for k, v in rec.items()})
-                if dinfo.main:
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", g=f"{rec['loss_global']:.3f}",
-                                        l=f"{rec['loss_local']:.3f}",
-                                        ips=f"{rec['images_per_s']:.0f}")
-                    logger.info("step %d/%d epoch %.2f loss %.4f (global %.4f, local %.4f) "
-                                "acc %.3f cos %.2f/%.2f lr %.4g %.1f img/s wait %.0f%%", step,
-                                last_step, rec["epoch"], rec["loss"], rec["loss_global"],
-                                rec["loss_local"], rec["acc_global"], rec["cos_global"],
-                                rec["cos_local"], rec["lr"], rec["images_per_s"],
-                                100 * rec["data_wait"])
-                t_wait, t_total = 0.0, 0.0
-            if bar is not None:
-                bar.update(1)
+        net.train()
+        while step < last_step:
+            sampler.set_epoch(epoch, start=pos * loader.batch_size)
+            it = iter(DevicePrefetcher(loader, device))  # next batch's copy overlaps this step
+            t0 = time.perf_counter()
+            while pos < steps_per_epoch and step < last_step:
+                batch = next(it)
+                t1 = time.perf_counter()
+                out = train_step(net, batch, optimizer, scheduler, device=device, amp=cfg.amp,
+                                 channels_last=device.type == "cuda" and cfg.channels_last)
+                step, pos = step + 1, pos + 1
+                t2 = time.perf_counter()
+                t_wait, t_total, t0 = t_wait + (t1 - t0), t_total + (t2 - t0), t2
+                out["skipped"] = sum(batch["skipped"].tolist())  # host count (the loader's)
+                window.add(**out)  # device tensors: read on the host at log steps only (no sync)
+                epoch_end = pos == steps_per_epoch
+                if step % cfg.log_every == 0 or step == last_step or epoch_end:
+                    n_window = len(window)
+                    rec = run.window_means(window, step=step, hint=(
+                        f"lower --lr (now {cfg.lr}) or check the data"))
+                    for k in SCALARS:
+                        rec.setdefault(k, float("nan"))
+                    skipped_total += int(rec.pop("skipped"))
+                    rec = {"step": step, "epoch": epoch + pos / steps_per_epoch,
+                           "lr": optimizer.param_groups[0]["lr"], **rec,
+                           "images_per_s": n_window * cfg.batch_size / max(t_total, 1e-9),
+                           "data_wait": t_wait / max(t_total, 1e-9),
+                           "skipped_images": skipped_total}
+                    run.record(**{k: round(v, 6) if isinstance(v, float) else v
+                                  for k, v in rec.items()})
+                    run.show({"loss": f"{rec['loss']:.3f}", "g": f"{rec['loss_global']:.3f}",
+                              "l": f"{rec['loss_local']:.3f}", "ips": f"{rec['images_per_s']:.0f}"},
+                             "step %d/%d epoch %.2f loss %.4f (global %.4f, local %.4f) acc %.3f "
+                             "cos %.2f/%.2f lr %.4g %.1f img/s wait %.0f%%", step, last_step,
+                             rec["epoch"], rec["loss"], rec["loss_global"], rec["loss_local"],
+                             rec["acc_global"], rec["cos_global"], rec["cos_local"], rec["lr"],
+                             rec["images_per_s"], 100 * rec["data_wait"])
+                    t_wait, t_total = 0.0, 0.0
+                run.tick()
+                if saver.due(step, epoch_end=epoch_end):
+                    done = pos == steps_per_epoch
+                    path = run.save(saver, {
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1 if done else epoch, "batch_in_epoch": 0 if done else pos,
+                        "skipped_images": skipped_total}, step=step)
+                    if path is not None:
+                        log.info("checkpoint (%s): %s",
+                                 f"end of epoch {epoch}" if epoch_end else f"step {step}", path)
+                t0 = time.perf_counter()  # checkpoint time is not counted as data wait
             if pos == steps_per_epoch:
-                checkpoint(f"end of epoch {epoch}")
-            elif (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == last_step:
-                checkpoint(f"step {step}")
-            t0 = time.perf_counter()  # checkpoint time is not counted as data wait
-        if pos == steps_per_epoch:
-            epoch, pos = epoch + 1, 0
-        del it
-    if bar is not None:
-        bar.close()
-    if dinfo.main:
-        logger.info("finished at step %d (epoch %d); %d unreadable images skipped", step, epoch,
-                    skipped_total)
-        if step > 0:
-            from model.prior.export import export_prior
+                epoch, pos = epoch + 1, 0
+            del it
+        if run.main:
+            log.info("finished at step %d (epoch %d); %d unreadable images skipped", step, epoch,
+                     skipped_total)
+            if step > 0:
+                from model.prior.export import export_prior
 
-            latest = find_checkpoint(run_dir)
-            logger.info("exported %s", export_prior(latest, run_dir / EXPORT_NAME))
-    if dinfo.enabled:
-        dist.barrier()
+                latest = find_checkpoint(run_dir)
+                log.info("exported %s", export_prior(latest, run_dir / EXPORT_NAME))
+        if run.dist.enabled:
+            torch.distributed.barrier()
     return run_dir
-
-
-# ------------------------------------------------------------------------------ helpers
-def _gather_rng(dinfo: DistInfo, device: torch.device) -> list[dict[str, Any]]:
-    state = rng_state(device)  # this rank's own CUDA device only (issue 13 section 5)
-    if not dinfo.enabled:
-        return [state]
-    out: list[Any] = [None] * dinfo.world_size
-    dist.all_gather_object(out, state)
-    return out
-
-
-def _reduce_window(window: WindowMeans, dinfo: DistInfo) -> dict[str, float]:
-    """Means of the window's scalars (``skipped``: sum), averaged over ranks under DDP."""
-
-    def over_ranks(keys: list[str], vals: list[float]) -> list[float]:
-        if not dinfo.enabled:
-            return vals
-        t = torch.tensor(vals, dtype=torch.float64,
-                         device="cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(t)
-        t = t.cpu() / dinfo.world_size
-        t[keys.index("skipped")] *= dinfo.world_size  # skipped images: summed over ranks
-        return t.tolist()
-
-    out = window.pop(reduce=over_ranks)
-    for k in SCALARS:
-        out.setdefault(k, float("nan"))
-    return out
-
-
-def _progress(cfg: PriorConfig, dinfo: DistInfo, *, initial: int, total: int):
-    if not (cfg.progress and dinfo.main):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="prior", unit="step", dynamic_ncols=True)
-
-
-def _setup_log(path: Path, *, enabled: bool) -> logging.Logger:
-    return attach_file_log(log, path, enabled=enabled)

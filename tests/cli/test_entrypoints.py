@@ -53,3 +53,14 @@ def test_project_errors_are_one_line_and_bugs_keep_their_traceback():
         FileNotFoundError(2, "No such file or directory", "/nope/file.pt"))
     with pytest.raises(KeyError):  # a bug, not the user's to fix: the traceback stays
         run_friendly(fail, KeyError("cfg"))
+
+
+def test_train_help_does_not_import_torch():
+    """The options of qgnet-train are built from the config dataclasses (cli/_options.py):
+    the configs stay torch-free so that --help is cheap."""
+    code = ("import sys; from click.testing import CliRunner; from cli.train import main; "
+            "rs = [CliRunner().invoke(main, a) for a in (['--help'], ['fss', '--help'], "
+            "['prior', '--help'])]; assert all(r.exit_code == 0 for r in rs); "
+            "heavy = [m for m in ('torch', 'zarr', 'numba', 'dask') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -100,9 +100,9 @@ def test_resume_with_another_fold_is_refused_like_the_prior(run, toy):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--threads", "0"], "'--threads': 0 is not in the range x>=1"),
-    (["--shot", "0"], "--shot 0: must be >= 1"),
-    (["--crop", "8"], "--crop 8: must be >= 9"),
+    (["--threads", "0"], "Error: --threads must be an int >= 1, got 0\n"),
+    (["--shot", "0"], "Error: --shot (support images per episode) must be an int >= 1, got 0\n"),
+    (["--crop", "8"], "Error: --crop (crop side in pixels) must be an int >= 9, got 8\n"),
     (["--fold", "7"], "--fold 7: the dataset folder has folds 0-3"),
 ])
 def test_bad_options_name_the_option(toy, tmp_path, args, message):

@@ -162,21 +162,23 @@ def test_window_means_and_sums():
 
 
 def test_the_resume_rule():
-    from model.fss.trainer import RESUMABLE, FssConfig
+    from model.fss.config import RESUMABLE, FssConfig
+    from pipeline.settings import resolve_config
 
     saved = {**FssConfig(fold=0, crop=161, max_steps=10).__dict__}
     with pytest.raises(ConfigError) as err:
-        C.resume_config(FssConfig, saved, {"fold": 1, "crop": 97, "resume": "r"},
-                        resumable=RESUMABLE)
+        resolve_config(FssConfig, cli={"fold": 1, "crop": 97, "resume": "r"}, env={},
+                       base=saved, resumable=RESUMABLE)
     msg = str(err.value)
     assert msg.startswith("cannot resume") and "fold: checkpoint 0, now 1" in msg
     assert "crop: checkpoint 161, now 97" in msg and "--out" in msg
-    cfg = C.resume_config(FssConfig, saved, {"fold": 0, "workers": 0, "device": "cpu",
-                                             "threads": 1, "resume": "r", "seed": None},
-                          resumable=RESUMABLE, reset={"max_steps": 0})
-    assert (cfg.fold, cfg.crop, cfg.workers, cfg.threads, cfg.max_steps) == (0, 161, 0, 1, 0)
+    cfg = resolve_config(FssConfig, cli={"fold": 0, "workers": 0, "device": "cpu", "threads": 1,
+                                         "resume": "r", "seed": None}, env={},
+                         base={**saved, "max_steps": None}, resumable=RESUMABLE)
+    assert (cfg.fold, cfg.crop, cfg.workers, cfg.threads, cfg.max_steps) == (0, 161, 0, 1, None)
     with pytest.raises(ConfigError, match="unknown option"):
-        C.resume_config(FssConfig, saved, {"nope": 1}, resumable=RESUMABLE)
+        resolve_config(FssConfig, cli={"nope": 1}, env={}, base=saved, resumable=RESUMABLE)
+
 
 
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(

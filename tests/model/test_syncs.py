@@ -181,7 +181,7 @@ def _prior_syncs(tiny, tmp_path, steps: int, **kw) -> SyncCounter:
     from model.prior.trainer import train_prior
 
     cfg = PT.tiny_config(tiny, tmp_path / f"run{steps}", epochs=4, max_steps=steps, log_every=1000,
-                      ckpt_every=0, loss="both", **kw)
+                      ckpt_every=None, loss="both", **kw)
     return count_syncs(lambda: train_prior(cfg))
 
 
@@ -199,7 +199,8 @@ def fss_toy(make_fss_toy):
 
 
 def _fss_syncs(toy, steps: int) -> SyncCounter:
-    from model.fss.trainer import FssConfig, train_fss
+    from model.fss.config import FssConfig
+    from model.fss.trainer import train_fss
 
     cfg = FssConfig(dataset="folder", fold=0, shot=1, use_prior_map=True, prior="imagenet",
                     crop=33, batch_size=1, epochs=50, workers=0, threads=1, val_episodes=0,

@@ -170,3 +170,87 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     (sub / f"step-0000003.pt.tmp{os.getpid()}").write_bytes(b"1")  # this process: kept
     assert [p.name for p in remove_stale_temporaries(tmp_path / "absent", sub)] == [
         f"step-0000002.pt.tmp{dead}"]
+
+
+# ------------------------------------------------------------------------------ issue 21 §2
+from pipeline.settings import (  # noqa: E402
+    check_config,
+    check_environment,
+    env_names,
+    merge_unset,
+    option,
+    read_saved,
+)
+
+
+@dataclass(frozen=True)
+class Opts:
+    lr: float | None = option(None, gt=0)
+    momentum: float = option(0.9, min=0, max=1)
+    device: str = option("auto", choices=("auto", "cpu", "cuda"))
+    use_prior_map: bool = option(True, flag="--prior-map/--no-prior-map")
+    init: str | None = option(None)
+    val_every: int | None = option(None, min=1, what="steps")
+    seeds: tuple[int, ...] | None = option(None, min=0)
+
+
+def test_bounds_choices_and_exclusive_minimum_for_every_source(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--lr must be a number > 0, got 0.0$"):
+        resolve_config(Opts, cli={"lr": 0.0}, env={})
+    with pytest.raises(ConfigError, match=r"^\$QGNET_MOMENTUM must be a number in 0..1, got 2.0$"):
+        resolve_config(Opts, env={"QGNET_MOMENTUM": "2"})
+    f = tmp_path / "c.toml"
+    f.write_text('device = "tpu"\n')
+    with pytest.raises(ConfigError, match=r"c.toml: device must be one of auto, cpu, cuda, got 'tpu'"):
+        resolve_config(Opts, config_file=f, env={})
+    with pytest.raises(ConfigError, match=r"^--val-every \(steps\) must be an int >= 1, got 0$"):
+        resolve_config(Opts, cli={"val_every": 0}, env={})
+    with pytest.raises(ConfigError, match=r"--seeds must be an int >= 0, got -1"):
+        resolve_config(Opts, cli={"seeds": "3,-1"}, env={})
+    # a config built in Python gets the same checks
+    with pytest.raises(ConfigError, match=r"^--lr must be a number > 0, got -1; the demo"):
+        check_config(Opts(lr=-1), hints={"lr": "the demo default is 0.0025"})
+    assert check_config(Opts()) == Opts()
+
+
+def test_none_is_unset_and_none_the_word_is_a_value_for_strings():
+    cfg = resolve_config(Opts, env={"QGNET_LR": "none", "QGNET_INIT": "none", "QGNET_VAL_EVERY": ""})
+    assert cfg.lr is None and cfg.init == "none" and cfg.val_every is None
+    assert resolve_config(Opts, cli={"init": ""}, env={}).init is None
+
+
+def test_environment_names_follow_the_flag_too():
+    assert env_names(Opts)["QGNET_PRIOR_MAP"] == "use_prior_map"
+    assert env_names(Opts)["QGNET_USE_PRIOR_MAP"] == "use_prior_map"
+    assert resolve_config(Opts, env={"QGNET_PRIOR_MAP": "false"}).use_prior_map is False
+    assert resolve_config(Opts, env={"QGNET_PRIOR_MAP": "0", "QGNET_USE_PRIOR_MAP": "0"}
+                          ).use_prior_map is False
+    with pytest.raises(ConfigError, match="set the same option --prior-map"):
+        resolve_config(Opts, env={"QGNET_PRIOR_MAP": "false", "QGNET_USE_PRIOR_MAP": "true"})
+
+
+def test_unknown_variables_are_refused_with_the_closest_name():
+    known = env_names(Opts)
+    check_environment(known, {"QGNET_LR": "1", "HOME": "/root"})
+    with pytest.raises(ConfigError, match=r"\$QGNET_PRIOR_MAPP \(did you mean \$QGNET_PRIOR_MAP\?\)"):
+        check_environment(known, {"QGNET_PRIOR_MAPP": "false"})
+    with pytest.raises(ConfigError, match=r"\$QGNET_ZZZ: no qgnet command reads"):
+        check_environment(known, {"QGNET_ZZZ": "1"})
+
+
+def test_resumed_config_refuses_changes_from_any_source(tmp_path):
+    saved = {"lr": 0.5, "momentum": 0.9, "device": "cpu"}
+    with pytest.raises(ConfigError, match=r"lr: checkpoint 0.5, now 0.1 \(\$QGNET_LR\)"):
+        resolve_config(Opts, env={"QGNET_LR": "0.1"}, base=saved, resumable={"device"})
+    cfg = resolve_config(Opts, env={"QGNET_DEVICE": "auto"}, cli={"lr": 0.5}, base=saved,
+                         resumable={"device"})
+    assert (cfg.lr, cfg.device, cfg.momentum) == (0.5, "auto", 0.9)
+
+
+def test_saved_configs_with_the_old_unset_spellings_load():
+    got = read_saved(Opts, {"lr": 0.0, "val_every": 0, "init": "", "momentum": 0.0, "gone": 1,
+                            "seeds": [1, 2]})
+    assert got == {"lr": None, "val_every": None, "init": None, "momentum": 0.0, "seeds": (1, 2)}
+    assert Opts(**got).momentum == 0.0
+    assert merge_unset({"a": None, "b": 0, "c": ""}, {"a": 3, "b": 4, "c": 5}) == {
+        "a": 3, "b": 0, "c": ""}

@@ -130,7 +130,8 @@ def test_a_few_steps_lower_the_loss(toy):
 
 @pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(toy):
-    from model.fss.trainer import FssConfig, train_fss
+    from model.fss.config import FssConfig
+    from model.fss.trainer import train_fss
 
     common = dict(dataset="folder", fold=0, shot=1, use_prior_map=False, crop=33, batch_size=2,
                   epochs=2, workers=0, threads=1, val_episodes=0, log_every=1, progress=False,
@@ -225,7 +226,7 @@ def test_batched_evaluation_equals_batch_one(toy):
 def test_validation_episodes_use_another_seed_and_are_derived_when_missing(make_fss_toy):
     """best.pt is chosen on seed VAL_SEED, not on the test seed; `qgnet-prep episodes` writes
     that file by default, and the trainer re-derives it (identically) on older caches."""
-    from model.fss.trainer import FssConfig
+    from model.fss.config import FssConfig
     from pipeline.cache import episodes_dir
     from pipeline.episode_stage import derive_test_episodes, load_test_episodes
     from pipeline.episodes import DEFAULT_SEED, VAL_SEED

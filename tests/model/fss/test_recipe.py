@@ -1,7 +1,7 @@
 """COCO defaults (issue 10 §3): the QGNet paper's setting by default, PFENet's one flag away."""
 import pytest
 
-from model.fss.trainer import FssConfig, finalize_config
+from model.fss.config import FssConfig, finalize_config
 
 
 def _cfg(**kw):

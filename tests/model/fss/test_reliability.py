@@ -19,7 +19,7 @@ def toy(make_fss_toy):
 
 
 def _cfg(toy, **kw):
-    from model.fss.trainer import FssConfig
+    from model.fss.config import FssConfig
 
     common = dict(dataset="folder", fold=0, shot=1, use_prior_map=False, crop=33, batch_size=2,
                   epochs=2, workers=0, threads=1, val_episodes=0, log_every=1, progress=False,
@@ -129,10 +129,11 @@ def test_resume_refuses_options_that_change_the_run(toy):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(shot=0), r"^--shot 0: must be >= 1 \(support images per episode\)"),
-    (dict(crop=8), r"^--crop 8: must be >= 9 \(crop side in pixels\); the folder default is 161"),
-    (dict(batch_size=-1), r"^--batch-size -1: must be >= 1"),
-    (dict(threads=-2), r"^--threads -2: must be >= 0"),
+    (dict(shot=0), r"^--shot \(support images per episode\) must be an int >= 1, got 0$"),
+    (dict(crop=8), r"^--crop \(crop side in pixels\) must be an int >= 9, got 8; the folder "
+                   r"default is 161$"),
+    (dict(batch_size=-1), r"^--batch-size \(global batch\) must be an int >= 1, got -1"),
+    (dict(threads=-2), r"^--threads must be an int >= 1, got -2$"),
     (dict(fold=7), r"^--fold 7: the dataset folder has folds 0-3"),
     (dict(dataset="../x"), r"--dataset must be a name made of letters"),
 ])
@@ -148,7 +149,8 @@ def test_bad_options_name_one_option_and_leave_no_run_dir(toy, change, message):
 
 
 def test_missing_episodes_leave_no_run_dir(tmp_path):
-    from model.fss.trainer import FssConfig, train_fss
+    from model.fss.config import FssConfig
+    from model.fss.trainer import train_fss
 
     out = tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="qgnet-prep episodes"):

@@ -243,7 +243,7 @@ def test_twenty_steps_lower_the_loss(tiny, tmp_path):
     # Mild crops (scale 0.9-1) and T 0.5 make 20 steps of a tiny network enough to learn.
     cfg = tiny_config(tiny, tmp_path / "run", epochs=20, max_steps=20, lr=0.05, loss="both",
                       queue_size=8, local_queue_size=32, momentum=0.9, scale_min=0.9,
-                      temperature=0.5, ckpt_every=0)
+                      temperature=0.5, ckpt_every=None)
     run = train_prior(cfg)
     metrics = read_metrics(run)
     losses = [m["loss"] for m in metrics]
@@ -386,3 +386,45 @@ def test_defaults_work_on_every_builtin_dataset():
         "efficientnet_lite0", "imagenet", 64, 128, 96)
     cfg = finalize_config(PriorConfig(dataset="demo", backbone="resnet18", batch_size=8))
     assert (cfg.backbone, cfg.init, cfg.batch_size) == ("resnet18", "none", 8)  # given wins
+
+
+# ------------------------------------------------------------------------------ relocatable run dir
+def test_a_copied_prior_run_is_resumed_and_exported_where_it_is(tiny, tmp_path):
+    """Issue 22 §1: `qgnet-train prior --resume <copy>` overwrote the original's checkpoints and
+    prior_extractor.pt (the run dir came from the checkpoint's config)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cli.train_prior import prior as prior_cli
+
+    kw = dict(epochs=1, ckpt_every=3, queue_size=32, local_queue_size=64)
+    a = train_prior(tiny_config(tiny, tmp_path / "A", max_steps=3, **kw))
+    b = tmp_path / "B"
+    shutil.copytree(a, b)
+    before = {p.relative_to(a): p.read_bytes() for p in a.rglob("*") if p.is_file()}
+    res = CliRunner().invoke(prior_cli, ["--resume", str(b), "--max-steps", "6"])
+    assert res.exit_code == 0, res.output
+    assert f"run dir: {b}" in res.output
+    assert {p.relative_to(a): p.read_bytes() for p in a.rglob("*") if p.is_file()} == before
+    assert find_checkpoint(b).name == "step-0000006.pt"
+    assert [m["step"] for m in read_metrics(b)] == [1, 2, 3, 4, 5, 6]
+    assert torch.load(b / "prior_extractor.pt", weights_only=True)["step"] == 6
+    # --export-only of the copy writes the copy's export (or --out's), never the original's
+    (b / "prior_extractor.pt").unlink()
+    res = CliRunner().invoke(prior_cli, ["--export-only", "--resume", str(b)])
+    assert res.exit_code == 0, res.output
+    assert (b / "prior_extractor.pt").is_file()
+    res = CliRunner().invoke(prior_cli, ["--export-only", "--resume",
+                                         str(b / "checkpoints" / "step-0000006.pt"),
+                                         "--out", str(tmp_path / "elsewhere")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "elsewhere" / "prior_extractor.pt").is_file()
+    assert {p.relative_to(a): p.read_bytes() for p in a.rglob("*") if p.is_file()} == before
+    # a moved run never recreates its old folder
+    c = tmp_path / "C"
+    b.rename(c)
+    res = CliRunner().invoke(prior_cli, ["--resume", str(c / "checkpoints" / "step-0000006.pt"),
+                                         "--max-steps", "6"])
+    assert res.exit_code == 0, res.output
+    assert not b.exists() and f"run dir: {c}" in res.output

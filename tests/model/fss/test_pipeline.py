@@ -251,11 +251,11 @@ def test_frozen_bn_reference_is_saved_resumed_and_evaluated(toy):
     uninterrupted one, the option cannot change on resume, and load_model evaluates in eval
     mode with the saved statistics."""
     from model.backbones import build_backbone
-    from model.checkpoint import check_resume
     from model.fss.build import BN_STATS, load_model
-    from model.fss.trainer import RESUMABLE, FssConfig, train_fss
+    from model.fss.config import RESUMABLE, FssConfig
+    from model.fss.trainer import train_fss
     from pipeline.errors import ConfigError
-    from pipeline.settings import config_dict
+    from pipeline.settings import check_resume, config_dict
 
     common = dict(dataset="folder", fold=0, shot=1, use_prior_map=True, prior="imagenet",
                   crop=33, batch_size=2, epochs=2, workers=0, threads=1, val_episodes=0,

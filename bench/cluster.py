@@ -1,6 +1,6 @@
 """The superpixel stage on a real dask.distributed cluster against the threads scheduler.
 
-    python bench/cluster.py [--images 200] [--method slic] [--out F]
+    python -m bench.cluster [--images 200] [--method slic] [--out bench/results/cluster.json]
 
 Starts ``dask scheduler`` and two ``dask worker --nthreads 1`` processes on this machine
 (``--preload pipeline.dask_preload``, as docs/prep.md tells a user to), then builds the same
@@ -13,9 +13,7 @@ flag measured the old behaviour (0.43-0.47x threads, docs/benchmarks.md section 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -23,9 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.common import ROOT, add_out_argument, markdown_table, write_result
+from bench.stage import make_dataset
 
 
 def _free_port() -> int:
@@ -71,13 +68,11 @@ def stop_cluster(procs):
 
 
 def main(argv=None):
-    from stage import make_dataset
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--method", default="slic", choices=("slic", "felzenszwalb"))
     ap.add_argument("--no-preload", action="store_true")
-    ap.add_argument("--out", type=Path)
+    add_out_argument(ap, "cluster")
     args = ap.parse_args(argv)
 
     from pipeline.datasets import open_dataset
@@ -111,18 +106,16 @@ def main(argv=None):
         thr = next(r for r in rows if r["run"] == rep and r["scheduler"] == "threads")
         dist = next(r for r in rows if r["run"] == rep and r["scheduler"] == "distributed")
         dist["ratio_vs_threads"] = round(dist["images_per_s"] / thr["images_per_s"], 2)
-    result = {"benchmark": "bench/cluster.py", "source": source, "method": args.method,
-              "backend": backend, "preload": not args.no_preload, "rows": rows,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded)",
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
-    print("| run | scheduler | images/s | whole call s | x threads |")
-    print("|---:|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['run']} | {r['scheduler']} | {r['images_per_s']} | {r['whole_call_s']} "
-              f"| {r.get('ratio_vs_threads', '')} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    preload = not args.no_preload
+    result = {"source": source, "method": args.method, "backend": backend, "preload": preload,
+              "rows": rows}
+    table = markdown_table(["run", "scheduler", "images/s", "whole call s", "x threads"],
+                           [[r["run"], r["scheduler"], r["images_per_s"], r["whole_call_s"],
+                             r.get("ratio_vs_threads", "")] for r in rows], align="rlrrr")
+    print(table)
+    write_result(args.out, result, table=table,
+                 key=f"{source.split(' (')[0]}, {args.method} {backend}, "
+                     + ("preload" if preload else "no preload"))
     return result
 
 

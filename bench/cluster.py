@@ -8,7 +8,7 @@ store alternately with ``--scheduler threads --workers 2`` and ``--scheduler tcp
 twice each, in one run: the ratio is measured under the same machine load. With
 ``--no-preload`` the workers start bare and the runner prepares them (malloc thresholds,
 kernels) inside the first timed run; on the code before issue 14, which did not, that
-flag measured the old behaviour (0.43-0.47x threads, docs/benchmarks.md section 9.4).
+flag measured the old behaviour (0.43-0.47x threads; docs/benchmarks.md, superpixels).
 """
 from __future__ import annotations
 

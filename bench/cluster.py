@@ -9,6 +9,8 @@ twice each, in one run: the ratio is measured under the same machine load. With
 ``--no-preload`` the workers start bare and the runner prepares them (malloc thresholds,
 kernels) inside the first timed run; on the code before issue 14, which did not, that
 flag measured the old behaviour (0.43-0.47x threads; docs/benchmarks.md, superpixels).
+CPU ms per image: this process for the threads scheduler; for the cluster, this process (the
+client) plus the scheduler and worker process trees (nanny and worker), from /proc.
 """
 from __future__ import annotations
 
@@ -21,7 +23,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import ROOT, add_out_argument, markdown_table, write_result
+from bench.common import (
+    ROOT,
+    add_out_argument,
+    cpu_seconds,
+    markdown_table,
+    tree_cpu_seconds,
+    write_result,
+)
 from bench.stage import make_dataset
 
 
@@ -91,12 +100,15 @@ def main(argv=None):
         for rep in range(2):
             for scheduler in ("threads", address):
                 out = work / f"{rep}-{len(rows)}.zarr"
+                cpu0 = cpu_seconds() + sum(tree_cpu_seconds(p.pid) for p in procs)
                 store, report = build_superpixel_store(ds, split="train", method=args.method,
                                                        backend=backend, out=out, workers=2,
                                                        scheduler=scheduler, progress=False)
+                cpu = cpu_seconds() + sum(tree_cpu_seconds(p.pid) for p in procs) - cpu0
                 rows.append({"run": rep, "scheduler": "threads" if scheduler == "threads" else "distributed",
                              "images_per_s": round(report.images_per_s, 1),
-                             "whole_call_s": round(report.seconds, 2)})
+                             "whole_call_s": round(report.seconds, 2),
+                             "cpu_ms_per_image": round(1e3 * cpu / report.computed, 1)})
                 print(rows[-1], flush=True)
                 shutil.rmtree(out)
     finally:
@@ -109,9 +121,11 @@ def main(argv=None):
     preload = not args.no_preload
     result = {"source": source, "method": args.method, "backend": backend, "preload": preload,
               "rows": rows}
-    table = markdown_table(["run", "scheduler", "images/s", "whole call s", "x threads"],
+    table = markdown_table(["run", "scheduler", "images/s", "whole call s", "x threads",
+                            "CPU ms per image"],
                            [[r["run"], r["scheduler"], r["images_per_s"], r["whole_call_s"],
-                             r.get("ratio_vs_threads", "")] for r in rows], align="rlrrr")
+                             r.get("ratio_vs_threads", ""), r["cpu_ms_per_image"]] for r in rows],
+                           align="rlrrrr")
     print(table)
     write_result(args.out, result, table=table,
                  key=f"{source.split(' (')[0]}, {args.method} {backend}, "

@@ -228,9 +228,3 @@ def write_result(out: str | Path | None, results: Any, *, key: str,
     tmp.replace(path)
     print(f"wrote {path} [{key}]", flush=True)
     return path
-
-
-def read_result(path: str | Path, key: str | None = None) -> dict:
-    """A result file's runs (or the record of one ``key``)."""
-    runs = json.loads(Path(path).read_text())["runs"]
-    return runs if key is None else runs[key]

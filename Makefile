@@ -27,7 +27,7 @@ demo: setup
 	$(PY) -m cli.demo
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 lint: setup
 	$(VENV)/bin/lint-imports

@@ -1,2 +1,4 @@
-"""Benchmark scripts (run as `python bench/NAME.py`); a package only so that import-linter
-can check that nothing below imports them (the `bench` layer sits above `cli`)."""
+"""Benchmark scripts, run from the repository root as ``python -m bench.<name>``; they share
+bench/common.py (timing, the machine, tables, the one result writer) and write their current
+figures to bench/results/<name>.json. Nothing in pipeline/, model/, cli/ or tests/ imports
+this package (import-linter's layers; tests/test_layout.py)."""

@@ -11,18 +11,18 @@ What it does, with the project's own commands (each a subprocess, one torch thre
    processes on the two cores), then ``qgnet-eval fss`` on the fold's fixed test episodes;
 4. a Markdown + JSON table of mIoU / FB-IoU per fold.
 
-    .venv/bin/python bench/camvid_fss.py --work /tmp/qgnet-camvid --out bench/results/camvid_fss
+    python -m bench.camvid_fss --work /tmp/qgnet-camvid --out bench/results/camvid_fss.json
 
 The prior extractor Fp of QGNet is ``--prior`` (default ``imagenet``: ImageNet Lite0, a
 stand-in; pass a ``prior_extractor.pt`` from ``qgnet-train prior``). Skips with a message
-when CamVid is absent.
+when CamVid is absent. One record per ``--novel-pixels`` rule, Fp and folds in the results
+file.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+from bench.common import CAMVID, ROOT, add_out_argument, children_cpu_seconds, write_result
+
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
            "Pedestrian", "Bicyclist")
 
@@ -77,7 +77,7 @@ def wait_all(procs: list[tuple[subprocess.Popen, Path]]) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/qgnet-camvid"))
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "camvid_fss")
+    add_out_argument(ap, "camvid_fss")
     ap.add_argument("--folds", default="0,1,2,3")
     ap.add_argument("--prior", default="imagenet", help="QGNet's Fp: imagenet or a prior_extractor.pt")
     ap.add_argument("--crop", type=int, default=97)
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     if not CAMVID.is_dir():
         print(f"SKIP: CamVid not found at {CAMVID} (expected ../shared/data/camvid beside the repo)")
         return 0
-    t_start = time.time()
+    t_start, cpu_start = time.time(), children_cpu_seconds()
     py = sys.executable
     root = make_folder(CAMVID, args.work / "folder")
     cache = args.work / "cache"
@@ -171,14 +171,12 @@ def main(argv=None) -> int:
             lines.append(f"| {f} | {c} | {v:.2f} | {by[(f, 'baseline')]['per_class'][c]:.2f} |")
     table = "\n".join(lines)
     print("\n" + table)
-    result = {"benchmark": "bench/camvid_fss.py", "args": {k: str(v) for k, v in vars(args).items()},
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": rows,
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
               "prep_s": round(t_prep), "total_s": round(time.time() - t_start),
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(table + "\n")
-    print(f"total {result['total_s'] / 60:.1f} min; wrote {args.out}.json/.md")
+              "children_cpu_s": round(children_cpu_seconds() - cpu_start)}
+    print(f"total {result['total_s'] / 60:.1f} min")
+    write_result(args.out, result, table=table,
+                 key=f"novel pixels {args.novel_pixels}, Fp {args.prior}, folds {args.folds}")
     return 0
 
 

@@ -10,10 +10,12 @@ the report gives the sequence of stays, the number of stays, the distinct module
 often the walk drops from ``cli``/``model`` into ``pipeline`` and climbs back.
 
     python -m bench.cfg_walk                          # this tree
-    python -m bench.cfg_walk --tree /work/baseline    # another checkout, same measurement
+    python -m bench.cfg_walk --tree /work/baseline --tree . --out bench/results/cfg_walk.json
 
 ``--tree`` runs the measurement in a child process whose imports come from that checkout
-(PYTHONPATH), so one script measures both; results/cfg_walk.json keeps the last run's.
+(PYTHONPATH), so one script measures both. The child runs this file by its path, not as
+``bench.cfg_walk``: the other checkout's ``bench`` may differ or be absent, so :func:`walk`
+imports nothing from ``bench``.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import tempfile
 import typing
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 PROJECT = ("cli", "model", "pipeline")
 STEP = ("model.fss.build", "step")
 
@@ -135,21 +136,23 @@ def main() -> None:
     ap.add_argument("--tree", action="append", type=Path,
                     help="checkout(s) to measure (default: this one); repeat for several")
     ap.add_argument("--inner", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=None, metavar="FILE",
+                    help="merge this run's record into FILE (bench/results/cfg_walk.json holds "
+                         "the current figures; default: print only)")
     a = ap.parse_args()
     if a.inner is not None:
         print(json.dumps(walk(a.inner)))
         return
-    trees = a.tree or [HERE.parent]
+    from bench.common import ROOT, write_result
+
+    trees = a.tree or [ROOT]
     results = {str(t): measure(t.resolve()) for t in trees}
     for tree, r in results.items():
         print(f"{tree}: {r['stays']} stays in {r['distinct_modules']} modules "
               f"({r['calls']} calls holding the config), {r['drops_into_pipeline']} drops "
               f"into pipeline/")
         print("  " + " > ".join(r["sequence"]))
-    out = HERE / "results" / "cfg_walk.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {out}")
+    write_result(a.out, results, key="qgnet-train fss")
 
 
 if __name__ == "__main__":

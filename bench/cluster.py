@@ -1,6 +1,6 @@
 """The superpixel stage on a real dask.distributed cluster against the threads scheduler.
 
-    python bench/cluster.py [--images 200] [--method slic] [--out F]
+    python -m bench.cluster [--images 200] [--method slic] [--out bench/results/cluster.json]
 
 Starts ``dask scheduler`` and two ``dask worker --nthreads 1`` processes on this machine
 (``--preload pipeline.dask_preload``, as docs/prep.md tells a user to), then builds the same
@@ -8,14 +8,14 @@ store alternately with ``--scheduler threads --workers 2`` and ``--scheduler tcp
 twice each, in one run: the ratio is measured under the same machine load. With
 ``--no-preload`` the workers start bare and the runner prepares them (malloc thresholds,
 kernels) inside the first timed run; on the code before issue 14, which did not, that
-flag measured the old behaviour (0.43-0.47x threads, docs/benchmarks.md section 9.4).
+flag measured the old behaviour (0.43-0.47x threads; docs/benchmarks.md, superpixels).
+CPU ms per image: this process for the threads scheduler; for the cluster, this process (the
+client) plus the scheduler and worker process trees (nanny and worker), from /proc.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -23,9 +23,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.common import (
+    ROOT,
+    add_out_argument,
+    cpu_seconds,
+    markdown_table,
+    tree_cpu_seconds,
+    write_result,
+)
+from bench.stage import make_dataset
 
 
 def _free_port() -> int:
@@ -71,13 +77,11 @@ def stop_cluster(procs):
 
 
 def main(argv=None):
-    from stage import make_dataset
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--method", default="slic", choices=("slic", "felzenszwalb"))
     ap.add_argument("--no-preload", action="store_true")
-    ap.add_argument("--out", type=Path)
+    add_out_argument(ap, "cluster")
     args = ap.parse_args(argv)
 
     from pipeline.datasets import open_dataset
@@ -96,12 +100,15 @@ def main(argv=None):
         for rep in range(2):
             for scheduler in ("threads", address):
                 out = work / f"{rep}-{len(rows)}.zarr"
+                cpu0 = cpu_seconds() + sum(tree_cpu_seconds(p.pid) for p in procs)
                 store, report = build_superpixel_store(ds, split="train", method=args.method,
                                                        backend=backend, out=out, workers=2,
                                                        scheduler=scheduler, progress=False)
+                cpu = cpu_seconds() + sum(tree_cpu_seconds(p.pid) for p in procs) - cpu0
                 rows.append({"run": rep, "scheduler": "threads" if scheduler == "threads" else "distributed",
                              "images_per_s": round(report.images_per_s, 1),
-                             "whole_call_s": round(report.seconds, 2)})
+                             "whole_call_s": round(report.seconds, 2),
+                             "cpu_ms_per_image": round(1e3 * cpu / report.computed, 1)})
                 print(rows[-1], flush=True)
                 shutil.rmtree(out)
     finally:
@@ -111,18 +118,18 @@ def main(argv=None):
         thr = next(r for r in rows if r["run"] == rep and r["scheduler"] == "threads")
         dist = next(r for r in rows if r["run"] == rep and r["scheduler"] == "distributed")
         dist["ratio_vs_threads"] = round(dist["images_per_s"] / thr["images_per_s"], 2)
-    result = {"benchmark": "bench/cluster.py", "source": source, "method": args.method,
-              "backend": backend, "preload": not args.no_preload, "rows": rows,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded)",
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
-    print("| run | scheduler | images/s | whole call s | x threads |")
-    print("|---:|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['run']} | {r['scheduler']} | {r['images_per_s']} | {r['whole_call_s']} "
-              f"| {r.get('ratio_vs_threads', '')} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    preload = not args.no_preload
+    result = {"source": source, "method": args.method, "backend": backend, "preload": preload,
+              "rows": rows}
+    table = markdown_table(["run", "scheduler", "images/s", "whole call s", "x threads",
+                            "CPU ms per image"],
+                           [[r["run"], r["scheduler"], r["images_per_s"], r["whole_call_s"],
+                             r.get("ratio_vs_threads", ""), r["cpu_ms_per_image"]] for r in rows],
+                           align="rlrrrr")
+    print(table)
+    write_result(args.out, result, table=table,
+                 key=f"{source.split(' (')[0]}, {args.method} {backend}, "
+                     + ("preload" if preload else "no preload"))
     return result
 
 

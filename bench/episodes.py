@@ -1,6 +1,7 @@
 """Time the episode builder on a synthetic class_pixels table the size of COCO 2014.
 
-    .venv/bin/python bench/episodes.py [--episodes 20000] [--seeds 1] [--repeat 3]
+    python -m bench.episodes [--episodes 20000] [--seeds 1] [--repeat 3]
+                             [--out bench/results/episodes.json]
 
 Train 82,783 x 81 and val 40,504 x 81 rows, about 3 classes per image (Bernoulli per class
 with Zipf-like rates; person in about half the images, as in COCO), sizes log-uniform in
@@ -11,17 +12,15 @@ for ``qgnet-prep episodes --dataset coco`` (4 folds x training list + shots 1, 5
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import episode_stage  # noqa: E402
-from pipeline import episodes as ep  # noqa: E402
+from bench.common import add_out_argument, best_of, markdown_table, write_result
+from pipeline import episode_stage
+from pipeline import episodes as ep
 
 
 def synthetic_table(n: int, c: int = 80, *, per_image: float = 3.0, seed: int = 0) -> np.ndarray:
@@ -43,6 +42,7 @@ def main(argv=None) -> None:
     ap.add_argument("--episodes", type=int, default=20000)
     ap.add_argument("--seeds", type=int, default=1, help="seeds per fold and shot")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    add_out_argument(ap, "episodes")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -73,24 +73,21 @@ def main(argv=None) -> None:
                 t_ep, e = best_of(episodes, args.repeat)
                 rows.append((fold, f"{shot}-shot x {args.episodes}", t_ep,
                              f"{len(np.unique(e['query']))} distinct queries"))
-    print("\n| fold | what | seconds | result |\n|---|---|---|---|")
-    for fold, what, t, res in rows:
-        print(f"| {fold} | {what} | {t:.3f} | {res} |")
+    table = markdown_table(["fold", "what", "seconds", "result"],
+                           [[fold, what, f"{t:.3f}", res] for fold, what, t, res in rows],
+                           align="rlrl")
+    print("\n" + table)
     t_lists = sum(t for _, w, t, _ in rows if w == "train list")
     t_eps = sum(t for _, w, t, _ in rows if w != "train list")
+    total = t_lists + args.seeds * t_eps
     print(f"\nprojected `qgnet-prep episodes --dataset coco` (4 folds, shots 1+5, "
-          f"{args.seeds} seed(s)): {t_lists + args.seeds * t_eps:.2f} s "
+          f"{args.seeds} seed(s)): {total:.2f} s "
           f"(lists {t_lists:.2f} s + episodes {args.seeds * t_eps:.2f} s), "
           f"excluding the mask-store read")
-
-
-def best_of(fn, repeat):
-    best, result = float("inf"), None
-    for _ in range(max(repeat, 1)):
-        t = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, result
+    write_result(args.out, {"rows": [dict(zip(("fold", "what", "seconds", "result"), r,
+                                              strict=True)) for r in rows],
+                            "projected_coco_s": round(total, 3)},
+                 key=f"COCO 2014 size, {args.episodes} episodes, {args.seeds} seed(s)", table=table)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,44 @@
 """Evaluator episodes/s: this tree against a baseline git revision, in the same run.
 
 The baseline revision's code is exported with ``git archive`` into a temporary folder and
-:mod:`bench/fss_eval.py` (everything ``qgnet-eval fss`` does: loading, test resize, model,
-scoring at the original resolution) runs alternately from that tree and from this one,
-``--rounds`` times each, so drift of a shared machine hits both sides alike. Prints and
-writes (``--out``) the per-round rates, the medians and the ratio this / baseline::
+``python -m bench.fss_eval`` (everything ``qgnet-eval fss`` does: loading, test resize,
+model, scoring at the original resolution) runs alternately from that tree and from this
+one, ``--rounds`` times each, so drift of a shared machine hits both sides alike. Prints and
+writes (``--out``) the per-round rates and CPU seconds, the medians and the ratio this /
+baseline::
 
-    python bench/eval_speed.py --baseline 82a5b61 --cache-dir /tmp/fid/camvid/cache \
+    python -m bench.eval_speed --baseline 82a5b61 --cache-dir /tmp/fid/camvid/cache \
         --dataset camvid --crop 97 --episodes 60 --rounds 3 --threads 1 \
         --this-args "--batch-size 4" --out bench/results/eval_speed.json
 
-Extra ``fss_eval.py`` options for one side only go in ``--baseline-args`` / ``--this-args``
-(the baseline evaluator has batch 1 by default).
+Extra ``bench.fss_eval`` options for one side only go in ``--baseline-args`` /
+``--this-args`` (the baseline evaluator has batch 1 by default); the record's key is
+``--this-args`` (one record per setting of this side).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, add_out_argument, children_cpu_seconds, write_result
 
 
 def run_once(tree: Path, common: list[str], extra: list[str]) -> dict:
+    """One ``bench.fss_eval`` run from ``tree`` (its JSON line, plus the CPU seconds of the
+    child process: robust to the other jobs of a shared machine)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(tree / "bench" / "fss_eval.py"), *common, *extra],
+    cpu = children_cpu_seconds()
+    out = subprocess.run([sys.executable, "-m", "bench.fss_eval", *common, *extra],
                          cwd=tree, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return {**json.loads(out.strip().splitlines()[-1]),
+            "cpu_s": round(children_cpu_seconds() - cpu, 2)}
 
 
 def main(argv=None) -> dict:
@@ -49,7 +53,7 @@ def main(argv=None) -> dict:
     p.add_argument("--prior", default="imagenet")
     p.add_argument("--baseline-args", default="")
     p.add_argument("--this-args", default="")
-    p.add_argument("--out")
+    add_out_argument(p, "eval_speed")
     a = p.parse_args(argv)
     common = ["--dataset", a.dataset, "--cache-dir", a.cache_dir, "--crop", str(a.crop),
               "--episodes", str(a.episodes), "--threads", str(a.threads), "--device", "cpu",
@@ -66,14 +70,13 @@ def main(argv=None) -> dict:
                 rows[side].append(res)
                 print(f"round {r}: {side} {res['episodes_per_s']:.3f} episodes/s "
                       f"(batch {res['batch_size']}, mIoU {res['miou']:.4f})", flush=True)
-    med = {k: float(np.median([x["episodes_per_s"] for x in v])) for k, v in rows.items()}
-    out = {"bench": "eval_speed", "baseline": a.baseline, "args": vars(a),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    med = {k: statistics.median(x["episodes_per_s"] for x in v) for k, v in rows.items()}
+    out = {"baseline": a.baseline, "args": {k: str(v) for k, v in vars(a).items()},
            "median_episodes_per_s": med, "ratio_this_over_baseline": med["this"] / med["baseline"],
            "rounds": rows}
     print(json.dumps({k: out[k] for k in ("median_episodes_per_s", "ratio_this_over_baseline")}))
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(a.out, out, key=f"this: {a.this_args or 'defaults'}; baseline {a.baseline}: "
+                 f"{a.baseline_args or 'defaults'}")
     return out
 
 

@@ -27,10 +27,11 @@ Two more trials per trainer (issue 22 §1, §2), each once:
 Usage (issue 15 asks for 10 trials per stage, 40 in all)::
 
     python -m bench.fault_inject --trials 10 --train-trials 10 --work /tmp/qgnet-fault \
-        --json bench/results/fault_inject.json
+        --out bench/results/fault_inject.json
 
-Prints one line per trial and a summary table (Markdown) for docs/benchmarks.md. Exit code 1
-if any trial differs, leaves an orphan or a temporary.
+Prints one line per trial and a summary table (Markdown) for docs/benchmarks.md; the record
+holds every trial and the printed report. Exit code 1 if any trial differs, leaves an orphan
+or a temporary.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import ROOT, add_out_argument, markdown_table, write_result
+
 PROGS = {"qgnet-prep": "cli.prep", "qgnet-train": "cli.train"}
 TEMP_RE = re.compile(r".*(\.tmp\d*|\.creating|\.lock)$")
 
@@ -394,7 +396,7 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir-trials", default="prior,fss",
                    help="Trainers that also get the copied-run-dir and two-writers trials "
                         "(issue 22 §1-§2); 'none' skips them.")
-    p.add_argument("--json", type=Path, help="Write the trial records here.")
+    add_out_argument(p, "fault_inject")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     work = args.work.resolve()
@@ -402,10 +404,16 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     log = work / "commands.log"
+    report: list[str] = []  # what this run prints, for the record
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        report.append(line)
+
     t0 = time.perf_counter()
     setup(work, args, log)
-    print(f"setup (demo {args.n_train}+{args.n_val} images, masks, episodes, slic): "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    say(f"setup (demo {args.n_train}+{args.n_val} images, masks, episodes, slic): "
+        f"{time.perf_counter() - t0:.0f} s")
     all_stages = stages(work, args)
     records, summary = [], []
     for name in args.stages.split(","):
@@ -413,7 +421,7 @@ def main(argv=None) -> int:
         ref = work / "ref" / name
         ref.mkdir(parents=True)
         t_ref = run(stage.cmd(ref, False, stage.schedulers[0]), log=log)
-        print(f"{name}: reference run {t_ref:.1f} s", flush=True)
+        say(f"{name}: reference run {t_ref:.1f} s")
         ok = 0
         n_trials = args.trials if stage.schedulers[0] or args.train_trials is None \
             else args.train_trials
@@ -439,13 +447,13 @@ def main(argv=None) -> int:
             rec["ok"] = not rec["diff"] and not rec["orphans"] and not rec["temporaries"]
             ok += rec["ok"]
             records.append(rec)
-            print(f"{name:12s} #{i} {scheduler or '-':9s} kill at {rec['at_s']:5.1f} s, "
-                  f"{rec['progress_at_kill']}/{total} {'shards' if stage.schedulers[0] else 'steps'} "
-                  f"done ({'killed' if rec['killed'] else 'had finished'}, {rec['children']} "
-                  f"children): {rec['resume']}; "
-                  f"{'identical' if not rec['diff'] else rec['diff']}; orphans "
-                  f"{len(rec['orphans'])}; temporaries {len(rec['temporaries'])}"
-                  f"{'' if rec['ok'] else '  FAIL'}", flush=True)
+            say(f"{name:12s} #{i} {scheduler or '-':9s} kill at {rec['at_s']:5.1f} s, "
+                f"{rec['progress_at_kill']}/{total} {'shards' if stage.schedulers[0] else 'steps'} "
+                f"done ({'killed' if rec['killed'] else 'had finished'}, {rec['children']} "
+                f"children): {rec['resume']}; "
+                f"{'identical' if not rec['diff'] else rec['diff']}; orphans "
+                f"{len(rec['orphans'])}; temporaries {len(rec['temporaries'])}"
+                f"{'' if rec['ok'] else '  FAIL'}")
             shutil.rmtree(out, ignore_errors=True)
         summary.append((name, ok, n_trials, t_ref))
     extra = []  # (row name, ok) of the run-dir trials
@@ -466,24 +474,22 @@ def main(argv=None) -> int:
                        "ok": False}
             records.append(rec)
             extra.append((rec["stage"], rec["ok"]))
-            print(f"{rec['stage']:26s} {'ok' if rec['ok'] else 'FAIL: ' + rec['diff']}"
-                  f"{'; temporaries ' + str(rec['temporaries']) if rec['temporaries'] else ''}",
-                  flush=True)
-    print("\n| stage | schedulers | trials identical, no orphan, no temporary | reference run |")
-    print("|---|---|---|---|")
-    for name, ok, n, t_ref in summary:
-        sch = ", ".join(s for s in all_stages[name].schedulers if s) or "-"
-        print(f"| {name} | {sch} | {ok}/{n} | {t_ref:.1f} s |")
-    for name, ok in extra:
-        print(f"| {name} | - | {int(ok)}/1 | - |")
+            say(f"{rec['stage']:26s} {'ok' if rec['ok'] else 'FAIL: ' + rec['diff']}"
+                f"{'; temporaries ' + str(rec['temporaries']) if rec['temporaries'] else ''}")
+    table = markdown_table(
+        ["stage", "schedulers", "trials identical, no orphan, no temporary", "reference run"],
+        [[name, ", ".join(s for s in all_stages[name].schedulers if s) or "-", f"{ok}/{n}",
+          f"{t_ref:.1f} s"] for name, ok, n, t_ref in summary]
+        + [[name, "-", f"{int(ok)}/1", "-"] for name, ok in extra], align="llll")
+    say("\n" + table)
     summary += [(name, int(ok), 1, 0.0) for name, ok in extra]
     total = sum(s[1] for s in summary)
-    print(f"\n{total}/{sum(s[2] for s in summary)} trials passed "
-          f"({time.perf_counter() - t0:.0f} s in all)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "records": records}, indent=1))
+    say(f"\n{total}/{sum(s[2] for s in summary)} trials passed "
+        f"({time.perf_counter() - t0:.0f} s in all)")
+    write_result(args.out, {"args": {k: str(v) for k, v in vars(args).items()},
+                            "records": records},
+                 key=f"stages {args.stages}, run-dir trials {args.run_dir_trials}",
+                 table="\n".join(report))
     return 0 if total == sum(s[2] for s in summary) else 1
 
 

@@ -1,6 +1,6 @@
 """Felzenszwalb contract check: scikit-image's promises, kept by our backends.
 
-    python bench/fh_contract.py [--out bench/results/fh_contract.json]
+    python -m bench.fh_contract [--out bench/results/fh_contract.json]
 
 1. min_size held (the peer of scikit-image's own ``test_minsize``): coins (a crop and the
    whole image, grayscale stacked to RGB) and coffee (every 4th pixel), sigma 3, scale 1,
@@ -12,17 +12,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.superpixels import available_backends, felzenszwalb  # noqa: E402
+from bench.common import CAMVID, add_out_argument, write_result
+from pipeline.superpixels import available_backends, felzenszwalb
 
-CAMVID = Path(os.environ.get("QGNET_CAMVID", Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"))
 SETTINGS = ({"scale": 1000.0, "sigma": 0.8, "min_size": 1000},
             {"scale": 300.0, "sigma": 0.8, "min_size": 200},
             {"scale": 100.0, "sigma": 0.5, "min_size": 50})
@@ -40,13 +35,19 @@ def main():
     from skimage.segmentation import felzenszwalb as sk_fh
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path)
+    add_out_argument(ap, "fh_contract")
     args = ap.parse_args()
     backends = available_backends("felzenszwalb")
     result = {"min_size": [], "counts": []}
-    print("| image | min_size | " + " | ".join(f"{b}: n, smallest" for b in backends)
-          + " | raw skimage: n, smallest |")
-    print("|---|---:|" + "---:|" * (len(backends) + 1))
+    lines = []
+
+    def say(line=""):
+        print(line)
+        lines.append(line)
+
+    say("| image | min_size | " + " | ".join(f"{b}: n, smallest" for b in backends)
+        + " | raw skimage: n, smallest |")
+    say("|---|---:|" + "---:|" * (len(backends) + 1))
     for name, img in peer_images().items():
         for min_size in range(10, 100, 10):
             row = {"image": name, "min_size": min_size}
@@ -61,11 +62,11 @@ def main():
                 cells.append(f"{int(lab.max())}, {int(sizes.min())}"
                              + ("" if sizes.min() >= min_size else " **FAIL**"))
             result["min_size"].append(row)
-            print(f"| {name} | {min_size} | " + " | ".join(cells) + " |")
+            say(f"| {name} | {min_size} | " + " | ".join(cells) + " |")
     paths = sorted((CAMVID / "val" / "images").glob("*.jpg"))[::8]
-    print(f"\nSegment counts vs raw scikit-image, {len(paths)} CamVid val photos (480x360)")
-    print("| scale, sigma, min_size | skimage n | " + " | ".join(f"{b} n (ratio)" for b in backends) + " |")
-    print("|---|---:|" + "---:|" * len(backends))
+    say(f"\nSegment counts vs raw scikit-image, {len(paths)} CamVid val photos (480x360)")
+    say("| scale, sigma, min_size | skimage n | " + " | ".join(f"{b} n (ratio)" for b in backends) + " |")
+    say("|---|---:|" + "---:|" * len(backends))
     photos = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     for s in SETTINGS:
         ref = sum(int(sk_fh(im, channel_axis=-1, **s).max()) + 1 for im in photos)
@@ -73,11 +74,9 @@ def main():
         for b in backends:
             row[b] = sum(int(felzenszwalb(im, backend=b, **s).max()) for im in photos)
         result["counts"].append(row)
-        print(f"| {s['scale']:g}, {s['sigma']:g}, {s['min_size']} | {ref} | "
-              + " | ".join(f"{row[b]} ({row[b] / ref:.3f})" for b in backends) + " |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        say(f"| {s['scale']:g}, {s['sigma']:g}, {s['min_size']} | {ref} | "
+            + " | ".join(f"{row[b]} ({row[b] / ref:.3f})" for b in backends) + " |")
+    write_result(args.out, result, key="contract", table="\n".join(lines))
 
 
 if __name__ == "__main__":

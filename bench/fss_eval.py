@@ -6,23 +6,23 @@ and prints one JSON line; ``--out`` also writes it. Either a trained checkpoint 
 untrained network built from ``--backbone/--weights/--prior`` (speed does not depend on
 the weights)::
 
-    python bench/fss_eval.py --checkpoint runs/fss/.../best.pt --episodes 200
-    python bench/fss_eval.py --dataset folder --cache-dir /tmp/camvid_cache --crop 129 \
-        --backbone efficientnet_lite0 --weights imagenet --prior imagenet --episodes 100
+    python -m bench.fss_eval --checkpoint runs/fss/.../best.pt --episodes 200
+    python -m bench.fss_eval --dataset folder --cache-dir /tmp/camvid_cache --crop 129 \
+        --backbone efficientnet_lite0 --weights imagenet --prior imagenet --episodes 100 \
+        --out bench/results/fss_eval.json
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on GPU, the process's max RSS on CPU.
-The first batch is excluded from the timing (warm-up).
+The first batch is excluded from the timing (warm-up). The JSON line is what
+``bench.eval_speed`` reads (from this tree and from a baseline revision's).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_out_argument, write_result
 
 
 def main(argv=None) -> dict:
@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out")
+    add_out_argument(p, "fss_eval")
     a = p.parse_args(argv)
 
     import torch
@@ -74,8 +74,8 @@ def main(argv=None) -> dict:
     if res["device"].startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(out))
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(a.out, out, key=f"{a.checkpoint or a.dataset}, crop {out['crop']}, batch "
+                 f"{a.batch_size}, {'QGNet' if out['use_prior_map'] else 'baseline'}, {out['device']}")
     return out
 
 

@@ -1,6 +1,6 @@
 """Few-shot loader throughput per core: training batches and test episodes at crop 473.
 
-    python bench/fss_loader.py [--dataset demo] [--cache-dir cache] [--crop 473] [--shot 1]
+    python -m bench.fss_loader [--dataset demo] [--cache-dir cache] [--crop 473] [--shot 1]
                                [--items 60] [--out bench/results/fss_loader.json]
 
 One process, one thread (torch and numpy's pools pinned to 1), the exact
@@ -11,24 +11,19 @@ test resize and pad, the original-size label). Images/s counts every image decod
 (1 query + K supports per item). Needs the dataset's masks and fold-0 episodes
 (``make bench`` prepares the demo dataset's; any other prepared dataset works with
 ``--dataset/--cache-dir``). The DataLoader workers a GPU needs = the GPU's episodes/s divided
-by the per-core episodes/s printed here.
+by the per-core episodes/s printed here. One record per dataset and crop in the results file.
 """
 from __future__ import annotations
 
-import os
+from bench.common import pin_threads
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[_var] = "1"
+pin_threads(1)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import ROOT, add_out_argument, machine, markdown_table, write_result  # noqa: E402
 
 
 def rate(ds, n: int, images_per_item: int) -> dict:
@@ -37,7 +32,7 @@ def rate(ds, n: int, images_per_item: int) -> dict:
     cpu, wall = time.thread_time(), time.perf_counter()
     for i in range(n):
         ds[i]
-    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall  # one clock each, one loop
     return {"items": n, "cpu_ms_per_item": round(1e3 * cpu / n, 1),
             "items_per_s_per_core": round(n / cpu, 1),
             "images_per_s_per_core": round(n * images_per_item / cpu, 1),
@@ -53,7 +48,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--shot", type=int, default=1)
     ap.add_argument("--crop", type=int, default=473)
     ap.add_argument("--items", type=int, default=60)
-    ap.add_argument("--out", type=Path)
+    add_out_argument(ap, "fss_loader")
     args = ap.parse_args(argv)
 
     import torch
@@ -71,20 +66,18 @@ def main(argv=None) -> dict:
     h, w = train.reader.load_image(train.store.ids[0]).shape[:2]
     rows = {"train batches (TrainEpisodes)": rate(train, args.items, 1 + args.shot),
             "test episodes (TestEpisodes)": rate(test, args.items, 1 + args.shot)}
-    result = {"benchmark": "bench/fss_loader.py", "dataset": args.dataset,
-              "image_size": f"{w}x{h}", "crop": args.crop, "shot": args.shot, "rows": rows,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded)",
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
+    result = {"dataset": args.dataset, "image_size": f"{w}x{h}", "crop": args.crop,
+              "shot": args.shot, "rows": rows}
+    table = markdown_table(["items", "CPU ms/item", "items/s per core", "images/s per core",
+                            "wall items/s"],
+                           [[name, r["cpu_ms_per_item"], r["items_per_s_per_core"],
+                             r["images_per_s_per_core"], r["wall_items_per_s"]]
+                            for name, r in rows.items()])
     print(f"{args.dataset} ({w}x{h} images), crop {args.crop}, {args.shot}-shot, one thread, "
-          f"{result['machine']}")
-    print("| items | CPU ms/item | items/s per core | images/s per core | wall items/s |")
-    print("|---|---:|---:|---:|---:|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['cpu_ms_per_item']} | {r['items_per_s_per_core']} "
-              f"| {r['images_per_s_per_core']} | {r['wall_items_per_s']} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+          f"{machine()}")
+    print(table)
+    write_result(args.out, result, key=f"{args.dataset}, crop {args.crop}, {args.shot}-shot",
+                 table=table)
     return result
 
 

@@ -5,21 +5,21 @@ RandScale), angle in [-10, 10]. Both implementations run in the same process, on
 thread (as in a DataLoader worker), alternating, so the ratio holds on a loaded machine; the output also reports how close the
 two results are (mean |diff| on the 0..255 scale, label agreement).
 
-    PYTHONPATH=$PWD python bench/fss_rotate.py [--repeats 20] [--json out.json]
+    python -m bench.fss_rotate [--repeats 20] [--out bench/results/fss_rotate.json]
+
+``rotate_map_coordinates`` is the implementation before issue 13 §7, kept here as this
+benchmark's baseline (tests/model/fss/test_transforms.py has its own reference).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.fss import transforms as T  # noqa: E402
+from bench.common import add_out_argument, write_result
+from model.fss import transforms as T
 
 
 def rotate_map_coordinates(image, label, angle, *, pad=T.MEAN, ignore=255):
@@ -47,7 +47,7 @@ def rotate_map_coordinates(image, label, angle, *, pad=T.MEAN, ignore=255):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--json", default="")
+    add_out_argument(ap, "fss_rotate")
     args = ap.parse_args(argv)
     import torch
 
@@ -74,8 +74,7 @@ def main(argv=None) -> dict:
            "speedup": t_old / max(t_new, 1e-12), "mean_abs_diff": float(np.mean(diffs)),
            "label_agreement": float(np.min(agree))}
     print(json.dumps(res, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    write_result(args.out, res, key="500 x 375, one torch thread")
     return res
 
 

@@ -70,6 +70,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import command_line, cpu_seconds, git_commit
+
 NOT_GPU = "NOT A GPU FIGURE: toy sizes on CPU, only shows that the check runs"
 SECTIONS = ("data", "prior_step", "prior_loader", "prior_e2e", "syncs", "parity", "fss_train",
             "fss_eval")
@@ -107,12 +109,6 @@ def peak_gb(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
     return {}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def prior_config(sz: dict, data: dict | None, *, backbone: str | None = None,
@@ -752,7 +748,7 @@ def main(argv=None) -> dict:
         "gpu_figure": gpu and not args.toy, "cpu_cores": os.cpu_count(),
         "available_cores": available_cores(), "default_workers": default_loader_workers(),
         "torch": torch.__version__, "cuda": torch.version.cuda,
-        "python": platform.python_version(),
+        "python": platform.python_version(), "commit": git_commit(), "command": command_line(),
         "note": "random-init backbones (no downloads); bf16 autocast, channels_last, "
                 "cudnn.benchmark and TF32 on CUDA", "sizes": sz})
     result.setdefault("sections", {})

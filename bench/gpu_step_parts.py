@@ -5,31 +5,27 @@
    NCHW (the F.batch_norm view), NHWC through the old reshape (copies to NCHW and back),
    and NHWC through the new channels_last path. On CPU the convolutions dominate and
    oneDNN's NHWC kernels differ from CUDA's, so only the ratio of the BN variants means
-   anything; the GPU number waits for bench/gpu_check.py on a lent device.
+   anything; the GPU number waits for ``python -m bench.gpu_check`` on a lent device.
 2. ``--part prior-map``: bytes autograd keeps for backward in ``cosine_max_map`` (QGNet's
    prior map: 256 channels, 60 x 60 at 473) for the old quotient formula and the new
    normalise-then-bmm, counted exactly with ``torch.autograd.graph.saved_tensors_hooks``
    (the CPU stand-in for CUDA's peak memory), and the forward + backward time.
 
-    PYTHONPATH=$PWD python bench/gpu_step_parts.py [--part all] [--repeats 5] [--json F]
+    python -m bench.gpu_step_parts [--part all] [--repeats 5] [--out bench/results/gpu_step_parts.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.fss.qgnet import cosine_max_map, minmax_normalise  # noqa: E402
-from model.prior.moco import SplitBatchNorm  # noqa: E402
+from bench.common import add_out_argument, median_of, write_result
+from model.fss.qgnet import cosine_max_map, minmax_normalise
+from model.prior.moco import SplitBatchNorm
 
 
 class OldSplitBN(SplitBatchNorm):
@@ -56,13 +52,8 @@ def _stack(bn_cls, depth=4, c=64, groups=8):
 
 
 def _time(fn, repeats):
-    fn()  # warm-up (oneDNN primitive creation)
-    t = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return sorted(t)[len(t) // 2]  # median
+    """Median wall seconds of ``repeats`` calls after one warm-up (oneDNN primitive creation)."""
+    return median_of(fn, repeats, warmup=1)[0]
 
 
 def split_bn(repeats: int, batch: int = 32, size: int = 56) -> dict:
@@ -129,7 +120,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("all", "split-bn", "prior-map"), default="all")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", default="")
+    add_out_argument(ap, "gpu_step_parts")
     args = ap.parse_args(argv)
     out = {"torch_threads": torch.get_num_threads()}
     if args.part in ("all", "split-bn"):
@@ -137,8 +128,7 @@ def main(argv=None) -> dict:
     if args.part in ("all", "prior-map"):
         out["prior_map"] = prior_map(args.repeats)
     print(json.dumps(out, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    write_result(args.out, out, key=f"{args.part}, {torch.get_num_threads()} torch threads")
     return out
 
 

@@ -13,15 +13,13 @@ Data: the first ``--n`` CamVid train masks (480 x 360, ../shared/data/camvid) pl
 Reported: mean seconds per ``store.get(i)`` over the CamVid maps (``--repeat`` passes), bytes
 on disk per stored image, the padded map shape.
 
-    PYTHONPATH=$PWD python bench/huge_image.py --n 64
+    python -m bench.huge_image --n 64 --out bench/results/huge_image.json
 """
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +27,9 @@ from PIL import Image
 
 import pipeline.runner as runner
 import pipeline.store as store_mod
+from bench.common import CAMVID, add_out_argument, timed, write_result
 from pipeline.datasets.base import Dataset
 from pipeline.mask_stage import build_mask_store
-
-CAMVID = Path(__file__).resolve().parent.parent / ".." / "shared" / "data" / "camvid"
 
 
 class ArrayDataset(Dataset):
@@ -65,11 +62,9 @@ class ArrayDataset(Dataset):
 
 
 def read_times(store, idx, repeat: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        for i in idx:
-            store.get(int(i))
-    return (time.perf_counter() - t0) / (repeat * len(idx))
+    """Mean seconds per ``store.get`` over ``repeat`` passes over ``idx``."""
+    seconds, _ = timed(lambda: [store.get(int(i)) for _ in range(repeat) for i in idx])
+    return seconds / (repeat * len(idx))
 
 
 def main(argv=None) -> int:
@@ -77,7 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=64, help="CamVid masks (plus one huge one).")
     p.add_argument("--side", type=int, default=8000, help="Side of the huge image.")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--json", type=Path)
+    add_out_argument(p, "huge_image")
     args = p.parse_args(argv)
     files = sorted((CAMVID / "train" / "masks").glob("*.png"))[: args.n]
     masks = {f.stem: np.asarray(Image.open(f)) for f in files}
@@ -94,10 +89,8 @@ def main(argv=None) -> int:
         ds = ArrayDataset(masks, work)
         for label, limit in (("before", 10**9), ("after", store_mod.MAX_MAP_SIDE)):
             store_mod.MAX_MAP_SIDE = runner.MAX_MAP_SIDE = limit
-            t0 = time.perf_counter()
-            store, report = build_mask_store(ds, split="train", out=work / f"{label}.zarr",
-                                             workers=2, progress=False)
-            build_s = time.perf_counter() - t0
+            build_s, (store, report) = timed(lambda label=label: build_mask_store(
+                ds, split="train", out=work / f"{label}.zarr", workers=2, progress=False))
             t = read_times(store, normal, args.repeat)
             ok = int((store.hw[:, 0] > 0).sum())
             results[label] = {"read_ms_per_map": round(1e3 * t, 3),
@@ -114,9 +107,9 @@ def main(argv=None) -> int:
     b, a = results["before"], results["after"]
     print(f"read time: {b['read_ms_per_map'] / a['read_ms_per_map']:.1f}x faster after; "
           f"bytes per image: {b['bytes_per_image'] / a['bytes_per_image']:.1f}x smaller after")
-    if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
-                                         "results": results}, indent=1, default=str))
+    write_result(args.out, {"args": {k: str(v) for k, v in vars(args).items()},
+                            "results": results},
+                 key=f"{args.n} CamVid masks + one {args.side} x {args.side}")
     return 0
 
 

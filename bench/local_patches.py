@@ -8,19 +8,17 @@ CPU seconds of this process per step (``time.process_time``, robust to other pro
 a shared CPU) and wall images/s (on CUDA: synchronised wall time), the best round of each,
 and the ratio to pooled.
 
-    python -m bench.local_patches --dataset demo --cache-dir cache --steps 4 --rounds 3
+    python -m bench.local_patches --dataset demo --cache-dir cache --steps 4 --rounds 3 \
+        --out bench/results/local_patches.json
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+from bench.common import add_out_argument, markdown_table, write_result
 from model.prior.config import PriorConfig, build_model, finalize_config
 from model.prior.trainer import build_data, build_optimizer, train_step
 from model.utils import DistInfo, pick_device
@@ -49,7 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="bench/results/local_patches")
+    add_out_argument(ap, "local_patches")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     base = config(args)
@@ -88,23 +86,19 @@ def main(argv=None) -> None:
     rows = [{"mode": name, "cpu_s_per_step": cpu, "wall_images_per_s": base.batch_size / wall,
              "cpu_vs_pooled": cpu / best["pooled"][0], "wall_vs_pooled": wall / best["pooled"][1]}
             for name, (cpu, wall) in best.items()]
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-               f"{torch.get_num_threads()} torch threads, {device}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(
-        {"rows": rows, "machine": machine, "config": {k: getattr(base, k) for k in (
-            "dataset", "backbone", "crop", "batch_size", "patches_per_image", "min_patch_pixels",
-            "max_patch_pixels", "patch_fill")}, "args": vars(args)}, indent=1, default=str) + "\n")
-    lines = [f"{machine}; {base.dataset}, {base.backbone}, crop {base.crop}, batch {base.batch_size}, "
-             f"{args.steps} steps x best of {args.rounds} alternating rounds.", "",
-             "| mode | CPU s / step | x pooled (CPU) | img/s (wall) | x pooled (wall time) |",
-             "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['mode']} | {r['cpu_s_per_step']:.3f} | {r['cpu_vs_pooled']:.2f} | "
-                     f"{r['wall_images_per_s']:.1f} | {r['wall_vs_pooled']:.2f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = markdown_table(
+        ["mode", "CPU s / step", "x pooled (CPU)", "img/s (wall)", "x pooled (wall time)"],
+        [[r["mode"], f"{r['cpu_s_per_step']:.3f}", f"{r['cpu_vs_pooled']:.2f}",
+          f"{r['wall_images_per_s']:.1f}", f"{r['wall_vs_pooled']:.2f}"] for r in rows])
+    print(f"{base.dataset}, {base.backbone}, crop {base.crop}, batch {base.batch_size}, "
+          f"{args.steps} steps x best of {args.rounds} alternating rounds, {device}.\n")
+    print(table)
+    config_used = {k: getattr(base, k) for k in (
+        "dataset", "backbone", "crop", "batch_size", "patches_per_image", "min_patch_pixels",
+        "max_patch_pixels", "patch_fill")}
+    write_result(args.out, {"rows": rows, "config": config_used,
+                            "args": {k: str(v) for k, v in vars(args).items()}},
+                 key=f"{base.dataset}, {device}", table=table)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ Four figures per method (plus the distinct patches among the filled slots):
 It also prints the whole-image figures of the earlier table (median / pixel-weighted area
 when the whole image is resized to S x S, superpixels per image). Areas are pixels at S.
 
-    python -m bench.patch_area --images 40 --views 8      # before and after, both datasets
+    python -m bench.patch_area --images 40 --views 8 --out bench/results/patch_area.json
 
 Data: ``../shared/data/camvid`` (train, 480 x 360 street photos, every k-th image) and the
 demo dataset (``qgnet-prep demo`` in ``--cache-dir``; made here if missing).
@@ -35,15 +35,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+from bench.common import CAMVID, add_out_argument, write_result
 
 # rule -> (method, parameters, backend) rows: SLIC-100 with the default backend (auto:
 # fast-slic where it builds) and Achanta et al.'s (numba, the paper recipe's), and that
@@ -172,7 +168,7 @@ def main() -> None:
                     "e.g. slic:n_segments=100@auto felzenszwalb:scale=300,min_size=250")
     ap.add_argument("--datasets", nargs="*", default=["camvid", "demo"])
     ap.add_argument("--cache-dir", default="cache")
-    ap.add_argument("--out", default="bench/results/patch_area")
+    add_out_argument(ap, "patch_area")
     args = ap.parse_args()
     import torch
 
@@ -207,12 +203,8 @@ def main() -> None:
                       f"median {lo['median']:5.0f} pw {lo['pixel_weighted']:5.0f} slots "
                       f"{lo['slots']:5.2f} (distinct {lo['distinct']:5.2f}) usable {lo['usable']:5.1f}",
                       flush=True)
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"crop": args.crop, "views": args.views, "slots": args.slots,
-            "cpu_seconds": round(time.process_time() - t_start, 1),
-            "machine": f"{platform.node()} {os.cpu_count()} CPUs", "rows": rows}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+            "cpu_seconds": round(time.process_time() - t_start, 1), "rows": rows}
     windows = "; ".join(f"{r}: {rule_window(r, args.crop)[0]}..{rule_window(r, args.crop)[1] or 'any'} px, "
                         f"fill {rule_window(r, args.crop)[2]}" for r in args.rules)
     lines = [f"Patches the local loss uses at crop {args.crop}, {args.slots} slots per image, "
@@ -231,8 +223,10 @@ def main() -> None:
                      f"{lo['slots']:.2f} | {lo['distinct']:.2f} | {lo['usable']:.1f} | "
                      f"{r['median_area']:.0f} | {r['pixel_weighted_area']:.0f} | "
                      f"{r['segments_per_image']:.0f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_result(args.out, meta, table="\n".join(lines),
+                 key=f"{', '.join(args.datasets)}, rules {', '.join(args.rules)}"
+                     + (f", grid {' '.join(args.grid)}" if args.grid else ""))
 
 
 if __name__ == "__main__":

@@ -7,20 +7,16 @@ weights, so an untrained network of the demo's backbones is used unless ``--mode
 a bundle or checkpoint. Queries are CamVid photos (../shared/data/camvid, 480 x 360) when
 present, else random images of that size. One JSON line per crop::
 
-    python bench/predict.py --crops 473,129 --images 24 --batch-size 4 --threads 2
+    python -m bench.predict --crops 473,129 --images 24 --batch-size 4 --threads 2 \
+        --out bench/results/predict.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+from bench.common import CAMVID, add_out_argument, write_result
 
 
 def _images(n: int):
@@ -57,7 +53,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out")
+    add_out_argument(p, "predict")
     a = p.parse_args(argv)
 
     import numpy as np
@@ -80,11 +76,10 @@ def main(argv=None) -> list[dict]:
         rows.append({"crop": crop, "images": len(queries), "batch_size": a.batch_size,
                      "images_per_s": round(len(queries) / secs, 3),
                      "ms_per_image": round(1000 * secs / len(queries), 1), "source": source,
-                     "threads": torch.get_num_threads(), "device": "cpu",
-                     "machine": f"{platform.machine()} {platform.processor() or ''}".strip()})
+                     "threads": torch.get_num_threads(), "device": "cpu"})
         print(json.dumps(rows[-1]), flush=True)
-    if a.out:
-        Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_result(a.out, rows, key=f"{a.model or 'untrained demo backbones'}, batch "
+                 f"{a.batch_size}, {torch.get_num_threads()} threads")
     return rows
 
 

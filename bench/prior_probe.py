@@ -26,16 +26,15 @@ statistics for free), and optionally ImageNet EfficientNet-Lite0 as a reference.
 
 Example (CamVid as a folder dataset, stores from ``qgnet-prep superpixels``)::
 
-    python bench/prior_probe.py --root /tmp/camvid/folder --masks /work/shared/data/camvid \
+    python -m bench.prior_probe --root /tmp/camvid/folder --masks ../shared/data/camvid \
         --train-store .../slic-train-*.zarr --val-store .../slic-val-*.zarr \
         --prior runs/prior/.../prior_extractor.pt --backbone resnet18 --imagenet-lite0 \
-        --out docs/bench/prior_probe
+        --key camvid --out bench/results/prior_probe.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -43,10 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.backbones import build_backbone, read_prior_export  # noqa: E402
-from pipeline.store import ShardedStore  # noqa: E402
+from bench.common import add_out_argument, markdown_table, write_result
+from model.backbones import build_backbone, read_prior_export
+from pipeline.store import ShardedStore
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -202,7 +200,9 @@ def main(argv=None):
     ap.add_argument("--view-store", help="patch store of the val split for --views (default: --val-store)")
     ap.add_argument("--crop", type=int, default=128, help="view size for --views")
     ap.add_argument("--view-seed", type=int, default=0)
-    ap.add_argument("--out", default="docs/bench/prior_probe")
+    ap.add_argument("--key", help="this run's name in the results file (default: the name of "
+                                   "--root's folder)")
+    add_out_argument(ap, "prior_probe")
     args = ap.parse_args(argv)
 
     from model.utils import seed_everything
@@ -256,26 +256,24 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         rows.append(row)
     majority = float((yva == torch.bincount(ytr).argmax()).float().mean())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "majority_baseline": majority,
-                                                    "args": vars(args)}, indent=2))
-    vh = " view retrieval top-1 | same-image top-1 |" if views is not None else ""
-    lines = ["| encoder | linear acc | linear mean-class acc | 1-NN acc | 1-NN mean-class acc |" + vh,
-             "|---|---|---|---|---|" + ("---|---|" if vh else "")]
-    for r in rows:
-        v = (f" {r['views']['top1']:.3f} | {r['views']['same_image_top1']:.3f} |"
-             if views is not None else "")
-        lines.append(f"| {r['encoder']} | {r['linear']['acc']:.3f} | "
-                     f"{r['linear']['mean_class_acc']:.3f} | {r['nn1']['acc']:.3f} | "
-                     f"{r['nn1']['mean_class_acc']:.3f} |" + v)
-    lines.append(f"\nval patches {rows[0]['val_patches']}, train patches {rows[0]['train_patches']} "
-                 f"({len(tr_ids)} train, {len(va_ids)} val images); majority-class baseline {majority:.3f}")
+    head = ["encoder", "linear acc", "linear mean-class acc", "1-NN acc", "1-NN mean-class acc"]
+    if views is not None:
+        head += ["view retrieval top-1", "same-image top-1"]
+    table = markdown_table(head, [
+        [r["encoder"], f"{r['linear']['acc']:.3f}", f"{r['linear']['mean_class_acc']:.3f}",
+         f"{r['nn1']['acc']:.3f}", f"{r['nn1']['mean_class_acc']:.3f}"]
+        + ([f"{r['views']['top1']:.3f}", f"{r['views']['same_image_top1']:.3f}"]
+           if views is not None else []) for r in rows])
+    lines = [table, f"\nval patches {rows[0]['val_patches']}, train patches "
+             f"{rows[0]['train_patches']} ({len(tr_ids)} train, {len(va_ids)} val images); "
+             f"majority-class baseline {majority:.3f}"]
     if views is not None:
         lines.append(f"view retrieval: {rows[0]['views']['patches']} patches in two {args.crop}px "
                      f"MoCo-v2 views of each val image; chance {rows[0]['views']['chance']:.4f}")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_result(args.out, {"rows": rows, "majority_baseline": majority,
+                            "args": {k: str(v) for k, v in vars(args).items()}},
+                 key=args.key or Path(args.root).name, table="\n".join(lines))
 
 
 if __name__ == "__main__":

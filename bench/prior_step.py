@@ -10,10 +10,12 @@ For each backbone, in one process and on the same pre-loaded batches:
 * ``pipeline``: loader + step together (``loss="both"``), with the fraction of the time
   spent waiting for data.
 
-Writes ``<out>.md`` (table) and ``<out>.json``. Example::
+Prints the table; ``--out`` merges the record (one per mode and patch method) into the
+results file. Example::
 
-    python bench/prior_step.py --root /tmp/camvid/folder --store .../slic-train-*.zarr \
-        --backbones efficientnet_lite0,resnet18 --crop 160 --batch 32 --workers 2
+    python -m bench.prior_step --root /tmp/camvid/folder --store .../slic-train-*.zarr \
+        --backbones efficientnet_lite0,resnet18 --crop 160 --batch 32 --workers 2 \
+        --out bench/results/prior_step.json
 
 ``--loader-only`` measures the loader alone, both ``--augment-on`` paths in the same run
 (issue 13 §1-§2, issue 14): images/s of a DataLoader with ``--workers`` workers and images
@@ -22,27 +24,22 @@ patch-map read, crop/resize, jitter, grayscale, blur, normalise, collate; one th
 process), the bytes per batch the workers ship (scaled to ``--ship-batch``), and images/s
 of the device half on ``--device`` (batch ``--ship-batch`` on CUDA), e.g.::
 
-    python bench/prior_step.py --loader-only --root /tmp/camvid/folder \
+    python -m bench.prior_step --loader-only --root /tmp/camvid/folder \
         --store .../slic-train-*.zarr --crop 224 --batch 32 --workers 1 --device cpu
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.prior.config import PriorConfig, build_model, finalize_config  # noqa: E402
-from model.prior.device_augment import DevicePrefetcher  # noqa: E402
-from model.prior.trainer import build_data, build_optimizer, train_step  # noqa: E402
-from model.utils import DistInfo, pick_device  # noqa: E402
+from bench.common import add_out_argument, cpu_seconds, machine, markdown_table, write_result
+from model.prior.config import PriorConfig, build_model, finalize_config
+from model.prior.device_augment import DevicePrefetcher
+from model.prior.trainer import build_data, build_optimizer, train_step
+from model.utils import DistInfo, pick_device
 
 PATHS = ("cpu", "device")  # --augment-on values, the old path first
 
@@ -92,7 +89,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--loader-batches", type=int, default=10)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="bench/results/prior_step")
+    add_out_argument(ap, "prior_step")
     ap.add_argument("--augment-on", default="device", choices=PATHS,
                     help="loader path of the step / pipeline measurements")
     ap.add_argument("--loader-only", action="store_true",
@@ -156,21 +153,17 @@ def main(argv=None):
                      "data_wait": wait / total, "loader_ips": loader_ips})
         print(json.dumps(rows[-1]), flush=True)
 
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}"
-    lines = [f"Machine: {machine}; crop {args.crop}, batch {args.batch}, queues {args.queue}, "
-             f"{args.steps} timed steps after {args.warmup} warm-up; loader {args.workers} workers.",
-             "", "| backbone | global-only img/s | global+local img/s | local cost (time ratio) "
-             "| loader img/s | loader+step img/s | data-wait |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['backbone']} | {r['global_ips']:.1f} | {r['both_ips']:.1f} | "
-                     f"{r['local_cost']:.2f} | {r['loader_ips']:.1f} | {r['pipeline_ips']:.1f} | "
-                     f"{100 * r['data_wait']:.0f}% |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "machine": machine,
-                                                    "args": vars(args)}, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = markdown_table(
+        ["backbone", "global-only img/s", "global+local img/s", "local cost (time ratio)",
+         "loader img/s", "loader+step img/s", "data-wait"],
+        [[r["backbone"], f"{r['global_ips']:.1f}", f"{r['both_ips']:.1f}", f"{r['local_cost']:.2f}",
+          f"{r['loader_ips']:.1f}", f"{r['pipeline_ips']:.1f}", f"{100 * r['data_wait']:.0f}%"]
+         for r in rows])
+    print(f"{machine()}, {device}; crop {args.crop}, batch {args.batch}, queues {args.queue}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up; loader {args.workers} workers.\n")
+    print(table)
+    write_result(args.out, {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()}},
+                 key=f"step, {args.dataset}, {args.patches}, crop {args.crop}, {device}", table=table)
 
 
 # ------------------------------------------------------------------------------ loader only
@@ -183,23 +176,17 @@ def loader_ips(args, device, dinfo, augment_on: str) -> tuple[float, dict]:
     it = iter(loader)
     first = next(it)  # workers started
     pids = [w.pid for w in getattr(it, "_workers", [])]
-    cpu0 = sum(_cpu_seconds(p) for p in pids)
+    cpu0 = sum(cpu_seconds(p) for p in pids)
     t = time.perf_counter()
     for _ in range(args.loader_batches):
         next(it)
     ips = args.loader_batches * args.batch / (time.perf_counter() - t)
-    cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
     del it, loader
     # images per CPU-second of the workers: the per-core rate, robust to a loaded machine
     # (prefetching makes the workers run a little ahead of the timed batches: a bound below)
     per_cpu = args.loader_batches * args.batch / cpu if cpu > 0 else float("nan")
     return ips, per_cpu, first
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def batch_bytes(batch: dict, *, per: int, to: int) -> int:
@@ -343,41 +330,35 @@ def loader_only(args, device, dinfo):
     best = {path: max(v) for path, v in rows.items()}
     per_core = {path: max(cpu_rows[path]) for path in PATHS}
     ship = {path: batch_bytes(first[path], per=args.batch, to=args.ship_batch) for path in PATHS}
-    load = os.getloadavg()
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-               f"load {load[0]:.1f}")
-    res = {"machine": machine, "args": vars(args), "ips": rows, "best_ips": best,
+    res = {"args": {k: str(v) for k, v in vars(args).items()}, "ips": rows, "best_ips": best,
            "per_cpu_second": cpu_rows, "per_core_ips": per_core,
            "speedup": per_core["device"] / per_core["cpu"],
            "speedup_wall": best["device"] / best["cpu"],
            "ms_per_image": parts, "bytes_per_batch": ship,
            "device_half": {"device": str(device), "batch": half_size, "ips": half},
            "cores_for": {str(r): {p: r / per_core[p] for p in PATHS} for r in (2000, 3500)}}
-    lines = [f"Machine: {machine}; crop {args.crop}, batch {args.batch}, {args.workers} "
+    lines = [f"Crop {args.crop}, batch {args.batch}, {args.workers} "
              f"worker(s), best of {args.rounds} alternating rounds of {args.loader_batches} "
              f"batches.", "",
-             "| --augment-on | loader images/s (wall) | images per worker CPU-second (per core) "
-             f"| cores for 2,000 / 3,500 images/s | MB per batch of {args.ship_batch} |",
-             "|---|---:|---:|---:|---:|"]
-    for path in PATHS:
-        lines.append(f"| {path} | {best[path]:.1f} | {per_core[path]:.1f} | "
-                     f"{2000 / per_core[path]:.0f} / {3500 / per_core[path]:.0f} | "
-                     f"{ship[path] / 1e6:.1f} |")
-    lines += ["", f"Speed-up per core (device / cpu): **{res['speedup']:.2f}x** (wall: "
-              f"{res['speedup_wall']:.2f}x).", "",
-              f"Device half (flip, jitter, grayscale, blur, normalise; both views) on {device}: "
-              f"{half:.0f} images/s at batch {half_size}"
-              + ("." if device.type == "cuda" else " per CPU-second of one thread."), "",
-              f"CPU ms per image (two views), one thread, {args.parts_images} images:", "",
-              "| path | part | ms |", "|---|---|---:|"]
-    for path in PATHS:
-        for part, ms in parts[path].items():
-            lines.append(f"| {path} | {part} | {ms:.2f} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+             markdown_table(["--augment-on", "loader images/s (wall)",
+                             "images per worker CPU-second (per core)",
+                             "cores for 2,000 / 3,500 images/s", f"MB per batch of {args.ship_batch}"],
+                            [[path, f"{best[path]:.1f}", f"{per_core[path]:.1f}",
+                              f"{2000 / per_core[path]:.0f} / {3500 / per_core[path]:.0f}",
+                              f"{ship[path] / 1e6:.1f}"] for path in PATHS]),
+             "", f"Speed-up per core (device / cpu): **{res['speedup']:.2f}x** (wall: "
+             f"{res['speedup_wall']:.2f}x).", "",
+             f"Device half (flip, jitter, grayscale, blur, normalise; both views) on {device}: "
+             f"{half:.0f} images/s at batch {half_size}"
+             + ("." if device.type == "cuda" else " per CPU-second of one thread."), "",
+             f"CPU ms per image (two views), one thread, {args.parts_images} images:", "",
+             markdown_table(["path", "part", "ms"],
+                            [[path, part, f"{ms:.2f}"] for path in PATHS
+                             for part, ms in parts[path].items()], align="llr")]
+    print(f"{machine()}, {device}")
     print("\n".join(lines))
+    write_result(args.out, res, key=f"loader only, {args.dataset}, {args.patches}, crop {args.crop}, {device}",
+                 table="\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -16,16 +16,15 @@ Prints a Markdown table per part and writes the JSON. Skips a part whose data is
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-LABELME = SHARED / "voc_labelme_examples" / "examples" / "instance_segmentation"
+from bench.camvid_fss import make_folder
+from bench.common import CAMVID, SHARED_DATA, add_out_argument, write_result
+
+LABELME = SHARED_DATA / "voc_labelme_examples" / "examples" / "instance_segmentation"
 
 
 def labelme_part(work: Path) -> dict | None:
@@ -64,7 +63,6 @@ def labelme_part(work: Path) -> dict | None:
 
 
 def camvid_part(work: Path) -> dict | None:
-    from bench.camvid_fss import CAMVID, make_folder
     from pipeline.benchmarks import benchmark_for
     from pipeline.episode_stage import build_episodes
     from pipeline.mask_stage import build_mask_store
@@ -92,17 +90,14 @@ def camvid_part(work: Path) -> dict | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/qgnet-readers"))
-    ap.add_argument("--out", type=Path, default=None)
+    add_out_argument(ap, "readers")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.process_time()
-    out = {"machine": platform.platform(), "labelme": labelme_part(args.work),
-           "camvid": camvid_part(args.work)}
+    out = {"labelme": labelme_part(args.work), "camvid": camvid_part(args.work)}
     out["cpu_seconds"] = round(time.process_time() - t0, 1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(f"\nCPU {out['cpu_seconds']} s")
+    write_result(args.out, out, key="labelme json and CamVid")
     return 0
 
 

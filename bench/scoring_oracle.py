@@ -1,31 +1,34 @@
 """Oracle scores of the test-time path of whichever code tree is on PYTHONPATH.
 
 A prediction made from the label itself goes through that tree's ``test_transform`` and
-scoring; a correct path scores ~1. Run it once per tree to get a before / after table
-(docs/fss.md "Test-time resize and scoring")::
+scoring; a correct path scores ~1. This tree: ``python -m bench.scoring_oracle WHAT``. Another
+tree (a before / after table, docs/fss.md "Test-time resize and scoring"): run this file by
+its path with that tree on ``PYTHONPATH``, so that ``model`` comes from there::
 
     git archive 82a5b61 | tar -x -C /tmp/old
     PYTHONPATH=/tmp/old python bench/scoring_oracle.py synthetic      # before
-    PYTHONPATH=$PWD     python bench/scoring_oracle.py synthetic      # after
-    PYTHONPATH=$PWD     python bench/scoring_oracle.py camvid --cache-dir C --episodes 100
+    python -m bench.scoring_oracle synthetic                           # after
+    python -m bench.scoring_oracle camvid --cache-dir C --episodes 100 \
+        --out bench/results/scoring_oracle.json
 
 ``synthetic``: an off-centre ellipse at 9 sizes x crops 473 and 97 (the rows of the docs
 table). ``scorings`` (this tree only, issue 18 §1 / 19 §4): the same ellipse scored under
 every scoring of ``qgnet-eval fss --scoring`` (exact, pfenet, hsnet, hsnet-original), with
 PFENet's own value computed by its test.py arithmetic beside ours::
 
-    PYTHONPATH=$PWD python -m bench.scoring_oracle scorings --out scorings.json
-    PYTHONPATH=$PWD python -m bench.scoring_oracle cost     # CPU ms per episode, both vs exact
- ``camvid``: the query labels of the first N fold-0 test episodes (seed 321) of a
+    python -m bench.scoring_oracle scorings --out bench/results/scoring_oracle.json
+    python -m bench.scoring_oracle cost     # CPU ms per episode, both vs exact
+
+``camvid``: the query labels of the first N fold-0 test episodes (seed 321) of a
 ``camvid`` cache built by bench/camvid_fss.py; prints mIoU / FB-IoU (%) of the oracles,
 summed over episodes as the evaluator does. Oracles: *soft* (the label's signed distance
 through the image path, fg logit = distance) and *hard* (the canvas label, one-hot).
-Deliberately does not put its own folder on ``sys.path``.
+Nothing from ``bench`` is imported at the top (the other tree may have no ``bench.common``):
+the result writer is imported only for ``--out``. One record per WHAT in the results file.
 """
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
@@ -200,14 +203,18 @@ def main(argv=None):
     p.add_argument("what", choices=["synthetic", "scorings", "cost", "camvid"])
     p.add_argument("--cache-dir")
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--out")
+    p.add_argument("--out", metavar="FILE",
+                   help="merge this run's record into FILE (bench/results/scoring_oracle.json "
+                        "holds the current figures; default: print only)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     res = {"synthetic": synthetic, "scorings": scorings, "cost": cost}.get(
         a.what, lambda: camvid(a.cache_dir, a.episodes))()
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(res, fh, indent=2)
+        from bench.common import write_result
+
+        write_result(a.out, res, key=a.what + (f", {a.episodes} episodes" if a.what == "camvid"
+                                               else ""))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ thread each, QGNet and the baseline side by side as in ``make demo``):
    difference QGNet - baseline with its episode-bootstrap 95 % interval.
 
 Then over seeds: the mean paired difference, its sample std, and a Student-t 95 %
-interval of the mean (n - 1 degrees of freedom). Results: ``--out``.json / .md.
+interval of the mean (n - 1 degrees of freedom). ``--out`` merges the record (one per
+dataset and fold) into the results file.
 
-    .venv/bin/python bench/seeds.py --dataset demo --seeds 1,2,3 --out bench/results/seeds_demo
+    python -m bench.seeds --dataset demo --seeds 1,2,3 --out bench/results/seeds.json
 
 For ``--dataset demo`` the data, superpixels, masks, episodes and the demo prior are made
 first with ``make demo``'s commands (each resumes or is skipped when done); for other
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, add_out_argument, machine, write_result
+
 PROGS = {"qgnet-prep": "cli.prep", "qgnet-train": "cli.train", "qgnet-eval": "cli.evaluate"}
 
 # Student-t 0.975 quantiles, 1..10 degrees of freedom (scipy is not a dependency)
@@ -144,7 +145,7 @@ def main() -> None:
     ap.add_argument("--all-at-once", action="store_true",
                     help="Train every seed's two models at the same time (2 x seeds processes) "
                          "instead of one seed after the other.")
-    ap.add_argument("--out", default="bench/results/seeds_demo")
+    add_out_argument(ap, "seeds")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -213,12 +214,10 @@ def main() -> None:
               "episodes": args.episodes, "episode_seed": args.episode_seed, "prior": prior,
               "backbone": args.backbone, "per_seed": per_seed, "summary": summary,
               "train_seconds": round(t_train, 1), "total_seconds": round(time.perf_counter() - t0, 1),
-              "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"}
-    out = ROOT / args.out if not Path(args.out).is_absolute() else Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(format_markdown(result) + "\n")
+              "machine": machine()}
     print(format_markdown(result))
+    write_result(args.out, result, key=f"{args.dataset} fold {args.fold}",
+                 table=format_markdown(result))
 
 
 def format_markdown(r: dict) -> str:

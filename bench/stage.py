@@ -9,15 +9,15 @@ Every configuration runs with 2 workers (threads) and with 1 worker, in the same
 so the 2-vs-1 ratio is measured on the same files under the same machine load. Kernels are
 warmed up first (numba loads its cached machine code once per process; not counted).
 
-    .venv/bin/python bench/stage.py --images 200 --out bench/stage.json
+    python -m bench.stage --images 200 --out bench/results/stage.json
+
+One record per image count in the results file.
 
 The machine is shared: treat the numbers as rough.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -27,10 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import CAMVID, add_out_argument, machine, markdown_table, write_result
 
-CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence",
                   "car", "pedestrian", "bicyclist")
 COCO_TRAIN = 82_783
@@ -103,7 +101,7 @@ def run(label, build, work: Path, workers: int) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    add_out_argument(ap, "stage")
     ap.add_argument("--workdir", type=Path, help="temporary folder (default: system temp)")
     ap.add_argument("--compare-shard-size", type=int, default=128,
                     help="also run SLIC (auto backend) with this fixed shard size, to show what "
@@ -154,32 +152,23 @@ def main(argv=None) -> dict:
     for r in rows:
         serial = by[(r["config"], 1)]["images_per_s"]
         r["speedup_vs_1_worker"] = round(r["images_per_s"] / serial, 2) if serial else None
-    result = {"benchmark": "bench/stage.py", "source": source, "images": n,
-              "image_size": f"{SIZE[0]}x{SIZE[1]}", "scheduler": "threads",
-              "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores (shared)",
-              "python": sys.version.split()[0], "rows": rows,
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
-
-    print()
-    print(f"Stage throughput, {n} real photos at 640x480 ({source}), threads scheduler, "
-          f"{result['machine']}; numbers are rough (shared machine).")
-    print()
-    print("| stage | workers | shards x images | images/s (compute) | images/s (whole call) | x vs 1 worker "
-          "| CPU ms/image | images/s, 2 idle cores (bound) | bytes/image | COCO train2014 (h) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['config']} | {r['workers']} | {r['shards']} x {r['shard_size']} "
-              f"| {r['images_per_s']} | {r['images_per_s_total']} "
-              f"| {r['speedup_vs_1_worker']} | {r['cpu_ms_per_image']} "
-              f"| {r['idle_2core_images_per_s']} | {r['bytes_per_image']} "
-              f"| {r['coco_train_hours']} |")
+    result = {"source": source, "images": n, "image_size": f"{SIZE[0]}x{SIZE[1]}",
+              "scheduler": "threads", "python": sys.version.split()[0], "rows": rows}
+    table = markdown_table(
+        ["stage", "workers", "shards x images", "images/s (compute)", "images/s (whole call)",
+         "x vs 1 worker", "CPU ms/image", "images/s, 2 idle cores (bound)", "bytes/image",
+         "COCO train2014 (h)"],
+        [[r["config"], r["workers"], f"{r['shards']} x {r['shard_size']}", r["images_per_s"],
+          r["images_per_s_total"], r["speedup_vs_1_worker"], r["cpu_ms_per_image"],
+          r["idle_2core_images_per_s"], r["bytes_per_image"], r["coco_train_hours"]]
+         for r in rows])
+    print(f"\nStage throughput, {n} real photos at 640x480 ({source}), threads scheduler, "
+          f"{machine()}; numbers are rough (shared machine).\n")
+    print(table)
     print("\nCOCO hours = 82,783 / measured images/s (compute, this run). 'CPU ms/image' is "
           "the process CPU time per image (all threads); '2 idle cores' = 2000 / CPU ms, an "
           "upper bound for an unloaded 2-core machine.")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {args.out}")
+    write_result(args.out, result, key=f"{source.split(' (')[0]}, {n} images", table=table)
     return result
 
 

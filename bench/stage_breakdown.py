@@ -1,6 +1,7 @@
 """Per-image CPU breakdown of ``qgnet-prep superpixels`` and its 2-core ceiling (issue 14).
 
-    python bench/stage_breakdown.py [--images 200] [--method slic] [--backend auto] [--out F]
+    python -m bench.stage_breakdown [--images 200] [--method slic] [--backend auto]
+                                    [--out bench/results/stage_breakdown.json]
 
 One thread, on the same 640x480 JPEG dataset as bench/stage.py: CPU ms per image of each
 part the stage does (header read, JPEG decode, kernel, connectivity + finalize, zstd
@@ -8,25 +9,21 @@ compression of the map, the Zarr shard write without compression), then, in the 
 run, the stage itself (threads scheduler, 2 and 1 workers) and a one-thread loop of
 decode + the same kernel (the issue's baseline). Ratios are against that loop, so a loaded
 machine depresses both sides alike. 'ceiling' = 2 cores / (decode + kernel + connectivity)
-CPU time: what a perfect 2-worker stage could reach if nothing else cost anything.
+CPU time: what a perfect 2-worker stage could reach if nothing else cost anything. One
+record per method and backend in the results file.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.common import add_out_argument, machine, markdown_table, timed, write_result
+from bench.stage import make_dataset
 
 T = time.thread_time
 
@@ -90,22 +87,19 @@ def loop_rate(ds, ids, method, backend, params):
     from pipeline.superpixels import segment
 
     kw = dict(params, num_threads=1) if backend == "fast-slic" else params
-    t0 = time.perf_counter()
-    for image_id in ids:
-        segment(ds.load_image(image_id), method=method, backend=backend, **kw)
-    return len(ids) / (time.perf_counter() - t0)
+    seconds, _ = timed(lambda: [segment(ds.load_image(image_id), method=method, backend=backend,
+                                        **kw) for image_id in ids])
+    return len(ids) / seconds
 
 
 def main(argv=None):
-    from stage import make_dataset
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--method", default="slic", choices=("slic", "felzenszwalb"))
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--scheduler", default="threads",
                     help="threads, or a dask.distributed address (tcp://...) for the stage runs")
-    ap.add_argument("--out", type=Path)
+    add_out_argument(ap, "stage_breakdown")
     args = ap.parse_args(argv)
 
     from pipeline.datasets import open_dataset
@@ -127,11 +121,10 @@ def main(argv=None):
             loop = loop_rate(ds, ids, args.method, backend, params)
             for workers in (2, 1):
                 out = work / f"s{rep}-{workers}.zarr"
-                cpu = time.process_time()
-                store, rep_ = build_superpixel_store(ds, split="train", method=args.method,
-                                                     backend=backend, out=out, workers=workers,
-                                                     scheduler=args.scheduler, progress=False)
-                cpu = time.process_time() - cpu
+                cpu, (store, rep_) = timed(lambda out=out, workers=workers: build_superpixel_store(
+                    ds, split="train", method=args.method, backend=backend, out=out,
+                    workers=workers, scheduler=args.scheduler, progress=False),
+                    clock=time.process_time)
                 rows.append({"workers": workers, "images_per_s": round(rep_.images_per_s, 1),
                              "loop_images_per_s": round(loop, 1),
                              "ratio_vs_loop": round(rep_.images_per_s / loop, 2),
@@ -142,25 +135,22 @@ def main(argv=None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     busy = parts["decode"] + parts["kernel"] + parts["connectivity"]
-    result = {"benchmark": "bench/stage_breakdown.py", "source": source, "images": len(ids),
-              "method": args.method, "backend": backend, "params": params,
-              "scheduler": args.scheduler,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared, loaded)",
-              "cpu_ms_per_image": parts, "zstd_bytes_per_image": round(comp_bytes),
-              "ceiling_2_cores_images_per_s": round(2000 / busy, 1), "rows": rows,
-              "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
-    print(f"{args.method} {backend} {params}, {len(ids)} images ({source}), {result['machine']}")
+    result = {"source": source, "images": len(ids), "method": args.method, "backend": backend,
+              "params": params, "scheduler": args.scheduler, "cpu_ms_per_image": parts,
+              "zstd_bytes_per_image": round(comp_bytes),
+              "ceiling_2_cores_images_per_s": round(2000 / busy, 1), "rows": rows}
+    table = markdown_table(
+        ["workers", "stage images/s", "1-thread loop images/s", "ratio", "CPU ms/image",
+         "bytes/image", "shards"],
+        [[r["workers"], r["images_per_s"], r["loop_images_per_s"], r["ratio_vs_loop"],
+          r["cpu_ms_per_image"], r["bytes_per_image"], r["shards"]] for r in rows],
+        align="rrrrrrl")
+    print(f"{args.method} {backend} {params}, {len(ids)} images ({source}), {machine()}")
     print("CPU ms per image, one thread: " + ", ".join(f"{k} {v}" for k, v in parts.items())
           + f"; zstd {result['zstd_bytes_per_image']} B/image")
     print(f"2-core ceiling (decode + kernel + connectivity): {result['ceiling_2_cores_images_per_s']} images/s")
-    print("| workers | stage images/s | 1-thread loop images/s | ratio | CPU ms/image | bytes/image | shards |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
-    for r in rows:
-        print(f"| {r['workers']} | {r['images_per_s']} | {r['loop_images_per_s']} | {r['ratio_vs_loop']} "
-              f"| {r['cpu_ms_per_image']} | {r['bytes_per_image']} | {r['shards']} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    write_result(args.out, result, key=f"{source.split(' (')[0]}, {args.method} {backend}", table=table)
     return result
 
 

@@ -8,30 +8,27 @@ alternating, best of ``--repeat``. Reported: CPU seconds (``time.process_time``,
 of the process, so a loaded machine inflates them less than wall time), the ratio, and the
 verify cost per image.
 
-    python -m bench.store_verify --work /tmp/qgnet-verify --json bench/results/store_verify.json
+    python -m bench.store_verify --work /tmp/qgnet-verify --out bench/results/store_verify.json
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
-from bench.camvid_fss import CAMVID, make_folder
+from bench.camvid_fss import make_folder
+from bench.common import CAMVID, add_out_argument, markdown_table, timed, write_result
 
 
 def cpu_seconds(fn) -> float:
-    t0 = time.process_time()
-    fn()
-    return time.process_time() - t0
+    return timed(fn, clock=time.process_time)[0]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/qgnet-verify"))
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--json", type=Path)
+    add_out_argument(ap, "store_verify")
     args = ap.parse_args(argv)
     if not CAMVID.is_dir():
         print(f"skipped: no CamVid at {CAMVID} (see /work/shared/data/README.md)")
@@ -58,17 +55,15 @@ def main(argv=None) -> int:
                      "bytes_on_disk": store.nbytes_on_disk(), "no_verify_cpu_s": min(quick),
                      "verify_cpu_s": min(full), "ratio": min(full) / max(min(quick), 1e-9),
                      "verify_ms_per_image": (min(full) - min(quick)) / store.n * 1e3})
-    print("| store | images | on disk | info --no-verify, CPU s | info (verify), CPU s | ratio | "
-          "verify, CPU ms per image |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['store']} | {r['images']} | {r['bytes_on_disk'] / 1e6:.1f} MB | "
-              f"{r['no_verify_cpu_s']:.3f} | {r['verify_cpu_s']:.3f} | {r['ratio']:.1f}x | "
-              f"{r['verify_ms_per_image']:.2f} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": platform.platform(), "repeat": args.repeat,
-                                         "rows": rows}, indent=1) + "\n")
+    table = markdown_table(
+        ["store", "images", "on disk", "info --no-verify, CPU s", "info (verify), CPU s", "ratio",
+         "verify, CPU ms per image"],
+        [[r["store"], r["images"], f"{r['bytes_on_disk'] / 1e6:.1f} MB", f"{r['no_verify_cpu_s']:.3f}",
+          f"{r['verify_cpu_s']:.3f}", f"{r['ratio']:.1f}x", f"{r['verify_ms_per_image']:.2f}"]
+         for r in rows])
+    print(table)
+    write_result(args.out, {"repeat": args.repeat, "rows": rows}, key="CamVid train",
+                 table=table)
     return 0
 
 

@@ -1,34 +1,30 @@
 """Superpixel kernel benchmark: speed and quality of every backend, single thread.
 
-    .venv/bin/python bench/superpixels.py [--out docs/bench_superpixels.json] [--quick]
-                                          [--method felzenszwalb]
+    python -m bench.superpixels [--out bench/results/superpixels.json] [--quick]
+                                [--method felzenszwalb]
 
 Images: scikit-image's shipped photos resized to 640x480 (timing, agreement) and CamVid
 val images at their native 480x360 (timing, and quality against the CamVid ground truth,
-void id 11 ignored) when /work/shared/data/camvid (or $QGNET_CAMVID) exists. Each
+void id 11 ignored) when ../shared/data/camvid (or $QGNET_CAMVID) exists. Each
 backend is warmed up (numba compilation) before timing; times are medians per image of the
 best of ``repeats`` runs, in CPU time of the calling thread (every kernel here runs on one
 thread), which a loaded machine inflates far less than wall time. Speedup is skimage's
-median over the backend's, measured in the same run.
+median over the backend's, measured in the same run. One record per method in the results
+file.
 """
 
 from __future__ import annotations
 
-import os
+from bench.common import pin_threads
 
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
+pin_threads(1)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import CAMVID, add_out_argument, best_of, markdown_table, write_result  # noqa: E402
 from pipeline.superpixels import available_backends, felzenszwalb, slic  # noqa: E402
 from pipeline.superpixels.metrics import (  # noqa: E402
     achievable_segmentation_accuracy,
@@ -37,7 +33,6 @@ from pipeline.superpixels.metrics import (  # noqa: E402
     undersegmentation_error,
 )
 
-CAMVID = Path(os.environ.get("QGNET_CAMVID", Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"))
 CAMVID_VOID = 11
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left")
 CONFIGS = {
@@ -72,21 +67,28 @@ def run(fn, img, params, backend):
 
 
 def time_backend(fn, images, params, backend, repeats):
+    """Median over images of the best of ``repeats`` (thread CPU ms), after a warm-up."""
     run(fn, images[0], params, backend)  # warm-up: numba compile / cache load
-    per_image = []
-    for img in images:
-        ts = []
-        for _ in range(repeats):
-            t = time.thread_time()
-            run(fn, img, params, backend)
-            ts.append(time.thread_time() - t)
-        per_image.append(min(ts))  # best of repeats per image (noise from other jobs)
+    per_image = [best_of(lambda img=img: run(fn, img, params, backend), repeats,
+                         clock=time.thread_time)[0] for img in images]
     return 1e3 * float(np.median(per_image))
+
+
+def camvid_quality(fn, params, backend, camvid) -> dict:
+    """Mean segments, boundary recall, undersegmentation error and ASA on CamVid."""
+    q = {"segments": [], "br": [], "ue": [], "asa": []}
+    for _, img, gt in camvid:
+        lab = run(fn, img, params, backend)
+        q["segments"].append(int(lab.max()))
+        q["br"].append(boundary_recall(lab, gt, ignore=CAMVID_VOID))
+        q["ue"].append(undersegmentation_error(lab, gt, ignore=CAMVID_VOID))
+        q["asa"].append(achievable_segmentation_accuracy(lab, gt, ignore=CAMVID_VOID))
+    return {f"camvid_{k}": float(np.mean(v)) for k, v in q.items()}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_out_argument(ap, "superpixels")
     ap.add_argument("--quick", action="store_true", help="3 photos, 4 CamVid images, 1 repeat")
     ap.add_argument("--method", choices=("slic", "felzenszwalb"), help="only this method")
     args = ap.parse_args()
@@ -112,14 +114,7 @@ def main():
                 row["ari_vs_skimage"] = float(np.mean([label_agreement(labels[n], ref[n]) for n in ref]))
             if camvid:
                 row["ms_camvid"] = time_backend(fn, [im for _, im, _ in camvid], params, backend, repeats)
-                q = {"segments": [], "br": [], "ue": [], "asa": []}
-                for _, img, gt in camvid:
-                    lab = run(fn, img, params, backend)
-                    q["segments"].append(int(lab.max()))
-                    q["br"].append(boundary_recall(lab, gt, ignore=CAMVID_VOID))
-                    q["ue"].append(undersegmentation_error(lab, gt, ignore=CAMVID_VOID))
-                    q["asa"].append(achievable_segmentation_accuracy(lab, gt, ignore=CAMVID_VOID))
-                row.update({f"camvid_{k}": float(np.mean(v)) for k, v in q.items()})
+                row.update(camvid_quality(fn, params, backend, camvid))
             rows.append(row)
             print(f"  {method:12s} {backend:9s} {row['ms_640x480']:7.1f} ms", flush=True)
         sk = next((r for r in rows if r["method"] == method and r["backend"] == "skimage"), None)
@@ -130,14 +125,7 @@ def main():
             n_match = round(params["n_segments"] * sk["camvid_segments"] / nb["camvid_segments"])
             mp = dict(params, n_segments=n_match)
             row = {"method": method, "backend": f"numba (n_segments={n_match})", "params": mp}
-            q = {"segments": [], "br": [], "ue": [], "asa": []}
-            for _, img, gt in camvid:
-                lab = run(fn, img, mp, "numba")
-                q["segments"].append(int(lab.max()))
-                q["br"].append(boundary_recall(lab, gt, ignore=CAMVID_VOID))
-                q["ue"].append(undersegmentation_error(lab, gt, ignore=CAMVID_VOID))
-                q["asa"].append(achievable_segmentation_accuracy(lab, gt, ignore=CAMVID_VOID))
-            row.update({f"camvid_{k}": float(np.mean(v)) for k, v in q.items()})
+            row.update(camvid_quality(fn, mp, "numba", camvid))
             rows.append(row)
         for r in rows:
             if r["method"] == method and sk and "ms_640x480" in r:
@@ -145,26 +133,27 @@ def main():
                 if "ms_camvid" in r:
                     r["speedup_vs_skimage_camvid"] = sk["ms_camvid"] / r["ms_camvid"]
 
-    head = ("| method | backend | ms 640x480 | speedup | segments | ARI vs skimage "
-            "| ms CamVid | CamVid segments | BR | UE | ASA |")
-    print()
-    print(head)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        def f(key, fmt, r=r):
-            return format(r[key], fmt) if key in r else "-"
-        print(f"| {r['method']} | {r['backend']} | {f('ms_640x480', '.1f')} | {f('speedup_vs_skimage', '.1f')}{'x' if 'speedup_vs_skimage' in r else ''} "
-              f"| {f('segments_640x480', '.0f')} | {f('ari_vs_skimage', '.3f')} | {f('ms_camvid', '.1f')} "
-              f"| {f('camvid_segments', '.0f')} | {f('camvid_br', '.3f')} | {f('camvid_ue', '.3f')} "
-              f"| {f('camvid_asa', '.3f')} |")
-    if args.out:
-        meta = {"python": platform.python_version(), "machine": platform.machine(),
-                "cpu_count": os.cpu_count(), "threads": 1, "repeats": repeats,
-                "photos": [n for n, _ in photos], "camvid_images": [n for n, _, _ in camvid],
-                "camvid_resolution": "native 480x360", "photo_resolution": "640x480"}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-        print(f"\nwrote {args.out}")
+    table = format_table(rows)
+    print("\n" + table)
+    meta = {"threads": 1, "repeats": repeats, "photos": [n for n, _ in photos],
+            "camvid_images": [n for n, _, _ in camvid], "camvid_resolution": "native 480x360",
+            "photo_resolution": "640x480"}
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        write_result(args.out, {"meta": meta, "rows": mine}, key=method, table=format_table(mine))
+
+
+def format_table(rows) -> str:
+    def f(r, key, fmt, unit=""):
+        return format(r[key], fmt) + unit if key in r else "-"
+
+    return markdown_table(
+        ["method", "backend", "ms 640x480", "speedup", "segments", "ARI vs skimage",
+         "ms CamVid", "CamVid segments", "BR", "UE", "ASA"],
+        [[r["method"], r["backend"], f(r, "ms_640x480", ".1f"), f(r, "speedup_vs_skimage", ".1f", "x"),
+          f(r, "segments_640x480", ".0f"), f(r, "ari_vs_skimage", ".3f"), f(r, "ms_camvid", ".1f"),
+          f(r, "camvid_segments", ".0f"), f(r, "camvid_br", ".3f"), f(r, "camvid_ue", ".3f"),
+          f(r, "camvid_asa", ".3f")] for r in rows], align="ll" + "r" * 9)
 
 
 if __name__ == "__main__":

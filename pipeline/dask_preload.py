@@ -9,7 +9,8 @@ too (inside the run instead of at start-up).
    Setting that variable also freezes glibc's mmap threshold at 128 KiB, so every image-sized
    array (a decoded JPEG, a label map, kernel work arrays) is a fresh mmap whose pages
    fault in again on every image: measured, decode + fast-slic + connectivity cost 1.4x
-   the CPU time of the same code in a plain process (docs/benchmarks.md section 9.4).
+   the CPU time of the same code in a plain process (docs/benchmarks.md, superpixels,
+   "On a dask.distributed cluster").
    :func:`tune_malloc` sets the mmap threshold back to glibc's own dynamic maximum (32 MiB)
    and the trim threshold to 128 MiB: memory a stage frees is reused by the next image
    instead of returned and faulted in again. Linux/glibc only; elsewhere a no-op.

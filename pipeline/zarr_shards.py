@@ -4,7 +4,7 @@ Zarr 3 reads a chunk through its asyncio event loop thread: a hop to that thread
 shard index read and checked, the chunk read and decoded, a hop back. For the prior
 loader's per-image patch-map read (one 360 x 480 uint16 chunk, ~12 KB compressed) that
 machinery cost ~2-3 CPU-ms per image, half of a DataLoader worker's time at crop 224
-(docs/benchmarks.md, issue 20 §4). The bytes on disk are simple (the Zarr v3 sharding
+(docs/benchmarks.md, prior, "The loader"). The bytes on disk are simple (the Zarr v3 sharding
 codec, ``index_location = "end"``)::
 
     shard file = chunk bytes ... | index: n_chunks x (offset, nbytes) uint64 LE | crc32c

@@ -96,7 +96,7 @@ class EvalConfig:
 
 def default_batch(device) -> int:
     """Episodes per forward: 4 on CUDA; 1 on CPU, where batching measured slower
-    (docs/benchmarks.md, "Evaluator: batched and sync-free")."""
+    (docs/benchmarks.md, eval, "Throughput")."""
     return GPU_BATCH if torch.device(device).type == "cuda" else 1
 
 

@@ -152,7 +152,7 @@ def rotate(image: np.ndarray, label: np.ndarray, angle: float, *, pad=MEAN,
     the border value as ``pad + sample(image - pad)`` with zero padding), the label through
     Pillow's nearest-neighbour affine warp: ~5x faster than the
     ``scipy.ndimage.map_coordinates`` version this replaced (31 of PFENet's ~35 ms per
-    image, issue 13 §7; docs/benchmarks.md "FSS train-time rotation"). Same sampling grid;
+    image, issue 13 §7; docs/benchmarks.md, fss, "the rotation"). Same sampling grid;
     results differ only where a bilinear sample straddles the image edge and where a
     nearest source lies exactly half-way between pixels (tests/model/fss/test_transforms.py
     compares the two).

@@ -306,7 +306,7 @@ def make_server(seg, model_name: str, *, host: str = "127.0.0.1", port: int = 78
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="A bundle from `qgnet-export` (model.fss.qgnet) or a best.pt of `qgnet-train fss`.")
+              help="A bundle from `qgnet-export` (model.qgnet) or a best.pt of `qgnet-train fss`.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (127.0.0.1: this machine only).")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)

@@ -278,7 +278,7 @@ def main(cache_dir: Path, runs_dir: Path, fold: int, prior_steps: int, fss_steps
           "--episodes", "0,1,2,3", "--out", str(panels), "--threads", threads, *cache], log=log)
 
     # 9: the trained model on "your own" photos: one-file bundle, then qgnet-predict
-    bundle = runs_dir / "model.fss.qgnet"
+    bundle = runs_dir / "model.qgnet"
     _run(["qgnet-export", "--checkpoint", str(runs_dir / "fss-qgnet" / "best.pt"),
           "--out", str(bundle)], log=log)
     s_img, s_mask, s_cls, queries = _predict_inputs(cache_dir / "demo" / "data", fold)

@@ -15,7 +15,7 @@ from cli._errors import friendly_errors
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="best.pt / last.pt of `qgnet-train fss`.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="The bundle to write (e.g. model.fss.qgnet).")
+              help="The bundle to write (e.g. model.qgnet).")
 @friendly_errors
 def main(checkpoint, out):
     """Write a one-file model bundle (loaded with weights_only=True)."""

@@ -124,7 +124,7 @@ def read_support_mask(path: Path):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="A bundle from `qgnet-export` (model.fss.qgnet) or a best.pt of `qgnet-train fss`.")
+              help="A bundle from `qgnet-export` (model.qgnet) or a best.pt of `qgnet-train fss`.")
 @click.option("--support", "supports", multiple=True, required=True,
               type=click.Path(dir_okay=False), help="Support image (repeat for K shots).")
 @click.option("--support-mask", "support_masks", multiple=True, required=True,
@@ -150,7 +150,7 @@ def main(model_path, supports, support_masks, mask_value, out, with_overlay, dev
     """Segment the supports' object in every QUERY (files, folders or globs).
 
     \b
-    qgnet-predict --model model.fss.qgnet --support a.jpg --support-mask a.png \\
+    qgnet-predict --model model.qgnet --support a.jpg --support-mask a.png \\
         --out preds/ photos/
     """
     from pipeline.errors import ConfigError

@@ -3,7 +3,7 @@
 "Here is one photo with the object outlined; find it in these 500 photos"::
 
     >>> from model.predict import Segmenter                                # doctest: +SKIP
-    >>> seg = Segmenter.load("model.fss.qgnet", device="cpu")                  # doctest: +SKIP
+    >>> seg = Segmenter.load("model.qgnet", device="cpu")                  # doctest: +SKIP
     >>> masks = seg.predict([query_rgb], [support_rgb], [support_mask])    # doctest: +SKIP
     >>> masks[0].shape == query_rgb.shape[:2], masks[0].dtype             # doctest: +SKIP
     (True, dtype('bool'))
@@ -89,7 +89,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path) -> Path:
         raise CheckpointError(f"{checkpoint} is already a model bundle; copy it instead")
     if Path(out).exists() and Path(out).resolve() == Path(checkpoint).resolve():
         raise ConfigError(f"--out {out} is the checkpoint itself; write the bundle to another "
-                          f"file (e.g. model.fss.qgnet)")
+                          f"file (e.g. model.qgnet)")
     model, ckpt = load_model(checkpoint)
     try:
         version = metadata.version("qgnet")

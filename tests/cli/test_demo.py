@@ -43,7 +43,7 @@ def test_demo_end_to_end_then_resume(tmp_path, cache):
     assert json.loads((runs / "fss-qgnet" / "config.json").read_text())["use_prior_map"] is True
     assert sorted(p.suffix for p in (runs / "panels").iterdir()) >= [".png"]
     # the trained model used on "your own" photos: bundle, masks, overlays, summary
-    assert (runs / "model.fss.qgnet").is_file()
+    assert (runs / "model.qgnet").is_file()
     rows = (runs / "predict" / "summary.csv").read_text().splitlines()
     assert len(rows) >= 2 and all(r.endswith(",ok") for r in rows[1:]), rows
     assert len(list((runs / "predict").glob("*.overlay.jpg"))) == len(rows) - 1

@@ -48,7 +48,7 @@ def trained(make_fss_toy):
     bias = last[:-len("weight")] + "bias"
     ckpt["model"][bias][1] -= float((logits[0, 1] - logits[0, 0]).median())
     torch.save(ckpt, run / "varied.pt")
-    bundle = toy["base"] / "model.fss.qgnet"
+    bundle = toy["base"] / "model.qgnet"
     r = CliRunner().invoke(export_cli, ["--checkpoint", str(run / "varied.pt"), "--out", str(bundle)])
     assert r.exit_code == 0, r.output
     return {**toy, "ckpt": run / "varied.pt", "bundle": bundle}
@@ -273,7 +273,7 @@ def test_app_page_in_a_real_browser(trained, tmp_path):
     from model.predict import Segmenter
 
     qdir = _write_support(tmp_path, trained)
-    server = make_server(Segmenter.load(trained["bundle"], device="cpu"), "model.fss.qgnet", port=0)
+    server = make_server(Segmenter.load(trained["bundle"], device="cpu"), "model.qgnet", port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
@@ -283,7 +283,7 @@ def test_app_page_in_a_real_browser(trained, tmp_path):
                 "--disable-component-update", "--disable-sync", "--no-first-run"])
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(url)
-            page.wait_for_function("document.getElementById('model').textContent === 'model.fss.qgnet'")
+            page.wait_for_function("document.getElementById('model').textContent === 'model.qgnet'")
             page.set_input_files("#support", str(tmp_path / "s.png"))
             page.wait_for_function("document.getElementById('paint').width === 80")
             page.click("#run")  # nothing painted yet: the page says what to do
@@ -316,7 +316,7 @@ def test_docs_example_runs(trained, tmp_path, monkeypatch):
     text = (Path(__file__).resolve().parents[2] / "docs" / "predict.md").read_text()
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "Segmenter" in b]
     qdir = _write_support(tmp_path, trained)
-    shutil.copy(trained["bundle"], tmp_path / "model.fss.qgnet")
+    shutil.copy(trained["bundle"], tmp_path / "model.qgnet")
     shutil.copy(tmp_path / "s.png", tmp_path / "support.png")
     shutil.copy(tmp_path / "s_mask.png", tmp_path / "support_mask.png")
     shutil.copy(qdir / "q2.jpg", tmp_path / "query.jpg")

@@ -16,7 +16,9 @@ from model.fss.bench import BenchConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@config_options(BenchConfig, section="bench")
+@config_options(BenchConfig, section="bench", overrides={
+    "checkpoint": {"type": click.Path(dir_okay=False)},
+    "benchmarks": {"metavar": "NAME[,NAME...]"}, "shots": {"metavar": "K[,K...]"}})
 @friendly_errors
 def bench(config_file, **given):
     """Score one checkpoint on every benchmark whose data is present (PASCAL-5i, COCO-20i,

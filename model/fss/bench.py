@@ -209,7 +209,9 @@ def _plan(cfg: BenchConfig, *, names: Sequence[str], train: Mapping[str, Any], c
                 "precision": identity["precision"],
                 "episode_files": [{"file": Path(str(e["path"])).name,
                                    "sha256": episodes_sha256(e)} for e in eps],
-                "mask_store": {"path": str(store.path), "created": store.attrs.get("created"),
+                # the store the episodes index, by what it is, not where (a copied or
+                # relocated cache keeps its rows); its ids are in the episode file's hash
+                "mask_store": {"split": b.eval_split, "created": store.attrs.get("created"),
                                "n": store.n},
             }
             rows.append(_Row(key, name, fold, own, int(shot),

@@ -19,7 +19,7 @@ HEADER = """# Command reference
 
 Generated from the commands' own `--help` by `python -m cli._docs`; do not edit by hand.
 The options of `qgnet-prep superpixels|masks|episodes`, `qgnet-train fss|prior` and
-`qgnet-eval fss` can also come from a TOML file (`--config FILE`) or a `QGNET_<OPTION>`
+`qgnet-eval fss|bench` can also come from a TOML file (`--config FILE`) or a `QGNET_<OPTION>`
 environment variable (the option's name or its flag's: `QGNET_USE_PRIOR_MAP` or
 `QGNET_PRIOR_MAP` for `--prior-map`); the command line wins, and every source is checked
 against the same bounds (see docs/design.md). A `QGNET_*` variable that no command reads is

@@ -33,6 +33,7 @@ CONFIGS = {
     "qgnet-train fss": "model.fss.config:FssConfig",
     "qgnet-train prior": "model.prior.config:PriorConfig",
     "qgnet-eval fss": "model.fss.evaluate:EvalConfig",
+    "qgnet-eval bench": "model.fss.bench:BenchConfig",
 }
 # QGNET_* variables read outside the configs
 OTHER_VARIABLES = {

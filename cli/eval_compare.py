@@ -23,7 +23,7 @@ from cli.eval_fss import scoring_options, set_threads
 @click.option("--shot", type=click.IntRange(min=1), help="Shots (default: checkpoint A's training shot).")
 @click.option("--protocol", type=click.Choice(["pfenet", "hsnet"]), default="pfenet", show_default=True,
               help="Episode-sampling protocol (which episode files); how they are scored is --scoring.")
-@scoring_options
+@scoring_options(default="Default pfenet.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root (default: checkpoint A's).")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: checkpoint A's).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

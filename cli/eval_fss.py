@@ -47,7 +47,9 @@ def common_options(f=None, *, resolved: bool = False):
         click.option("--protocol", type=click.Choice(["pfenet", "hsnet", "patnet"]),
                      **dflt("pfenet", "Episode-sampling protocol: which episode files are read "
                                       "(`qgnet-prep episodes --protocol`); how predictions are "
-                                      "scored is --scoring.")),
+                                      "scored is --scoring.",
+                            shown="the benchmark's: pfenet; hsnet for fss1000; patnet for "
+                                  "deepglobe, isic, chest")),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache root (default: the checkpoint's)."),
         click.option("--root", type=click.Path(file_okay=False), help="Dataset root (default: the checkpoint's)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), **dflt("auto", "Device." if resolved else "")),
@@ -76,16 +78,21 @@ SCORING_HELP = ("How predictions are scored (not which episodes: --protocol). pf
                 "the test resize (ours). Both come from one pass and both are reported; the "
                 "one named here is the headline. hsnet: HSNet's test.py, query and supports "
                 "resized to a 400 x 400 square and scored there; hsnet-original: the same input "
-                "scored at the original label (HSNet's --use_original_imgsize). Default pfenet.")
+                "scored at the original label (HSNet's --use_original_imgsize).")
+BENCHMARK_SCORING = ("Default: the benchmark's, as its published tables (pfenet for PASCAL, "
+                     "COCO and folder datasets; hsnet for fss1000, deepglobe, isic, chest).")
 
 
-def scoring_options(f):
-    """--scoring and --hsnet-size (qgnet-eval fss and compare)."""
+def scoring_options(f=None, *, default: str = BENCHMARK_SCORING):
+    """--scoring and --hsnet-size (qgnet-eval fss and compare); ``default``: the sentence
+    of the help that says what an unset --scoring means."""
+    if f is None:
+        return lambda g: scoring_options(g, default=default)
     f = click.option("--hsnet-size", type=int, default=None,
                      help="Side of HSNet's square for --scoring hsnet / hsnet-original "
                           "(default 400, HSNet's).")(f)
     return click.option("--scoring", type=click.Choice(["pfenet", "exact", "hsnet", "hsnet-original"]),
-                        default=None, help=SCORING_HELP)(f)
+                        default=None, help=f"{SCORING_HELP} {default}")(f)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,7 +102,8 @@ def scoring_options(f):
                                 "fold 0, no fine-tuning). Default: the checkpoint's.")
 @scoring_options
 @click.option("--episodes", "n_episodes", type=int, help="First N episodes of each file (default all).")
-@click.option("--seeds", default=None, help="Episode seeds, comma-separated (default 321; hsnet, patnet: 0). "
+@click.option("--seeds", default=None, help="Episode seeds, comma-separated (default: the "
+                                            "benchmark's: 321; 0 under hsnet, patnet). "
                                             "Several -> mean and std.")
 @click.option("--batch-size", type=int, default=None,
               help="Episodes per forward (default 4 on CUDA, 1 on CPU; the scores do not depend on it).")
@@ -107,7 +115,9 @@ def scoring_options(f):
 @friendly_errors
 def fss(config_file, **given):
     """Evaluate a checkpoint on fixed episodes: mIoU and FB-IoU under PFENet's scoring (the
-    paper's tables) and the exact one, or HSNet's (--scoring)."""
+    paper's tables) and the exact one, or HSNet's (--scoring). Unset, --protocol, --scoring
+    and --seeds are the benchmark's (the checkpoint's dataset, or --dataset): FSS-1000 and
+    the cross-domain sets are scored like their published tables without flags."""
     from cli._options import resolve
     from model.fss.evaluate import EvalConfig, evaluate
     from model.fss.results import format_markdown
@@ -117,7 +127,7 @@ def fss(config_file, **given):
         raise click.UsageError("--checkpoint is required (or QGNET_CHECKPOINT / checkpoint "
                                "in --config)")
     set_threads(cfg.threads)
-    res = evaluate(cfg.checkpoint, dataset=cfg.dataset, shot=cfg.shot, seeds=cfg.seed_list(),
+    res = evaluate(cfg.checkpoint, dataset=cfg.dataset, shot=cfg.shot, seeds=cfg.seeds,
                    protocol=cfg.protocol, scoring=cfg.scoring, hsnet_size=cfg.hsnet_size,
                    n_episodes=cfg.n_episodes, root=cfg.root,
                    cache_dir=cfg.cache_dir, device=cfg.device, amp=cfg.amp,

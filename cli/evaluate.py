@@ -6,6 +6,8 @@ import click
 from cli._lazy import LazyGroup
 
 COMMANDS = {
+    "bench": ("cli.eval_bench:bench",
+              "One checkpoint on every benchmark whose data is present: bench.md + bench.json."),
     "compare": ("cli.eval_compare:compare",
                 "Two checkpoints on the same episodes: B - A with a paired bootstrap 95 % CI."),
     "fss": ("cli.eval_fss:fss", "Evaluate a checkpoint on fixed test episodes (mIoU, FB-IoU)."),

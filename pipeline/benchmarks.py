@@ -24,6 +24,7 @@ from pipeline.episodes import (
     HSNET_SEED,
     PATNET_EPISODES,
     default_episode_count,
+    default_seed,
 )
 
 
@@ -125,3 +126,69 @@ def eval_split(dataset: str) -> str:
     """Mask-store split the test episodes of ``dataset`` index (``val`` unless the registry
     says otherwise)."""
     return benchmark_for(dataset).eval_split
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalProtocol:
+    """How one dataset is evaluated (:func:`eval_protocol`): each field given by the caller
+    or, unset, the benchmark's.
+
+    Attributes
+    ----------
+    benchmark : Benchmark
+        The registry entry (:func:`benchmark_for`).
+    protocol : str
+        Episode protocol: which episode files are read.
+    scoring : str
+        How predictions are scored (``model.fss.metrics.SCORINGS``).
+    seeds : tuple of int
+        Episode seeds.
+    image_size : int or None
+        HSNet's square side for the ``hsnet*`` scorings (None: the evaluator's 400).
+    given : tuple of str
+        The fields the caller set; the others are the benchmark's.
+    """
+
+    benchmark: Benchmark
+    protocol: str
+    scoring: str
+    seeds: tuple[int, ...]
+    image_size: int | None
+    given: tuple[str, ...]
+
+
+def eval_protocol(dataset: str, *, protocol: str | None = None, scoring: str | None = None,
+                  seeds=None, image_size: int | None = None) -> EvalProtocol:
+    """The evaluation of ``dataset``: what the caller gives, the benchmark's for what it leaves
+    ``None``. The one place ``qgnet-eval fss`` and ``qgnet-eval bench`` take their defaults,
+    so each dataset is scored like its literature without flags.
+
+    ``protocol``: the benchmark's (pfenet; hsnet for FSS-1000; patnet for the cross-domain
+    sets). ``scoring``: the benchmark's (pfenet; hsnet for FSS-1000 and the cross-domain
+    sets), whatever the protocol. ``seeds``: the benchmark's seed when the protocol is its
+    own, else that protocol's test seed (321 pfenet, 0 hsnet / patnet). ``image_size``: the
+    benchmark's square side for the ``hsnet`` scorings.
+
+    >>> p = eval_protocol("fss1000")
+    >>> p.protocol, p.scoring, p.seeds, p.image_size
+    ('hsnet', 'hsnet', (0,), 400)
+    >>> eval_protocol("fss1000", scoring="pfenet").image_size is None
+    True
+    >>> eval_protocol("demo", protocol="hsnet").seeds, eval_protocol("demo").scoring
+    ((0,), 'pfenet')
+    """
+    b = benchmark_for(dataset)
+    given = tuple(k for k, v in (("protocol", protocol), ("scoring", scoring),
+                                 ("seeds", seeds or None), ("image_size", image_size))
+                  if v is not None)
+    protocol = protocol or b.protocol
+    scoring = scoring or b.scoring
+    if seeds:
+        seed_list = tuple(int(s) for s in seeds)
+    else:
+        seed_list = (b.seed,) if protocol == b.protocol else (default_seed(protocol),)
+    if scoring.startswith("hsnet"):
+        size = int(image_size) if image_size is not None else b.image_size
+    else:
+        size = None
+    return EvalProtocol(b, protocol, scoring, seed_list, size, given)

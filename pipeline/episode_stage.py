@@ -474,6 +474,78 @@ def derive_test_episodes(dataset: str, fold: int, shot: int, *, seed: int,
                               cache_dir=cache_dir)
 
 
+def ensure_test_episodes(dataset: str, fold: int, shot: int, *, seed: int, protocol: str,
+                         cache_dir=None, echo: Callable[[str], None] = print
+                         ) -> tuple[dict[str, Any], bool]:
+    """Load the test episodes of (``fold``, ``shot``, ``seed``, ``protocol``), writing the
+    file first when it is missing; returns ``(episodes, made)``.
+
+    A file is made from the evaluation mask store alone (no training store, no training
+    list). Where ``qgnet-prep episodes`` already wrote a ``folds.json`` for that store, the
+    new file takes its fold classes, ``min_pixels`` and, for the same protocol, its episode
+    count, so it sits beside the files made there (a 5-shot file beside the 1-shot one);
+    otherwise :func:`build_episodes` makes it with the benchmark's defaults
+    (:func:`pipeline.benchmarks.benchmark_for`). What ``qgnet-eval bench`` calls.
+
+    Raises
+    ------
+    StoreError
+        No complete evaluation mask store (the message holds the ``qgnet-prep masks``
+        command), or a ``folds.json`` / episode file made from another version of it.
+    ConfigError
+        No episode can be drawn (too few images of every test class for ``shot``), a fold
+        or protocol the dataset does not have.
+    """
+    from pipeline.benchmarks import benchmark_for
+    from pipeline.cache import episodes_dir
+    from pipeline.store import StoreError
+
+    try:
+        return load_test_episodes(dataset, fold, shot, seed=seed, protocol=protocol,
+                                  cache_dir=cache_dir), False
+    except FileNotFoundError:
+        pass
+    bench = benchmark_for(dataset)
+    reference_rule(dataset, protocol)  # refuses a protocol the dataset does not take
+    folds_path = episodes_dir(dataset, cache_dir=cache_dir) / "folds.json"
+    if not folds_path.is_file():
+        build_episodes(dataset, cache_dir=cache_dir, folds=[fold], shots=[shot], seeds=[seed],
+                       protocol=protocol, training_lists=False, echo=echo)
+        return load_test_episodes(dataset, fold, shot, seed=seed, protocol=protocol,
+                                  cache_dir=cache_dir), True
+    info = json.loads(folds_path.read_text())
+    esplit = str(info.get("eval_split") or bench.eval_split)
+    store = _open_masks(dataset, esplit, cache_dir)
+    command = _episodes_command(dataset, cache_dir, fold=fold, shot=shot, seed=seed,
+                                protocol=protocol)
+    recorded = info.get("stores", {}).get(esplit, {}).get("ids_hash")
+    if recorded is not None and recorded != ids_hash(store.ids):
+        raise StoreError(f"{folds_path} was built from another version of the mask store "
+                         f"{store.path}; rebuild the episodes with: {command}")
+    folds = info.get("folds", [])
+    _check_fold(int(fold), len(folds), dataset)
+    test = np.asarray(folds[int(fold)]["test_classes"], dtype=np.int32)
+    min_pixels = int(info.get("min_pixels", DEFAULT_MIN_PIXELS))
+    params = info.get("params", {})
+    n_episodes = params.get("episodes") if params.get("protocol") == protocol else None
+    ep = _test_episodes(store, store.extra("class_pixels"), dataset=dataset, protocol=protocol,
+                        test=test, shot=int(shot), n_episodes=n_episodes, seed=int(seed),
+                        min_pixels=min_pixels, warn=False)
+    path = episodes_dir(dataset, cache_dir=cache_dir) / episode_file_name(
+        int(fold), int(shot), seed=int(seed), protocol=protocol)
+    _save_npz_atomic(path, {**ep, "test_classes": test, "fold": int(fold), "shot": int(shot),
+                            "seed": int(seed), "protocol": protocol, "min_pixels": min_pixels,
+                            "split": esplit, "ids_hash": ids_hash(store.ids),
+                            "dataset": dataset})
+    st = episode_stats(ep["query"], ep["support"], ep["cls"])
+    echo(f"{dataset}: wrote {path.name} ({st['episodes']} episodes, {protocol}, the classes "
+         f"and min_pixels of {folds_path.name})"
+         + (f"; skipped classes {ep['skipped_classes'].tolist()} (fewer than {shot + 1} "
+            f"usable images)" if ep["skipped_classes"].size else ""))
+    return load_test_episodes(dataset, fold, shot, seed=seed, protocol=protocol,
+                              cache_dir=cache_dir), True
+
+
 # ========================================================================================
 # description (`qgnet-prep info`)
 # ========================================================================================

@@ -72,8 +72,11 @@ class EvalConfig:
     checkpoint: str | None = None     # best.pt / last.pt of `qgnet-train fss` (required)
     dataset: str | None = None        # None: the checkpoint's; another: its fold 0 (cross-domain)
     shot: int | None = option(None, min=1)  # None: the training shot
-    protocol: str = option("pfenet", choices=("pfenet", "hsnet", "patnet"))  # episode sampling
-    scoring: str = option(DEFAULT_SCORING, choices=SCORINGS)  # how predictions are scored
+    # None: the benchmark's (pipeline.benchmarks.eval_protocol): pfenet; hsnet for fss1000;
+    # patnet for deepglobe, isic, chest
+    protocol: str | None = option(None, choices=("pfenet", "hsnet", "patnet"))  # episode sampling
+    # None: the benchmark's: pfenet; hsnet for fss1000 and the cross-domain sets
+    scoring: str | None = option(None, choices=SCORINGS)  # how predictions are scored
     hsnet_size: int | None = option(None, min=9)  # hsnet scorings: the square side (None: 400)
     cache_dir: str | None = None      # None: the checkpoint's
     root: str | None = None           # None: the checkpoint's
@@ -82,16 +85,11 @@ class EvalConfig:
     workers: int = option(2, min=0)   # DataLoader workers
     threads: int | None = option(None, min=1)  # torch CPU threads (None: torch's)
     n_episodes: int | None = option(None, min=1, flag="--episodes")  # first N of each file (None: all)
-    seeds: tuple[int, ...] | None = option(None, min=0)  # None: 321 (hsnet: 0); several -> mean, std
+    # None: the benchmark's seed (321 PFENet; 0 HSNet, PATNet); several -> mean, std
+    seeds: tuple[int, ...] | None = option(None, min=0)
     batch_size: int | None = option(None, min=1)  # None: default_batch (4 on CUDA, 1 on CPU)
     out: str | None = None            # None: next to the checkpoint
     progress: bool = True
-
-    def seed_list(self) -> list[int]:
-        """The episode seeds: ``seeds``, else 321 (PFENet's test seed; hsnet, patnet: 0)."""
-        from pipeline.episodes import default_seed
-
-        return list(self.seeds) if self.seeds else [default_seed(self.protocol)]
 
 
 def default_batch(device) -> int:
@@ -253,8 +251,8 @@ def _aggregate(runs: Sequence[Mapping[str, Any]], names: Mapping[int, str]) -> d
 
 def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None = None, *,
              dataset: str | None = None, fold: int | None = None, shot: int | None = None,
-             seeds: Iterable[int] = (321,), protocol: str = "pfenet",
-             scoring: str = DEFAULT_SCORING, hsnet_size: int | None = None,
+             seeds: Iterable[int] | None = None, protocol: str | None = None,
+             scoring: str | None = None, hsnet_size: int | None = None,
              n_episodes: int | None = None, root: str | None = None, cache_dir: str | None = None,
              crop: int | None = None, device: str = "auto", amp: bool | None = None,
              batch_size: int | None = None, workers: int = 0, progress: bool = True,
@@ -270,10 +268,16 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     episodes : dict or list of dicts, optional
         :func:`pipeline.episode_stage.load_test_episodes` results; default: loaded for every
         seed of ``seeds`` with ``shot`` (default: the training shot) and ``protocol``.
-    protocol : {"pfenet", "hsnet"}
+    seeds : iterable of int, optional
+        Episode seeds; default (None): the benchmark's (:func:`pipeline.benchmarks.eval_protocol`:
+        321 for PFENet's protocol, 0 for HSNet's and PATNet's).
+    protocol : {"pfenet", "hsnet", "patnet"}, optional
         The episode-sampling protocol: which episode files are loaded (not how they are
-        scored).
-    scoring : {"pfenet", "exact", "hsnet", "hsnet-original"}, default "pfenet"
+        scored). Default (None): the benchmark's (pfenet; hsnet for FSS-1000; patnet for
+        the cross-domain sets), or the ``protocol`` the given ``episodes`` record.
+    scoring : {"pfenet", "exact", "hsnet", "hsnet-original"}, optional
+        Default (None): the benchmark's (pfenet; hsnet for FSS-1000 and the cross-domain
+        sets, as their published tables).
         How predictions are scored (:data:`model.fss.metrics.SCORINGS`), one keyword:
         ``"pfenet"`` (PFENet's test.py, comparable with the paper's tables) and ``"exact"``
         are computed together and both reported, the named one as the headline (``miou``,
@@ -307,14 +311,16 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     """
     from model.fss.config import FssConfig
     from model.utils import pick_device
+    from pipeline.benchmarks import eval_protocol
     from pipeline.episode_stage import load_test_episodes
+    from pipeline.episodes import PROTOCOLS
     from pipeline.errors import ConfigError
     from pipeline.settings import merge_unset, read_saved
 
-    if scoring not in SCORINGS:
+    if scoring is not None and scoring not in SCORINGS:
         raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
-    score_names = scoring_pass(scoring)
-    hsnet = scoring.startswith("hsnet")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
     if hsnet_size is not None and int(hsnet_size) < 9:
         raise ConfigError(f"--hsnet-size must be an int >= 9, got {hsnet_size}")
     dev = pick_device(device)
@@ -346,12 +352,21 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     if dataset is None or run["crop"] is None:
         raise ConfigError("evaluate needs dataset and crop (given, or from the checkpoint)")
     fold, shot, crop = int(run["fold"]), int(run["shot"]), int(run["crop"])
-    input_size = int(hsnet_size or HSNET_SIZE) if hsnet else crop
+    if isinstance(episodes, Mapping):
+        episodes = [episodes]
+    if protocol is None and episodes:  # given episodes say which protocol drew them
+        protocol = episodes[0].get("protocol")
+        protocol = str(protocol) if protocol is not None else None
+    # what is still unset is the benchmark's (one place: pipeline.benchmarks.eval_protocol)
+    plan = eval_protocol(dataset, protocol=protocol, scoring=scoring, seeds=seeds,
+                         image_size=hsnet_size)
+    protocol, scoring = plan.protocol, plan.scoring
+    score_names = scoring_pass(scoring)
+    hsnet = scoring.startswith("hsnet")
+    input_size = int(plan.image_size or HSNET_SIZE) if hsnet else crop
     if episodes is None:
         episodes = [load_test_episodes(dataset, fold, shot, seed=int(s), protocol=protocol,
-                                       cache_dir=cache_dir) for s in seeds]
-    elif isinstance(episodes, Mapping):
-        episodes = [episodes]
+                                       cache_dir=cache_dir) for s in plan.seeds]
     names = _class_names(dataset, cache_dir)
     runs, eps_rates = [], []
     for ep in episodes:
@@ -390,6 +405,8 @@ def evaluate(model_or_checkpoint, episodes: Mapping | Sequence[Mapping] | None =
     result = {
         "checkpoint": str(ckpt_path) if ckpt_path else None, "dataset": dataset, "fold": fold,
         "shot": shot, "protocol": protocol, "scoring": scoring, "seeds": [r["seed"] for r in runs],
+        "benchmark": plan.benchmark.name,
+        "benchmark_defaults": [k for k in ("protocol", "scoring", "seeds") if k not in plan.given],
         "episodes": [r["episodes"] for r in runs], "crop": crop, "input_size": input_size,
         "use_prior_map": bool(getattr(model, "use_prior_map", True)),
         "miou": head["miou"], "fb_iou": head["fb_iou"], "per_class": head["per_class"],

@@ -45,9 +45,12 @@ def test_eval_config_sources_and_types(tmp_path, monkeypatch):
 
     d = resolve_config(EvalConfig, env={})
     assert (d.checkpoint, d.shot, d.threads, d.seeds, d.out) == (None, None, None, None, None)
-    assert (d.protocol, d.workers, d.seed_list()) == ("pfenet", 2, [321])
-    assert (d.scoring, d.hsnet_size, d.amp) == ("pfenet", None, None)  # amp None: the checkpoint's
-    assert resolve_config(EvalConfig, cli={"protocol": "hsnet"}, env={}).seed_list() == [0]
+    # protocol, scoring, seeds unset: the benchmark's (pipeline.benchmarks.eval_protocol)
+    assert (d.protocol, d.scoring, d.workers) == (None, None, 2)
+    assert (d.hsnet_size, d.amp) == (None, None)  # amp None: the checkpoint's
+    assert resolve_config(EvalConfig, cli={"protocol": "hsnet"}, env={}).protocol == "hsnet"
+    with pytest.raises(ConfigError, match="--protocol"):
+        resolve_config(EvalConfig, cli={"protocol": "bam"}, env={})
     assert resolve_config(EvalConfig, env={"QGNET_SCORING": "hsnet", "QGNET_HSNET_SIZE": "64"}
                           ).hsnet_size == 64
     with pytest.raises(ConfigError, match="--hsnet-size"):
@@ -57,7 +60,7 @@ def test_eval_config_sources_and_types(tmp_path, monkeypatch):
     cfg = resolve_config(EvalConfig, config_file=toml, section="eval",
                          env={"QGNET_WORKERS": "3", "QGNET_AMP": "false"}, cli={"shot": 1})
     assert (cfg.seeds, cfg.workers, cfg.amp, cfg.shot) == ((1, 2), 3, False, 1)
-    assert resolve_config(EvalConfig, cli={"seeds": "7,8"}, env={}).seed_list() == [7, 8]
+    assert resolve_config(EvalConfig, cli={"seeds": "7,8"}, env={}).seeds == (7, 8)
     with pytest.raises(ConfigError, match="--shot"):
         resolve_config(EvalConfig, cli={"shot": 0}, env={})
     with pytest.raises(ConfigError, match=r"\$QGNET_WORKERS"):

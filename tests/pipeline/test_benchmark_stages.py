@@ -150,3 +150,65 @@ def test_reference_episodes_edge_cases():
     assert np.array_equal(short["support"], ep["support"][:3])  # a prefix of the same draws
     with pytest.raises(ConfigError, match="no test class"):
         reference_episodes(ic, [2], shot=1, seed=0, rule="fss", warn=False)
+
+
+def test_eval_protocol_takes_what_is_unset_from_the_benchmark():
+    """The one place qgnet-eval fss and bench take protocol, scoring, seeds and HSNet's square
+    side from: each benchmark's published protocol unless the caller sets it."""
+    from pipeline.benchmarks import eval_protocol
+
+    for name, b in BENCHMARKS.items():
+        p = eval_protocol(name)
+        assert (p.protocol, p.scoring, p.seeds, p.given) == (b.protocol, b.scoring, (b.seed,), ())
+        assert p.image_size == (b.image_size if b.scoring.startswith("hsnet") else None)
+    assert [eval_protocol(n).scoring for n in ("pascal", "coco", "fss1000", "deepglobe", "isic",
+                                               "chest", "camvid")] == [
+        "pfenet", "pfenet", "hsnet", "hsnet", "hsnet", "hsnet", "pfenet"]
+    p = eval_protocol("fss1000", scoring="exact", seeds=[3, 4])
+    assert (p.protocol, p.scoring, p.seeds, p.image_size, p.given) == (
+        "hsnet", "exact", (3, 4), None, ("scoring", "seeds"))
+    p = eval_protocol("camvid", protocol="hsnet")  # another protocol: that protocol's test seed
+    assert (p.scoring, p.seeds, p.benchmark.name) == ("pfenet", (0,), "camvid")
+    assert eval_protocol("demo", scoring="hsnet").image_size is None  # the evaluator's 400
+    assert eval_protocol("chest", image_size=64).image_size == 64
+
+
+def test_ensure_test_episodes_makes_a_missing_file_as_qgnet_prep_episodes_would(demo_root,
+                                                                               tmp_path):
+    """A missing episode file is made from the evaluation store: with the benchmark's defaults
+    when there is no folds.json, else with the classes, min_pixels and count recorded there;
+    either way the file qgnet-prep episodes writes for the same settings (the oracle)."""
+    from pipeline.episode_stage import ensure_test_episodes
+
+    def arrays(ep):
+        return [np.asarray(ep[k]).tolist() for k in ("query", "support", "cls", "test_classes")]
+
+    caches = [tmp_path / name for name in ("a", "b", "c")]
+    for cache in caches:
+        build_mask_store("demo", root=demo_root, split="val", cache_dir=cache, **QUIET)
+    quiet = {"echo": lambda s: None}
+    # no folds.json: build_episodes with the benchmark's defaults, no training list
+    ep, made = ensure_test_episodes("demo", 1, 1, seed=321, protocol="pfenet",
+                                    cache_dir=caches[0], **quiet)
+    assert made and ep["protocol"] == "pfenet" and len(ep["query"]) == 1000 and ep["fold"] == 1
+    assert sorted(p.name for p in episodes_dir("demo", cache_dir=caches[0]).iterdir()) == [
+        "folds.json", "test-fold1-shot1-pfenet-seed321.npz"]
+    again, made = ensure_test_episodes("demo", 1, 1, seed=321, protocol="pfenet",
+                                       cache_dir=caches[0], **quiet)
+    assert not made and arrays(again) == arrays(ep)
+    # folds.json of qgnet-prep episodes (its own count and min_pixels): the new shot follows it
+    build_episodes("demo", cache_dir=caches[1], folds=[1], shots=[1], n_episodes=30,
+                   min_pixels=500, training_lists=False, **quiet)
+    ep, made = ensure_test_episodes("demo", 1, 2, seed=321, protocol="pfenet",
+                                    cache_dir=caches[1], **quiet)
+    assert made and len(ep["query"]) == 30 and ep["min_pixels"] == 500
+    build_episodes("demo", cache_dir=caches[2], folds=[1], shots=[2], seeds=[321], n_episodes=30,
+                   min_pixels=500, training_lists=False, **quiet)
+    expect = load_test_episodes("demo", 1, 2, seed=321, protocol="pfenet", cache_dir=caches[2])
+    assert arrays(ep) == arrays(expect)
+    with pytest.raises(ConfigError, match="fold 7 does not exist"):
+        ensure_test_episodes("demo", 7, 1, seed=321, protocol="pfenet", cache_dir=caches[1],
+                             **quiet)
+    with pytest.raises(StoreError, match="qgnet-prep masks --dataset chest"):
+        ensure_test_episodes("chest", 0, 1, seed=0, protocol="patnet", cache_dir=caches[1],
+                             **quiet)

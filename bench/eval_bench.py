@@ -4,11 +4,12 @@ the six registry benchmarks (listed as absent when their test masks are not in t
 
 What it does, with the project's own commands (each a subprocess):
 
-1. a folder-layout view of ``../shared/data/camvid`` in ``--work`` (``bench.camvid_fss``'s:
+1. the checkpoint's own dataset first (its fold, from the cache it was trained with);
+2. a folder-layout view of ``../shared/data/camvid`` in ``--work`` (``bench.camvid_fss``'s:
    images symlinked, masks rewritten to 1..11 / 255; nothing is copied into the repo);
-2. ``qgnet-prep masks --dataset camvid --split val`` into the checkpoint's cache (skipped when
+3. ``qgnet-prep masks --dataset camvid --split val`` into the checkpoint's cache (skipped when
    the store is complete);
-3. ``qgnet-eval bench --checkpoint CKPT --benchmarks OWN,camvid,pascal,coco,fss1000,
+4. ``qgnet-eval bench --checkpoint CKPT --benchmarks OWN,camvid,pascal,coco,fss1000,
    deepglobe,isic,chest --shot 1,5``: the episode files it lacks are drawn from the mask
    stores with each benchmark's protocol; the table goes to ``--work``/table and, with
    ``--out``, into the result file with the wall time and CPU seconds of the command.
@@ -41,6 +42,16 @@ def run(args: list[str]) -> None:
         raise SystemExit(f"failed (exit {done.returncode}): {' '.join(args)}")
 
 
+def own_dataset(checkpoint: Path) -> str:
+    """The dataset the checkpoint was trained on (its run's config.json, else the checkpoint)."""
+    beside = checkpoint.parent / "config.json"
+    if beside.is_file():
+        return json.loads(beside.read_text())["dataset"]
+    import torch
+
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]["dataset"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "runs/demo/fss-qgnet/best.pt")
@@ -56,7 +67,7 @@ def main(argv=None) -> int:
               f"--checkpoint)")
         return 0
     py = sys.executable
-    names = []
+    names = [own_dataset(args.checkpoint)]
     if CAMVID.is_dir():
         root = make_folder(CAMVID, args.work / "camvid-folder")
         if not (args.cache_dir / "camvid" / "masks" / "val.zarr" / "done").exists():
@@ -66,7 +77,7 @@ def main(argv=None) -> int:
     else:
         print(f"CamVid not found at {CAMVID} (expected ../shared/data/camvid beside the repo): "
               f"its rows are left out")
-    names += [n for n in BENCHMARKS if n != "camvid"]
+    names += [n for n in BENCHMARKS if n not in names]
     table_dir = args.work / "table"
     cmd = [py, "-m", "cli.evaluate", "bench", "--checkpoint", str(args.checkpoint),
            "--cache-dir", str(args.cache_dir), "--benchmarks", ",".join(names),

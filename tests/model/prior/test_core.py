@@ -462,6 +462,21 @@ def test_prior_moco_on_a_real_backbone_exports_a_loadable_prior(tmp_path):
         assert torch.equal(prior.state_dict()[key], value)
 
 
+def _two_ranks(worker, tmp_path):
+    """Run ``worker(rank, 2, port, tmp_path)`` as two forked gloo ranks on a free port;
+    returns what each rank saved (rank0.pt, rank1.pt)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(worker, args=(2, port, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+
 def _ddp_worker(rank, world, port, result_dir):
     import os
 
@@ -495,16 +510,7 @@ def _ddp_worker(rank, world, port, result_dir):
 def test_prior_moco_ddp_shuffle_with_two_gloo_processes(tmp_path):
     """shuffle='ddp': keys after the cross-rank shuffle equal unshuffled keys (eval-mode BN);
     both ranks enqueue the keys of both ranks (same queue, pointer advanced by 2 N)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = _two_ranks(_ddp_worker, tmp_path)
     for r in (r0, r1):
         assert r["dk"] < 1e-5 and r["dkl"] < 1e-5
         assert r["ptr"] == 8  # 2 ranks x 4 images
@@ -804,16 +810,7 @@ def test_crop_mode_ddp_shuffle_with_two_gloo_processes(tmp_path):
     """shuffle='ddp' with crops: the key crops travel with the key images through MoCo's
     cross-rank shuffle (keys equal the unshuffled ones in eval mode), and both ranks enqueue
     both ranks' patch keys in rank order."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_ddp_crop_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = _two_ranks(_ddp_crop_worker, tmp_path)
     for r in (r0, r1):
         assert r["dk"] < 1e-5 and r["dkl"] < 1e-5
         assert r["n_patches"] == 4 and r["lptr"] == 8  # one patch per image, 2 ranks x 4

@@ -13,7 +13,21 @@ COLOURS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]])
 
 
-def write_toy_folder(root, *, n_train=32, n_val=16, size=80, seed=0):
+def two_objects(i, rng, size):
+    """The default toy mask: a 48 x 48 square of class (i % 8) + 1 at a random place, a 20 x 20
+    one of class (i + 3) % 8 + 1 in the corner, the first two columns 255."""
+    a, b = i % 8 + 1, (i + 3) % 8 + 1
+    mask = np.zeros((size, size), np.uint8)
+    y, x = rng.integers(22, size - 48, 2)
+    mask[y:y + 48, x:x + 48] = a
+    mask[2:22, 2:22] = b
+    mask[:, :2] = 255
+    return mask
+
+
+def write_toy_folder(root, *, n_train=32, n_val=16, size=80, seed=0, draw=two_objects):
+    """A folder dataset of 8 classes: image i of each split is noise with the classes of
+    ``draw(i, rng, size)`` (its mask) painted in their colours."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     (root / "classes.txt").write_text("\n".join(f"c{k}" for k in range(1, 9)) + "\n")
@@ -21,20 +35,21 @@ def write_toy_folder(root, *, n_train=32, n_val=16, size=80, seed=0):
     for split, n in (("train", n_train), ("val", n_val)):
         names = []
         for i in range(n):
-            a, b = i % 8 + 1, (i + 3) % 8 + 1
             img = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
-            mask = np.zeros((size, size), np.uint8)
-            y, x = rng.integers(22, size - 48, 2)
-            mask[y:y + 48, x:x + 48] = a
-            mask[2:22, 2:22] = b
-            mask[:, :2] = 255
-            for c in (a, b):
+            mask = draw(i, rng, size)
+            for c in np.unique(mask[(mask > 0) & (mask < 255)]):
                 img[mask == c] = COLOURS[c - 1]
             names.append(f"{split}{i:03d}")
             Image.fromarray(img).save(root / "images" / f"{names[-1]}.png")
             Image.fromarray(mask).save(root / "masks" / f"{names[-1]}.png")
         (root / f"{split}.txt").write_text("\n".join(names) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def toy_folder_writer():
+    """:func:`write_toy_folder`, for tests that draw their own toy (``draw=``)."""
+    return write_toy_folder
 
 
 @pytest.fixture(scope="session")

@@ -16,33 +16,16 @@ from cli.eval_bench import bench
 from cli.eval_fss import fss as eval_fss
 from cli.train_fss import fss as train_fss
 
-COLOURS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]])
 QUICK = ["--workers", "0", "--threads", "1", "--device", "cpu", "--no-progress"]
 
 
-def write_toy(root, *, n_train=16, n_val=24, side=48, seed=0):
-    """Folder layout, 8 classes; each image one 46 x 46 object (usable: >= 2048 px) of class
-    (i % 8) + 1, so every class has n_val / 8 = 3 usable val images (2-shot possible, 3-shot
-    not)."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    (root / "classes.txt").write_text("\n".join(f"c{k}" for k in range(1, 9)) + "\n")
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        names = []
-        for i in range(n):
-            c = i % 8 + 1
-            img = rng.integers(90, 140, (side, side, 3)).astype(np.uint8)
-            mask = np.zeros((side, side), np.uint8)
-            mask[1:47, 1:47] = c
-            mask[:, 0] = 255
-            img[mask == c] = COLOURS[c - 1]
-            names.append(f"{split}{i:03d}")
-            Image.fromarray(img).save(root / "images" / f"{names[-1]}.png")
-            Image.fromarray(mask).save(root / "masks" / f"{names[-1]}.png")
-        (root / f"{split}.txt").write_text("\n".join(names) + "\n")
-    return root
+def one_object(i, rng, side):
+    """Each image one 46 x 46 object (usable: >= 2048 px) of class (i % 8) + 1: with 24 val
+    images every class has 3 usable val images (2-shot possible, 3-shot not)."""
+    mask = np.zeros((side, side), np.uint8)
+    mask[1:47, 1:47] = i % 8 + 1
+    mask[:, 0] = 255
+    return mask
 
 
 def write_chest(root):
@@ -62,7 +45,7 @@ def write_chest(root):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, toy_folder_writer):
     """A 2-step checkpoint trained on the toy (fold 0, 1-shot), the toy's and Chest X-ray's
     test mask stores in one cache; no FSS-1000."""
     from pipeline.episode_stage import build_episodes
@@ -71,7 +54,7 @@ def setup(tmp_path_factory):
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("bench")
     cache = str(base / "cache")
-    toy = write_toy(base / "toy")
+    toy = toy_folder_writer(base / "toy", n_train=16, n_val=24, size=48, draw=one_object)
     quiet = {"workers": 1, "scheduler": "sync", "progress": False}
     for split in ("train", "val"):
         build_mask_store("toy", split=split, cache_dir=cache, root=toy, **quiet)

@@ -468,31 +468,28 @@ def syncs(sz: dict, device: torch.device, work: Path) -> dict:
     del model, opt, sched
     # 2. whole runs of a and b steps (loader, prefetcher, step, window means): the difference
     a, b = sz["sync_steps"]
-    runs = {}
-    for steps in (a, b):
-        run_cfg = prior_config(sz, d, backbone=sz["sync_backbone"], batch=sz["sync_batch"],
-                               crop=sz["sync_crop"], max_steps=steps, log_every=1000,
-                               ckpt_every=0, progress=False, device=str(device),
-                               out=str(work / f"prior-run{steps}"))
-        with Syncs() as c:
-            train_prior(run_cfg)
-        runs[steps] = c.where
-    out["prior_trainer"] = {"steps": [a, b], "syncs": [len(runs[a]), len(runs[b])],
-                            "syncs_per_step": (len(runs[b]) - len(runs[a])) / (b - a),
-                            "where_extra": _diff(runs[a], runs[b])}
-    runs = {}
-    for steps in (a, b):
-        fcfg = FssConfig(dataset="folder", root=d["demo_root"], cache_dir=d["demo_cache"],
-                         fold=0, shot=1, use_prior_map=True, prior="imagenet", crop=97,
-                         batch_size=2, epochs=50, workers=2, val_episodes=0, log_every=1000,
-                         progress=False, device=str(device), max_steps=steps,
-                         out=str(work / f"fss-run{steps}"))
-        with Syncs() as c:
-            train_fss(fcfg)
-        runs[steps] = c.where
-    out["fss_trainer"] = {"steps": [a, b], "syncs": [len(runs[a]), len(runs[b])],
-                          "syncs_per_step": (len(runs[b]) - len(runs[a])) / (b - a),
-                          "where_extra": _diff(runs[a], runs[b])}
+
+    def per_step(train, config) -> dict:
+        """Syncs of whole runs of a and b steps (``config(steps)`` -> the run's config); the
+        difference per step is what a step that does not log costs."""
+        where = {}
+        for steps in (a, b):
+            with Syncs() as c:
+                train(config(steps))
+            where[steps] = c.where
+        return {"steps": [a, b], "syncs": [len(where[a]), len(where[b])],
+                "syncs_per_step": (len(where[b]) - len(where[a])) / (b - a),
+                "where_extra": _diff(where[a], where[b])}
+
+    out["prior_trainer"] = per_step(train_prior, lambda steps: prior_config(
+        sz, d, backbone=sz["sync_backbone"], batch=sz["sync_batch"], crop=sz["sync_crop"],
+        max_steps=steps, log_every=1000, ckpt_every=None, progress=False, device=str(device),
+        out=str(work / f"prior-run{steps}")))
+    out["fss_trainer"] = per_step(train_fss, lambda steps: FssConfig(
+        dataset="folder", root=d["demo_root"], cache_dir=d["demo_cache"], fold=0, shot=1,
+        use_prior_map=True, prior="imagenet", crop=97, batch_size=2, epochs=50, workers=2,
+        val_episodes=0, log_every=1000, progress=False, device=str(device), max_steps=steps,
+        out=str(work / f"fss-run{steps}")))
     return out
 
 

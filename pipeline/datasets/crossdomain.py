@@ -63,9 +63,7 @@ class DeepglobeDataset(ImageClassDataset):
                 "test/groundtruth/NAME.png, in ROOT or ROOT/Deepglobe")
 
     def __init__(self, root):
-        super().__init__(root)
-        if not self.root.is_dir():
-            raise self._error("folder does not exist")
+        super().__init__(root)  # refuses a missing folder
         base = find_folder(self.root, ("Deepglobe",),
                            lambda d: any((d / str(k) / "test" / "origin").is_dir()
                                          for k in range(1, 7)))
@@ -106,9 +104,7 @@ class IsicDataset(ImageClassDataset):
                 f"ROOT/ISIC")
 
     def __init__(self, root):
-        super().__init__(root)
-        if not self.root.is_dir():
-            raise self._error("folder does not exist")
+        super().__init__(root)  # refuses a missing folder
         base = find_folder(self.root, ("ISIC",), lambda d: (d / ISIC_IMAGES).is_dir())
         if base is None:
             raise self._error(f"no {ISIC_IMAGES}/ folder")
@@ -185,9 +181,7 @@ class ChestDataset(ImageClassDataset):
                 "ROOT/LungSegmentation or ROOT/Lung Segmentation")
 
     def __init__(self, root):
-        super().__init__(root)
-        if not self.root.is_dir():
-            raise self._error("folder does not exist")
+        super().__init__(root)  # refuses a missing folder
         base = find_folder(self.root, ("LungSegmentation", "Lung Segmentation"),
                            lambda d: (d / "masks").is_dir())
         if base is None:

@@ -59,9 +59,7 @@ class Fss1000Dataset(ImageClassDataset):
                 "N.jpg images and N.png masks, in ROOT, ROOT/FSS-1000 or ROOT/fewshot_data")
 
     def __init__(self, root):
-        super().__init__(root)
-        if not self.root.is_dir():
-            raise self._error("folder does not exist")
+        super().__init__(root)  # refuses a missing folder
         known = set(CLASS_NAMES)
         self.data_dir = find_folder(
             self.root, ("FSS-1000", "fewshot_data", "fewshot_data/fewshot_data"),

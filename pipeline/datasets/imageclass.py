@@ -77,6 +77,8 @@ class ImageClassDataset(Dataset):
         self.root = Path(root)
         self._entries: dict[str, tuple[Path, Path, int]] = {}
         self._split_ids: dict[str, list[str]] = {}
+        if not self.root.is_dir():
+            raise self._error("folder does not exist")
 
     def _error(self, what: str) -> DatasetError:
         return DatasetError(f"{self.name} dataset at {self.root}: {what}; {self.expected}. "

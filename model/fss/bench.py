@@ -270,7 +270,7 @@ def run_bench(cfg: BenchConfig, *, echo: Callable[[str], None] = print) -> dict[
     from model.fss.evaluate import checkpoint_amp, evaluate
     from model.utils import pick_device
     from pipeline.errors import ConfigError, QgnetError
-    from pipeline.fileio import remove_stale_temporaries, write_json_atomic
+    from pipeline.fileio import remove_stale_temporaries, write_json_atomic, write_text_atomic
     from pipeline.provenance import provenance
     from pipeline.settings import check_config, config_dict, merge_unset, read_saved
     from pipeline.store import StoreLock
@@ -319,7 +319,7 @@ def run_bench(cfg: BenchConfig, *, echo: Callable[[str], None] = print) -> dict[
             table["rows"] = [done[r.key] for r in rows if r.key in done]
             table["pending"] = [r.key for r in rows if r.key not in done]
             write_json_atomic(out / BENCH_JSON, table)
-            _write_text_atomic(out / BENCH_MD, format_markdown(table) + "\n")
+            write_text_atomic(out / BENCH_MD, format_markdown(table) + "\n")
 
         write()
         for row in todo:
@@ -360,14 +360,6 @@ def _read_rows(path: Path) -> dict[str, dict]:
         return {}
     return {row_key(r["benchmark"], r["shot"]): r for r in data.get("rows", [])
             if isinstance(r, dict) and "benchmark" in r and "shot" in r}
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------ the table

@@ -26,7 +26,7 @@ def result_key(result: Mapping[str, Any]) -> str:
 
 def write_results(folder: str | Path, result: Mapping[str, Any], *, key: str | None = None) -> Path:
     """Merge ``result`` into ``folder/results.json`` (keyed) and rewrite ``results.md``."""
-    from pipeline.fileio import write_json_atomic
+    from pipeline.fileio import write_json_atomic, write_text_atomic
 
     folder = Path(folder)
     path = folder / "results.json"
@@ -34,10 +34,8 @@ def write_results(folder: str | Path, result: Mapping[str, Any], *, key: str | N
     k = result_key(result) + (f"-{key}" if key else "")
     data[k] = result
     write_json_atomic(path, data)
-    md = folder / "results.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text("\n\n".join(format_markdown(v, title=kk) for kk, v in sorted(data.items())) + "\n")
-    tmp.replace(md)
+    write_text_atomic(folder / "results.md", "\n\n".join(
+        format_markdown(v, title=kk) for kk, v in sorted(data.items())) + "\n")
     return path
 
 

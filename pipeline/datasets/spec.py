@@ -107,7 +107,7 @@ def prepare_json_dataset(name: str, *, cache_dir=None,
         an existing ``dataset.toml`` that names other files (the message says how to go on).
     """
     from pipeline.cache import dataset_cache_dir
-    from pipeline.fileio import remove_stale_temporaries
+    from pipeline.fileio import remove_stale_temporaries, write_text_atomic
 
     given = {}
     for split, (j, d) in splits.items():
@@ -138,7 +138,5 @@ def prepare_json_dataset(name: str, *, cache_dir=None,
                           f"stores beside it) to replace them")
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder, base=SPEC_NAME)
-    tmp = folder / f"{SPEC_NAME}.tmp{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return folder

@@ -91,7 +91,9 @@ def scoring_options(f=None, *, default: str = BENCHMARK_SCORING):
     f = click.option("--hsnet-size", type=int, default=None,
                      help="Side of HSNet's square for --scoring hsnet / hsnet-original "
                           "(default 400, HSNet's).")(f)
-    return click.option("--scoring", type=click.Choice(["pfenet", "exact", "hsnet", "hsnet-original"]),
+    from model.fss.bench import SCORING_CHOICES  # torch-free: --help stays cheap
+
+    return click.option("--scoring", type=click.Choice(SCORING_CHOICES),
                         default=None, help=f"{SCORING_HELP} {default}")(f)
 
 

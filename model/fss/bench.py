@@ -36,7 +36,8 @@ from model.run import DEVICES
 from pipeline.settings import option
 
 # the scorings of model.fss.metrics.SCORINGS, named here without importing torch (the
-# options of `qgnet-eval bench` are built from BenchConfig at import; --help stays cheap)
+# options of `qgnet-eval bench`, `fss` and `compare` are built from it at import; --help
+# stays cheap)
 SCORING_CHOICES = ("pfenet", "exact", "hsnet", "hsnet-original")
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
 FORMAT = 1  # bench.json layout

@@ -47,9 +47,9 @@ def own_dataset(checkpoint: Path) -> str:
     beside = checkpoint.parent / "config.json"
     if beside.is_file():
         return json.loads(beside.read_text())["dataset"]
-    import torch
+    from model.checkpoint import load_checkpoint
 
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]["dataset"]
+    return load_checkpoint(checkpoint, kind="fss")["config"]["dataset"]
 
 
 def main(argv=None) -> int:

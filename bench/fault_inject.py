@@ -263,12 +263,14 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-def prefix_losses(ref: Path, got: Path, upto: int) -> str:
-    """"" if ``got`` logged exactly steps 1..upto with the reference's losses."""
+def prefix_losses(ref: Path, got: Path, upto: int, *, logged: int | None = None) -> str:
+    """"" if ``got`` logged exactly steps 1..logged (default ``upto``) and its steps 1..upto
+    have the reference's losses."""
+    logged = upto if logged is None else logged
     a = {k: v for k, v in losses(ref).items() if k <= upto}
     b = losses(got)
-    if sorted(b) != sorted(a):
-        return f"{got.name}: steps {sorted(b)[:3]}..{sorted(b)[-1:] or ''}, expected 1..{upto}"
+    if sorted(b) != list(range(1, logged + 1)) or sorted(a) != list(range(1, upto + 1)):
+        return f"{got.name}: steps {sorted(b)[:3]}..{sorted(b)[-1:] or ''}, expected 1..{logged}"
     bad = [k for k in a if a[k] != b[k]]
     return f"{got.name}: losses differ at steps {bad[:5]}" if bad else ""
 
@@ -316,23 +318,34 @@ def copied_run_dir_trial(name: str, work: Path, ref: Path, log: Path) -> dict:
             "ok": not diff and not temps}
 
 
+LONG_FIRST = 10  # the first writer runs 10x the trial steps (two_writers_trial)
+
+
 def two_writers_trial(name: str, work: Path, ref: Path, log: Path, steps: int) -> dict:
-    """Issue 22 §2: a second run on a run dir in use is refused, naming the first's pid."""
+    """Issue 22 §2: a second run on a run dir in use is refused, naming the first's pid.
+
+    The first run goes on for ``LONG_FIRST`` x ``steps`` steps, so that it still holds the run
+    dir while the second one starts up (on a quiet machine ``steps`` steps were over before
+    that); its first ``steps`` losses are the reference's (``--max-steps`` does not change
+    the schedule)."""
     cache, base = work / "cache", work / "trials" / f"{name}-writers"
     run_dir = base / "R"
     base.mkdir(parents=True)
+    long = LONG_FIRST * steps
     with log.open("a") as fh:
-        first = subprocess.Popen(train_command(name, cache, steps, out=run_dir), cwd=ROOT,
+        first = subprocess.Popen(train_command(name, cache, long, out=run_dir), cwd=ROOT,
                                  env=env(), stdout=fh, stderr=subprocess.STDOUT)
     t0 = time.perf_counter()
     while first.poll() is None and steps_logged(run_dir) < 1 and time.perf_counter() - t0 < 1800:
         time.sleep(0.05)
     started_at = steps_logged(run_dir)
     rc2, out2 = run_rc(train_command(name, cache, steps, out=run_dir, seed=5), log=log)
+    finished_at = steps_logged(run_dir)
     rc1 = first.wait()
     problems = []
-    if started_at < 1 or started_at >= steps:
-        problems.append(f"the second run started when the first had logged {started_at} steps")
+    if started_at < 1 or finished_at >= long:
+        problems.append(f"the second run ran while the first had logged {started_at}..."
+                        f"{finished_at} of {long} steps (not inside its run)")
     if rc2 == 0:
         problems.append("the second run was not refused (exit 0)")
     elif str(first.pid) not in out2:
@@ -340,7 +353,7 @@ def two_writers_trial(name: str, work: Path, ref: Path, log: Path, steps: int) -
                         f"{(out2.strip().splitlines() or [''])[-1][:160]}")
     if rc1 != 0:
         problems.append(f"the first run failed ({rc1})")
-    problems.append(prefix_losses(ref, run_dir, steps))
+    problems.append(prefix_losses(ref, run_dir, steps, logged=long))
     cfg = run_dir / "config.json"
     if cfg.is_file() and json.loads(cfg.read_text()).get("seed") == 5:
         problems.append("config.json is the second run's")
